@@ -1,0 +1,60 @@
+# Defocus deblurring: train -> export -> engine -> runtime -> benchmarks.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU wheel of torch that lies on this machine's disk; installed before the
+# project so pip never pulls a multi-GB CUDA build here.
+TORCH ?= torch==2.13.0
+CKPT ?= models/default
+CONFIG ?= configs/small.toml
+
+.PHONY: install test typecheck demo train train-tiny train-gpu export engine verify-engine bench bench-gpu clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[train,dev]'
+	# tensorrt-stubs declares a dependency on tensorrt, which cannot install here.
+	$(PY) -m pip install -q --no-deps 'tensorrt-stubs==10.13.0.35.1'
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+	$(MAKE) typecheck
+
+typecheck: $(STAMP)
+	$(PY) -m mypy export/trt_engine.py runtime/trt_backend.py runtime/cuda_buffers.py
+
+demo: $(STAMP)
+	$(PY) -m runtime.infer samples/ --output-dir out/demo --save-defocus-map
+
+train: $(STAMP)
+	$(PY) -m training.train --config $(CONFIG)
+
+train-tiny: $(STAMP)
+	$(PY) -m training.train --config configs/tiny.toml
+
+train-gpu:
+	bash training/train_gpu.sh runs/gpu
+
+export: $(STAMP)
+	$(PY) -m export.onnx --checkpoint $(CKPT) --out $(CKPT)
+
+engine: $(STAMP)
+	$(PY) -m export.engine --bundle $(CKPT)
+
+verify-engine: $(STAMP)
+	$(PY) -m export.verify --bundle $(CKPT)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+bench-gpu:
+	bash benchmarks/gpu.sh
+
+clean:
+	rm -rf $(VENV) out runs

@@ -1,0 +1,1 @@
+"""Export side of the pipeline: checkpoint -> ONNX -> FP16 ONNX -> TensorRT engine."""

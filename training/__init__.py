@@ -1,0 +1,1 @@
+"""Training side of the pipeline: the PyTorch model, data, losses and trainer."""

@@ -1,0 +1,128 @@
+"""Model checkpoints: safetensors weights + a JSON description, written atomically.
+
+A checkpoint is a folder holding ``model.safetensors`` and ``config.json``; the
+trainer adds ``state.pt`` (optimizer, schedule, RNG) beside them to resume.
+"""
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from training.archs import DefocusDeblurNet
+from training.presets import INPUT_NORMALISATION, MAP_RADIUS_SCALE_PX, MAP_UNITS, NetConfig
+
+FORMAT = "defocus-deblur-checkpoint/1"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt or does not fit what was asked of it."""
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def git_commit() -> str:
+    """The repository's commit, or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def save_checkpoint(folder: Path, model: DefocusDeblurNet, extra: Optional[dict] = None) -> None:
+    """Write weights and config into ``folder`` (created if needed), each atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    config = {
+        "format": FORMAT,
+        "net": model.config.to_dict(),
+        "map_units": MAP_UNITS,
+        "map_radius_scale_px": MAP_RADIUS_SCALE_PX,
+        "input_normalisation": INPUT_NORMALISATION,
+        "size_multiple": model.config.size_multiple,
+        "git_commit": git_commit(),
+        **(extra or {}),
+    }
+    atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, tmp))
+    atomic_write(folder / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+
+
+def read_config(folder: Path) -> dict:
+    """The checkpoint's ``config.json``, checked for format."""
+    path = Path(folder) / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: not a checkpoint (no {CONFIG})")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} config")
+    return config
+
+
+def load_checkpoint(path: Path, preset: Optional[str] = None) -> Tuple[DefocusDeblurNet, dict]:
+    """Load a model from a checkpoint folder (or its ``model.safetensors``).
+
+    Args:
+        path: Checkpoint folder or the weights file inside one.
+        preset: If given, refuse a checkpoint of another preset.
+
+    Returns:
+        (model in eval mode on CPU, the checkpoint's config dict).
+
+    Raises:
+        CheckpointError: with a one-line reason.
+    """
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    if not folder.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    config = read_config(folder)
+    try:
+        net = NetConfig.from_dict(config["net"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder / CONFIG}: bad network config ({exc})") from None
+    if preset is not None and net.preset != preset:
+        raise CheckpointError(f"{folder}: checkpoint is preset {net.preset!r}, expected {preset!r}")
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{folder / WEIGHTS}: unreadable weights ({exc})") from None
+    model = DefocusDeblurNet(net)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{folder / WEIGHTS}: weights do not fit the config ({first})") from None
+    return model.eval(), config
+
+
+def load_state(path: Path) -> dict:
+    """torch.load a trainer state file, turning damage into CheckpointError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for damaged pickles
+        raise CheckpointError(f"{path}: unreadable trainer state ({type(exc).__name__})") from None

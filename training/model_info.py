@@ -1,0 +1,100 @@
+"""Parameter count, MACs per pixel and receptive field of each preset.
+
+    python -m training.model_info [--variant sft_dec]
+"""
+import argparse
+
+import torch
+from torch import nn
+
+from training.archs import DefocusDeblurNet
+from training.presets import PRESETS, NetConfig, get_config
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_per_pixel(model: DefocusDeblurNet, size: int = 64) -> float:
+    """Multiply-accumulates of the convolutions of one forward pass, per input pixel."""
+    total = 0
+
+    def hook(conv: nn.Conv2d, _inputs, output):
+        nonlocal total
+        k = conv.kernel_size[0] * conv.kernel_size[1]
+        total += output.numel() * (conv.in_channels // conv.groups) * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(torch.rand(1, 3, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    return total / (size * size)
+
+
+def _gradient_extent(fn, inputs, size: int, scale: int) -> int:
+    """Width of the input region that the central ``scale`` x ``scale`` output cell sees."""
+    for x in inputs:
+        x.requires_grad_(True)
+    out = fn(*inputs)
+    c = (size // 2) // scale * scale
+    out[..., c:c + scale, c:c + scale].sum().backward()
+    seen = sum(x.grad.abs().sum(dim=(0, 1)) for x in inputs) > 0
+    cols = torch.nonzero(seen.any(dim=0)).flatten()
+    return int(cols.max() - cols.min() + 1)
+
+
+def receptive_fields(model: DefocusDeblurNet, size: int = 160) -> dict:
+    """Receptive fields in pixels, found by back-propagating from one output cell.
+
+    ``estimate``: image -> map. ``restore``: (image, map) -> output with fixed pooled
+    statistics. ``total``: image -> output through the estimated map. The runtime
+    overlaps tiles by at least half of the graph's field on each side.
+    """
+    scale = model.config.scale
+    model = model.eval()
+    image = torch.rand(1, 3, size, size)
+    dmap = torch.rand(1, 1, size, size)
+    cond_mean = None
+    if model.uses_pooling:
+        cond_mean = model.condition_mean(dmap).detach()
+    fields = {
+        "estimate": _gradient_extent(model.estimate, [image.clone()], size, scale),
+        "restore": _gradient_extent(lambda i, m: model.restore(i, m, cond_mean),
+                                    [image.clone(), dmap.clone()], size, scale),
+        "total": _gradient_extent(lambda i: model.restore(i, model.estimate(i), cond_mean),
+                                  [image.clone()], size, scale),
+    }
+    return fields
+
+
+def model_stats(config: NetConfig) -> dict:
+    torch.manual_seed(0)
+    model = DefocusDeblurNet(config).eval()
+    return {
+        "preset": config.preset,
+        "variant": config.variant,
+        "params": count_params(model),
+        "macs_per_pixel": macs_per_pixel(model),
+        "receptive_field": receptive_fields(model),
+        "size_multiple": config.size_multiple,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="sft_dec")
+    args = parser.parse_args()
+    print(f"{'preset':8} {'variant':9} {'params':>10} {'KMAC/px':>9} "
+          f"{'RF est/rest/total (px)':>24} {'multiple':>8}")
+    for name in PRESETS:
+        s = model_stats(get_config(name, args.variant))
+        rf = s["receptive_field"]
+        print(f"{name:8} {s['variant']:9} {s['params']:>10,} {s['macs_per_pixel'] / 1e3:>9.1f} "
+              f"{rf['estimate']:>8}/{rf['restore']}/{rf['total']:<8} {s['size_multiple']:>8}")
+
+
+if __name__ == "__main__":
+    main()

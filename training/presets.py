@@ -1,0 +1,68 @@
+"""Size presets and the units of the defocus map.
+
+Nothing here imports torch, so the export manifest and tests can read it cheaply.
+"""
+from dataclasses import asdict, dataclass, replace
+
+#: The defocus map is the circle-of-confusion radius in pixels divided by this.
+#: A map value of 1.0 means a blur disc of radius 10 px; 0 means in focus.
+MAP_RADIUS_SCALE_PX = 10.0
+
+MAP_UNITS = f"circle-of-confusion radius in pixels / {MAP_RADIUS_SCALE_PX:g}"
+INPUT_NORMALISATION = "RGB, float32 in [0, 1] (8-bit / 255, 16-bit / 65535), NCHW"
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Hyper-parameters of ``DefocusDeblurNet``.
+
+    Attributes:
+        preset: Name of the preset this config came from.
+        variant: ``concat``, ``sft``, ``sft_dec`` (the paper's) or ``sft_fdec``.
+        scale: Space-to-depth factor of both sub-networks; H and W must be
+            multiples of it (the runtime pads, see ``size_multiple``).
+        dme_channels, dme_blocks: width and residual blocks of the DME network.
+        channels, num_blocks: width and conditioned blocks of the deblurring net.
+        cond_channels: Condition feature channels Cc.
+    """
+
+    preset: str
+    variant: str = "sft_dec"
+    scale: int = 1
+    dme_channels: int = 64
+    dme_blocks: int = 4
+    channels: int = 128
+    num_blocks: int = 16
+    cond_channels: int = 32
+
+    @property
+    def size_multiple(self) -> int:
+        return self.scale
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetConfig":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown network config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+PRESETS = {
+    # DID-ANet's widths at full resolution: 64-channel DME with 4 residual blocks,
+    # 16 conditioned blocks at 128 channels.
+    "paper": NetConfig(preset="paper"),
+    # CPU deployment: both nets work on 2x2 space-to-depth cells, which quarters
+    # the MACs per pixel and doubles the receptive field of every 3x3 conv.
+    "small": NetConfig(preset="small", scale=2, dme_channels=24, dme_blocks=3,
+                       channels=48, num_blocks=6, cond_channels=32),
+}
+
+
+def get_config(preset: str, variant: str = "sft_dec") -> NetConfig:
+    """Return the config of ``preset`` with ``variant`` applied."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return replace(PRESETS[preset], variant=variant)
