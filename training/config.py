@@ -1,0 +1,142 @@
+"""Training configuration files (TOML), e.g. ``configs/small.toml``.
+
+    [model]  preset, variant
+    [data]   source = "builtin" | a folder of sharp images; ded = folder of
+             (blurry, sharp, defocus_map) triplets; pairs = folder of (blurry,
+             sharp) pairs; crop, max_radius_px, workers, pool_size, pool_crop
+    [train]  batch, lr, lr_min, warmup_steps, betas, seed, amp, channels_last,
+             val_every, ckpt_every, budget_seconds
+    [[stage]] kind = "gt_map" | "joint" | "finetune" | "end_to_end", steps
+"""
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from training.losses import STAGES
+
+
+class ConfigError(ValueError):
+    """A training config that cannot be used, with a one-line reason."""
+
+
+@dataclass
+class ModelSection:
+    preset: str = "small"
+    variant: str = "sft_dec"
+
+
+@dataclass
+class DataSection:
+    source: str = "builtin"
+    ded: Optional[str] = None
+    pairs: Optional[str] = None
+    crop: int = 256
+    max_radius_px: float = 10.0
+    workers: int = 2
+    #: >0: keep this many pre-rendered samples on the training device, refreshed
+    #: in the background, and cut each batch from them (fast, not bit-reproducible).
+    pool_size: int = 0
+    pool_crop: int = 384
+    val_size: int = 256
+
+
+@dataclass
+class TrainSection:
+    batch: int = 16
+    lr: float = 1e-4
+    lr_min: float = 1e-4
+    warmup_steps: int = 0
+    betas: Tuple[float, float] = (0.9, 0.999)
+    seed: int = 0
+    amp: bool = True
+    channels_last: bool = True
+    val_every: int = 500
+    ckpt_every: int = 200
+    #: >0: after a short probe, rescale the stage lengths to fit this many seconds.
+    budget_seconds: float = 0.0
+
+
+@dataclass
+class Stage:
+    kind: str
+    steps: int
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    stages: List[Stage] = field(default_factory=list)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def stage_at(self, step: int) -> str:
+        """Stage kind of the (0-based) global step."""
+        end = 0
+        for stage in self.stages:
+            end += stage.steps
+            if step < end:
+                return stage.kind
+        return self.stages[-1].kind
+
+    def rescale(self, total: int) -> None:
+        """Scale every stage so the run lasts ``total`` steps, keeping proportions."""
+        old = self.total_steps
+        for stage in self.stages:
+            stage.steps = max(1, round(stage.steps * total / old))
+
+    def to_dict(self) -> dict:
+        return {
+            "model": vars(self.model), "data": vars(self.data),
+            "train": {**vars(self.train), "betas": list(self.train.betas)},
+            "stage": [vars(s) for s in self.stages],
+        }
+
+
+def _section(cls, data: dict, name: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"[{name}] has unknown keys: {', '.join(sorted(unknown))}")
+    if "betas" in data:
+        data = {**data, "betas": tuple(data["betas"])}
+    return cls(**data)
+
+
+def from_dict(raw: dict) -> TrainConfig:
+    unknown = set(raw) - {"model", "data", "train", "stage"}
+    if unknown:
+        raise ConfigError(f"unknown sections: {', '.join(sorted(unknown))}")
+    stages = [_section(Stage, s, "stage") for s in raw.get("stage", [])]
+    if not stages:
+        raise ConfigError("no [[stage]] tables: give at least one stage")
+    for stage in stages:
+        if stage.kind not in STAGES:
+            raise ConfigError(f"stage kind {stage.kind!r} is not one of {', '.join(STAGES)}")
+        if stage.steps < 1:
+            raise ConfigError(f"stage {stage.kind!r} has {stage.steps} steps; need >= 1")
+    config = TrainConfig(_section(ModelSection, raw.get("model", {}), "model"),
+                         _section(DataSection, raw.get("data", {}), "data"),
+                         _section(TrainSection, raw.get("train", {}), "train"), stages)
+    if config.train.batch < 1 or config.data.crop < 16:
+        raise ConfigError("batch must be >= 1 and crop >= 16")
+    return config
+
+
+def load_config(path: Path) -> TrainConfig:
+    """Read and check a TOML training config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return from_dict(raw)
+    except TypeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

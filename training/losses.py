@@ -1,0 +1,49 @@
+"""The paper's losses (Sec. 3.4) and the loss of each training stage."""
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Loss weights lambda_1 (map), lambda_2 (image L1) and lambda_3 (weighted L2).
+LAMBDA_DME, LAMBDA_DF, LAMBDA_WD = 0.2, 0.9, 0.1
+
+STAGES = ("gt_map", "joint", "finetune", "end_to_end")
+
+
+def weighted_l2(output: Tensor, target: Tensor, defocus_map: Tensor, has_map: Tensor) -> Tensor:
+    """L_wd = || W * (I_df - I_gt) ||_2 with W = DM_gt / mean(DM_gt) (paper Eq. 5-6).
+
+    Normalisation: the norm is taken per pixel over the colour channels (DID-ANet's
+    convention) and averaged over pixels, and W is normalised per image so its
+    mean is 1. L_wd thus has the scale of a per-pixel error, like L_df, and
+    blurrier pixels weigh more. An image with no map, or an all-in-focus map
+    (mean 0), gets W = 1.
+
+    Shape:
+        output, target (N, 3, H, W); defocus_map (N, 1, H, W); has_map (N,) bool.
+    """
+    mean = defocus_map.abs().mean(dim=(1, 2, 3), keepdim=True)
+    usable = has_map.view(-1, 1, 1, 1) & (mean > 1e-6)
+    weight = torch.where(usable, defocus_map.abs() / mean.clamp_min(1e-6),
+                         torch.ones_like(defocus_map))
+    per_pixel = torch.sqrt(((output - target) ** 2).sum(dim=1, keepdim=True) + 1e-12)
+    return (weight * per_pixel).mean()
+
+
+def stage_loss(stage: str, deblurred: Tensor, estimated: Tensor, batch: dict) -> dict:
+    """Loss of one stage; returns a dict with ``total`` and its terms (detached).
+
+    ``gt_map``, ``joint`` and ``end_to_end`` use Loss1 = 0.2 L_dme + 0.9 L_df
+    (L_dme only on samples with a map); ``finetune`` uses Loss2 = 0.9 L_df + 0.1 L_wd.
+    """
+    sharp, gt_map, has_map = batch["sharp"], batch["defocus_map"], batch["has_map"]
+    l_df = F.l1_loss(deblurred, sharp)
+    if stage == "finetune":
+        l_wd = weighted_l2(deblurred, sharp, gt_map, has_map)
+        total = LAMBDA_DF * l_df + LAMBDA_WD * l_wd
+        return {"total": total, "l_df": l_df.detach(), "l_wd": l_wd.detach()}
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    mask = has_map.view(-1, 1, 1, 1).to(estimated.dtype)
+    l_dme = (mask * (estimated - gt_map).abs()).sum() / (mask.sum() * gt_map[0].numel()).clamp_min(1)
+    total = LAMBDA_DME * l_dme + LAMBDA_DF * l_df
+    return {"total": total, "l_df": l_df.detach(), "l_dme": l_dme.detach()}

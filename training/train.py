@@ -1,0 +1,202 @@
+"""Three-stage trainer.
+
+    python -m training.train --config configs/small.toml [--out runs/small] [--device auto]
+    torchrun --nproc_per_node 2 -m training.train --config ...   (DistributedDataParallel)
+
+Writes ``OUT/checkpoints/step_*/`` (weights, config, trainer state; the newest is
+named in ``OUT/checkpoints/latest``), ``OUT/best/`` (best validation PSNR),
+``OUT/log.csv``, ``OUT/val.csv`` and ``OUT/curves.png``. Rerunning the same
+command resumes from the last checkpoint; a run killed at any moment resumes
+to the same weights as an uninterrupted one (pool mode excepted, see config).
+"""
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from training.archs import DefocusDeblurNet
+from training.checkpoint import CheckpointError, load_checkpoint
+from training.config import ConfigError, TrainConfig, load_config
+from training.data import DataError
+from training.losses import stage_loss
+from training.presets import get_config
+from training.run_io import RunFiles
+from training.batches import make_batches
+from training.validate import evaluate, load_validation_set
+
+PROBE_STEPS = 30
+
+
+class Trainer:
+    """Owns the model, optimizer, schedule and data of one (possibly distributed) run."""
+
+    def __init__(self, config: TrainConfig, out: Path, device: torch.device,
+                 init: Path = None):
+        self.config = config
+        self.device = device
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.files = RunFiles(out) if self.rank == 0 else None
+        tc = config.train
+        torch.manual_seed(tc.seed)
+        self.model = DefocusDeblurNet(get_config(config.model.preset, config.model.variant))
+        if init is not None:
+            self.model.load_state_dict(load_checkpoint(init, config.model.preset)[0].state_dict())
+        self.model.to(device)
+        if tc.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=tc.betas)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.step = 0
+        self.best_psnr = -math.inf
+        self.resumed = self._resume(out)
+        self.net = self.model
+        if self.world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.amp = tc.amp and device.type == "cuda"
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up, then cosine decay from ``lr`` to ``lr_min`` over the run."""
+        tc = self.config.train
+        if step < tc.warmup_steps:
+            return (step + 1) / tc.warmup_steps
+        span = max(1, self.config.total_steps - tc.warmup_steps)
+        progress = min(1.0, (step - tc.warmup_steps) / span)
+        floor = tc.lr_min / tc.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _resume(self, out: Path) -> bool:
+        state = RunFiles.load_latest(out, self.model, self.config.model)
+        if state is None:
+            return False
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.config.stages = state["stages"]
+        self.step = state["step"]
+        self.best_psnr = state["best_psnr"]
+        return True
+
+    def state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "stages": self.config.stages, "step": self.step, "best_psnr": self.best_psnr}
+
+    def train_step(self, batch: dict) -> dict:
+        stage = self.config.stage_at(self.step)
+        self.net.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            guide = batch["defocus_map"] if stage == "gt_map" else None
+            deblurred, estimated = self.net(batch["blurry"], guide)
+        losses = stage_loss(stage, deblurred.float(), estimated.float(), batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {k: float(v) for k, v in losses.items()} | {"stage": stage}
+
+    def _maybe_rescale(self, started: float) -> None:
+        """Fit the stage lengths to ``budget_seconds`` from the probe's speed."""
+        budget = self.config.train.budget_seconds
+        if budget <= 0 or self.resumed or self.step != PROBE_STEPS:
+            return
+        rate = PROBE_STEPS / (time.perf_counter() - started)
+        # 10% of the budget is kept for validation and checkpoints.
+        self.config.rescale(max(PROBE_STEPS + 1, int(0.9 * budget * rate)))
+        if self.files:
+            tqdm.write(f"budget {budget:.0f}s at {rate:.2f} steps/s -> {self.config.total_steps} steps: "
+                       + ", ".join(f"{s.kind} {s.steps}" for s in self.config.stages))
+
+    def run(self) -> None:
+        tc = self.config.train
+        val_set = load_validation_set(self.config.data) if self.files else None
+        batches = make_batches(self.config, self.step, self.rank, self.world, self.device)
+        bar = tqdm(total=self.config.total_steps, initial=self.step, disable=self.files is None,
+                   dynamic_ncols=True, desc="train")
+        started = time.perf_counter()
+        while self.step < self.config.total_steps:
+            stats = self.train_step(next(batches))
+            self._maybe_rescale(started)
+            bar.total = self.config.total_steps
+            if self.files is None:
+                continue
+            bar.update(1)
+            bar.set_postfix(stage=stats["stage"], loss=f"{stats['total']:.4f}",
+                            lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+            self.files.log_step(self.step, stats, self.scheduler.get_last_lr()[0],
+                                bar.format_dict.get("rate"))
+            last = self.step == self.config.total_steps
+            if self.step % tc.val_every == 0 or last:
+                self.validate(val_set)
+            if self.step % tc.ckpt_every == 0 or last:
+                self.files.save(self.model, self.state(), self.config)
+        bar.close()
+        batches.close()
+
+    def validate(self, val_set: list) -> None:
+        metrics = evaluate(self.model, val_set, self.device)
+        improved = metrics["psnr_out"] > self.best_psnr
+        if improved:
+            self.best_psnr = metrics["psnr_out"]
+            self.files.save_best(self.model, metrics, self.config, self.step)
+        self.files.log_validation(self.step, metrics)
+        tqdm.write(f"step {self.step}: PSNR {metrics['psnr_in']:.2f} -> {metrics['psnr_out']:.2f} dB, "
+                   f"SSIM {metrics['ssim_in']:.4f} -> {metrics['ssim_out']:.4f}, "
+                   f"map MAE {metrics['map_mae']:.4f}{' (best)' if improved else ''}")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA device")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def init_distributed(device: torch.device) -> None:
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Train the defocus deblurring network.")
+    parser.add_argument("--config", required=True, type=Path, help="TOML config (configs/*.toml)")
+    parser.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--init", type=Path, help="start from this checkpoint's weights")
+    parser.add_argument("--budget-seconds", type=float, help="override [train] budget_seconds")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.budget_seconds is not None:
+            config.train.budget_seconds = args.budget_seconds
+        device = pick_device(args.device)
+        init_distributed(device)
+        out = args.out or Path("runs") / args.config.stem
+        Trainer(config, out, device, args.init).run()
+    except (ConfigError, CheckpointError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
