@@ -111,7 +111,10 @@ def load_checkpoint(path: Path, preset: Optional[str] = None) -> Tuple[DefocusDe
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{folder / WEIGHTS}: unreadable weights ({exc})") from None
-    model = DefocusDeblurNet(net)
+    try:
+        model = DefocusDeblurNet(net)
+    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a width that is not an int
+        raise CheckpointError(f"{folder / CONFIG}: bad network config ({exc})") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -31,7 +31,8 @@ from training.run_io import RunFiles
 from training.batches import make_batches
 from training.validate import evaluate, load_validation_set
 
-PROBE_STEPS = 30
+#: Steps timed to fit ``budget_seconds`` (after the first, slow ones).
+PROBE_START, PROBE_END = 10, 60
 
 
 class Trainer:
@@ -56,6 +57,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.step = 0
         self.best_psnr = -math.inf
+        self.elapsed = 0.0
         self.resumed = self._resume(out)
         self.net = self.model
         if self.world > 1:
@@ -82,11 +84,12 @@ class Trainer:
         self.config.stages = state["stages"]
         self.step = state["step"]
         self.best_psnr = state["best_psnr"]
+        self.elapsed = state["elapsed"]
         return True
 
     def state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "stages": self.config.stages, "step": self.step, "best_psnr": self.best_psnr}
+                "stages": self.config.stages, "step": self.step, "best_psnr": self.best_psnr, "elapsed": self.elapsed}
 
     def train_step(self, batch: dict) -> dict:
         stage = self.config.stage_at(self.step)
@@ -100,16 +103,18 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return {k: float(v) for k, v in losses.items()} | {"stage": stage}
+        return {k: float(v.detach()) for k, v in losses.items()} | {"stage": stage}
 
-    def _maybe_rescale(self, started: float) -> None:
+    def _maybe_rescale(self, started: float, probe_started: float) -> None:
         """Fit the stage lengths to ``budget_seconds`` from the probe's speed."""
         budget = self.config.train.budget_seconds
-        if budget <= 0 or self.resumed or self.step != PROBE_STEPS:
+        if budget <= 0 or self.resumed or self.step != PROBE_END:
             return
-        rate = PROBE_STEPS / (time.perf_counter() - started)
+        now = time.perf_counter()
+        rate = (PROBE_END - PROBE_START) / (now - probe_started)
         # 10% of the budget is kept for validation and checkpoints.
-        self.config.rescale(max(PROBE_STEPS + 1, int(0.9 * budget * rate)))
+        left = 0.9 * budget - (now - started)
+        self.config.rescale(max(PROBE_END + 1, PROBE_END + int(left * rate)))
         if self.files:
             tqdm.write(f"budget {budget:.0f}s at {rate:.2f} steps/s -> {self.config.total_steps} steps: "
                        + ", ".join(f"{s.kind} {s.steps}" for s in self.config.stages))
@@ -120,10 +125,14 @@ class Trainer:
         batches = make_batches(self.config, self.step, self.rank, self.world, self.device)
         bar = tqdm(total=self.config.total_steps, initial=self.step, disable=self.files is None,
                    dynamic_ncols=True, desc="train")
-        started = time.perf_counter()
+        started = tick = probe_started = time.perf_counter()
         while self.step < self.config.total_steps:
             stats = self.train_step(next(batches))
-            self._maybe_rescale(started)
+            if self.step == PROBE_START:
+                probe_started = time.perf_counter()
+            self._maybe_rescale(started, probe_started)
+            now = time.perf_counter()
+            self.elapsed, tick = self.elapsed + now - tick, now
             bar.total = self.config.total_steps
             if self.files is None:
                 continue
@@ -145,7 +154,7 @@ class Trainer:
         improved = metrics["psnr_out"] > self.best_psnr
         if improved:
             self.best_psnr = metrics["psnr_out"]
-            self.files.save_best(self.model, metrics, self.config, self.step)
+            self.files.save_best(self.model, metrics, self.config, self.step, self.elapsed)
         self.files.log_validation(self.step, metrics)
         tqdm.write(f"step {self.step}: PSNR {metrics['psnr_in']:.2f} -> {metrics['psnr_out']:.2f} dB, "
                    f"SSIM {metrics['ssim_in']:.4f} -> {metrics['ssim_out']:.4f}, "

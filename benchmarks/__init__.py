@@ -1,0 +1,1 @@
+"""Benchmarks of every deployment path: ``python -m benchmarks.run`` (see ``benchmarks/README.md``)."""

@@ -1,0 +1,56 @@
+"""Options and set-up shared by ``runtime.infer`` and ``runtime.stream``."""
+import argparse
+import logging
+import sys
+from typing import NoReturn
+
+from runtime.backend import BACKENDS, DEVICES, tensorrt_unusable
+from runtime.bundle import load_bundle
+from runtime.deblurrer import Deblurrer
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and backend")
+    group.add_argument("--model", default=None,
+                       help="bundle folder, its manifest.json, or one of its .onnx / .engine files "
+                            "(default: models/default)")
+    group.add_argument("--backend", choices=BACKENDS, default="auto",
+                       help="auto: TensorRT where an engine fits this GPU, else ONNX Runtime")
+    group.add_argument("--device", choices=DEVICES, default="auto",
+                       help="auto: cuda when a GPU is visible (default)")
+    group.add_argument("--precision", choices=("fp32", "fp16"), default=None,
+                       help="default: fp16 on TensorRT, else fp32")
+    group.add_argument("--tile", type=int, default=512, help="tile size in px (default 512)")
+    group.add_argument("--overlap", type=int, default=None,
+                       help="tile overlap in px (default: receptive field + 16)")
+    group.add_argument("--tile-batch", type=int, default=4, help="tiles per graph call (default 4)")
+    group.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads")
+    group.add_argument("--cuda-graphs", action="store_true", help="TensorRT: replay CUDA graphs")
+    group.add_argument("--defocus-scale", type=float, default=1.0,
+                       help="multiply the defocus map: deblurring strength (default 1.0)")
+    group.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+
+
+def setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+
+
+def build_deblurrer(args: argparse.Namespace) -> Deblurrer:
+    """A ``Deblurrer`` from the parsed model options (errors propagate as DeblurError)."""
+    bundle = load_bundle(args.model)
+    precision = args.precision
+    if precision is None:
+        # FP16 where a TensorRT FP16 engine runs here; ONNX Runtime on the CPU runs FP32 fastest.
+        trt_ok = (args.backend in ("auto", "tensorrt") and args.device != "cpu"
+                  and tensorrt_unusable(bundle, "fp16") is None)
+        precision = "fp16" if trt_ok else "fp32"
+    return Deblurrer(bundle, backend=args.backend, device=args.device, precision=precision,
+                     tile=args.tile, overlap=args.overlap, tile_batch=args.tile_batch,
+                     threads=args.threads, cuda_graphs=args.cuda_graphs)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one error line and exit."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)

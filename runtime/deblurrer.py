@@ -1,0 +1,181 @@
+"""``Deblurrer``: one image in, the deblurred image and its defocus map out."""
+import logging
+from pathlib import Path
+from typing import Any, Callable, Optional, Tuple, Union
+
+import numpy as np
+
+from runtime.backend import Backend, create_backend
+from runtime.bundle import Bundle, load_bundle
+from runtime.device_arrays import is_device_array, to_cupy
+from runtime.errors import BackendError
+from runtime.tiling import (TiledPipeline, default_overlap, min_overlap, pad_to, padded_size,
+                            round_up)
+
+log = logging.getLogger("runtime")
+
+_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+_MAX_VALUE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+#: Rows converted at a time when writing the output (bounds temporaries).
+_BAND_ROWS = 256
+
+
+class Deblurrer:
+    """Defocus deblurring of single images with a model bundle.
+
+    Args:
+        model: Bundle folder, its manifest.json, one of its .onnx / .engine files, or a
+            loaded ``Bundle``. Default: ``models/default``.
+        backend: ``auto``, ``tensorrt``, ``onnxruntime`` or ``onnxruntime-trt``.
+            Default: ``auto`` (see ``runtime.backend.create_backend``).
+        device: ``cpu``, ``cuda`` or ``auto``. Default: ``cpu``.
+        precision: ``fp32`` or ``fp16``. Default: ``fp32``.
+        tile: Tile size in pixels. Default: 512.
+        overlap: Pixels shared by neighbouring tiles; None: the receptive field of each
+            pass plus a 16 px cross-fade.
+        tile_batch: Tiles per graph call. Default: 4.
+        threads: ONNX Runtime intra-op threads; None: all cores.
+        cuda_graphs: TensorRT: one CUDA graph per tile shape. Default: False.
+    """
+
+    def __init__(self, model: Union[str, Path, Bundle, None] = None, backend: str = "auto",
+                 device: str = "cpu", precision: str = "fp32", tile: int = 512,
+                 overlap: Optional[int] = None, tile_batch: int = 4, threads: Optional[int] = None,
+                 cuda_graphs: bool = False):
+        self.bundle = model if isinstance(model, Bundle) else load_bundle(model)
+        if self.bundle.hint_backend and backend == "auto":
+            backend = self.bundle.hint_backend
+        if self.bundle.hint_precision:
+            precision = self.bundle.hint_precision
+        self.backend: Backend = create_backend(self.bundle, backend, device, precision, threads,
+                                               cuda_graphs)
+        self.tile, self.tile_batch = self._fit_profile(tile, tile_batch)
+        self.overlap = overlap
+        self._check_overlap(overlap)
+        self.pipeline = TiledPipeline(self.backend.run, self.bundle.receptive_field,
+                                      self.bundle.size_multiple, self.bundle.uses_pooling,
+                                      self.tile, overlap, self.tile_batch)
+
+    def _fit_profile(self, tile: int, tile_batch: int) -> Tuple[int, int]:
+        """Check the tile against a TensorRT profile; cap the batch at its maximum."""
+        m = self.bundle.size_multiple
+        if tile <= 0 or tile % m:
+            raise BackendError(f"--tile {tile} must be a positive multiple of {m}")
+        profile = self.backend.profile
+        if profile is None:
+            return tile, tile_batch
+        max_batch, max_h, max_w = profile["max"]
+        # Condition chunks are at least about tile / 2: keep them above the profile minimum.
+        low = 2 * (max(profile["min"][1:]) + m)
+        if not low <= tile <= min(max_h, max_w):
+            raise BackendError(f"--tile {tile} must lie in [{low}, {min(max_h, max_w)}] for this "
+                               f"engine's profile (min {profile['min']}, max {profile['max']})")
+        if tile_batch > max_batch:
+            log.info("tile batch %d capped at the engine profile's maximum %d", tile_batch, max_batch)
+        return tile, min(tile_batch, max_batch)
+
+    def _check_overlap(self, overlap: Optional[int]) -> None:
+        """Exact tiling needs overlap >= ``min_overlap`` of each pass and < the tile."""
+        m = self.bundle.size_multiple
+        for graph in ("estimate", "restore"):
+            rf = self.bundle.receptive_field[graph]
+            used = default_overlap(rf, m) if overlap is None else round_up(overlap, m)
+            if used < min_overlap(rf, m):
+                raise BackendError(f"--overlap {used} is below {min_overlap(rf, m)} px, the minimum "
+                                   f"for exact tiling of {graph!r} (receptive field {rf} px)")
+            if used >= self.tile:
+                raise BackendError(f"--tile {self.tile} must exceed the {graph!r} overlap of {used} px")
+
+    def describe(self) -> str:
+        return self.backend.describe()
+
+    def run(self, image: Any, defocus_scale: float = 1.0, defocus_map: Optional[Any] = None,
+            progress: Optional[Callable[[int], None]] = None) -> Tuple[Any, Any]:
+        """Deblur one image.
+
+        Args:
+            image: (H, W, 3) RGB, uint8, uint16 or float32 in [0, 1]; a NumPy array, or a
+                GPU array (CuPy, torch CUDA tensor: anything with ``__cuda_array_interface__``
+                or CUDA DLPack) for the GPU backends.
+            defocus_scale: Multiplies the defocus map (deblurring strength). Default: 1.0.
+            defocus_map: (H, W) float32 map to use instead of the estimate, in the
+                manifest's units (blur-disc radius px / ``map_radius_scale_px``); it is
+                multiplied by ``defocus_scale`` too.
+            progress: Called with the number of tiles finished.
+
+        Returns:
+            (deblurred (H, W, 3) in the input's dtype (float32 clipped to [0, 1]),
+            defocus map (H, W) float32 as used). CuPy arrays for GPU input, else NumPy.
+        """
+        on_device = is_device_array(image)
+        if on_device:
+            if not self.backend.device_io:
+                raise BackendError(f"GPU arrays need a GPU backend (this is {self.describe()}): "
+                                   "use device='cuda', or pass a NumPy array")
+            image = to_cupy(image)
+            if defocus_map is not None:
+                defocus_map = to_cupy(defocus_map)
+        elif defocus_map is not None and is_device_array(defocus_map):
+            raise BackendError("defocus_map is a GPU array but the image is not: pass both on one side")
+        _check_image(image)
+        height, width = image.shape[:2]
+        minimum = (1, 1) if self.backend.profile is None else tuple(self.backend.profile["min"][1:])
+        ph, pw = padded_size(height, width, self.bundle.size_multiple, minimum)
+        padded = pad_to(image, ph, pw)
+        self.pipeline.progress = progress
+        if defocus_map is None:
+            dmap = self.pipeline.estimate(padded)
+        else:
+            dmap = pad_to(_check_map(defocus_map, height, width), ph, pw)
+        if defocus_scale != 1.0:
+            dmap = dmap * np.float32(defocus_scale)
+        cond_mean = self.pipeline.condition_mean(dmap) if self.bundle.uses_pooling else None
+        restored = self.pipeline.restore(padded, dmap, cond_mean)
+        return _to_image(restored, height, width, image.dtype), dmap[:height, :width]
+
+    def count_tiles(self, height: int, width: int) -> int:
+        """Tiles one ``run`` processes for an image of this size."""
+        minimum = (1, 1) if self.backend.profile is None else tuple(self.backend.profile["min"][1:])
+        ph, pw = padded_size(height, width, self.bundle.size_multiple, minimum)
+        return self.pipeline.count_tiles(ph, pw)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _check_image(image: Any) -> None:
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise BackendError(f"image must be (H, W, 3) RGB, got shape {tuple(image.shape)}")
+    if np.dtype(image.dtype) not in _DTYPES:
+        raise BackendError(f"image dtype must be uint8, uint16 or float32, got {image.dtype}")
+    if min(image.shape[:2]) < 1:
+        raise BackendError(f"image is empty: shape {tuple(image.shape)}")
+
+
+def _check_map(defocus_map: Any, height: int, width: int) -> Any:
+    if defocus_map.ndim == 3 and defocus_map.shape[2] == 1:
+        defocus_map = defocus_map[:, :, 0]
+    if tuple(defocus_map.shape) != (height, width):
+        raise BackendError(f"defocus map is {tuple(defocus_map.shape)}, the image is "
+                           f"{(height, width)}: they must match")
+    return defocus_map.astype(np.float32)
+
+
+def _to_image(restored: Any, height: int, width: int, dtype: Any) -> Any:
+    """float32 (3, H', W') -> (height, width, 3) of ``dtype``, converted in row bands."""
+    dtype = np.dtype(dtype)
+    xp = np if isinstance(restored, np.ndarray) else _cupy()
+    out = xp.empty((height, width, 3), dtype=dtype)
+    top = _MAX_VALUE.get(dtype, 1.0)
+    for y in range(0, height, _BAND_ROWS):
+        band = restored[:, y:min(y + _BAND_ROWS, height), :width].transpose(1, 2, 0)
+        band = xp.clip(band, 0.0, 1.0)
+        if dtype != np.float32:
+            band = band * np.float32(top) + np.float32(0.5)
+        out[y:y + _BAND_ROWS] = band.astype(dtype)
+    return out
+
+
+def _cupy() -> Any:
+    from runtime.device_arrays import cupy_module
+    return cupy_module()

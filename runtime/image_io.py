@@ -1,0 +1,269 @@
+"""Image files: PNG (8/16-bit), JPEG, TIFF, WebP through OpenCV, in RGB order.
+
+``read_image`` decodes with ``IMREAD_UNCHANGED`` (keeps 16-bit and alpha, but ignores
+EXIF orientation) and applies the EXIF orientation itself; TIFF files come out of
+OpenCV's TIFF decoder already oriented. Writes go to a temporary file in the target
+folder, renamed into place when complete.
+
+Defocus map files (``--defocus-map``): one-channel images. A float32 TIFF holds map
+units directly (``--save-defocus-map raw`` writes one, so maps round-trip exactly);
+in an 8- or 16-bit PNG / TIFF a value v means ``v / (2**bits - 1) * MAP_FILE_MAX``
+map units (16-bit steps: ``MAP_FILE_MAX / 65535``), handy for painted maps.
+Map units: blur-disc radius px / ``map_radius_scale_px`` (10 px for the shipped models).
+"""
+import os
+import struct
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+
+# Set before OpenCV is first imported: refuse absurd images before allocating them.
+MAX_PIXELS = 400_000_000
+MAX_SIDE = 30_000
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+import cv2  # noqa: E402
+
+from runtime.errors import ImageError  # noqa: E402
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+#: Map value of the brightest 8/16-bit map file pixel (4.0 = 40 px blur radius).
+MAP_FILE_MAX = 4.0
+#: Map value shown as the top of the colour scale of ``*_defocus.png``.
+COLOR_MAP_MAX = 2.0
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image split into what the network sees and what passes through.
+
+    Attributes:
+        rgb: (H, W, 3) uint8 / uint16 / float32, RGB (grey inputs replicated).
+        alpha: (H, W) alpha channel, untouched, or None.
+        grey: True when the file was one-channel: written back as grey.
+    """
+
+    rgb: np.ndarray
+    alpha: Optional[np.ndarray]
+    grey: bool
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence libjpeg / libpng warnings that decoders print on fd 2."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def probe_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """(width, height) from a PNG, JPEG or WebP header without decoding, else None."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            length = struct.unpack(">H", data[i + 2:i + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                height, width = struct.unpack(">HH", data[i + 5:i + 9])
+                return width, height
+            i += 2 + length
+        return None
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and data[12:16] == b"VP8X" and len(data) >= 30:
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    return None
+
+
+def exif_orientation(exif: bytes) -> int:
+    """EXIF orientation (1-8) from a raw EXIF block (TIFF layout), 1 when absent."""
+    if exif[:6] == b"Exif\x00\x00":
+        exif = exif[6:]
+    if len(exif) < 8 or exif[:2] not in (b"II", b"MM"):
+        return 1
+    order = "<" if exif[:2] == b"II" else ">"
+    offset = struct.unpack(order + "I", exif[4:8])[0]
+    if offset + 2 > len(exif):
+        return 1
+    count = struct.unpack(order + "H", exif[offset:offset + 2])[0]
+    for k in range(count):
+        entry = offset + 2 + 12 * k
+        if entry + 12 > len(exif):
+            break
+        tag, kind = struct.unpack(order + "HH", exif[entry:entry + 4])
+        if tag == _EXIF_ORIENTATION_TAG and kind == 3:
+            value = struct.unpack(order + "H", exif[entry + 8:entry + 10])[0]
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn a stored image upright for an EXIF orientation (as OpenCV's IMREAD_COLOR does)."""
+    if orientation in (5, 6, 7, 8):
+        image = cv2.transpose(image)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return image if flip is None else cv2.flip(image, flip)
+
+
+def _decode(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read ({err.strerror})") from None
+    if not data:
+        raise ImageError(f"{path}: empty file")
+    size = probe_size(data)
+    if size is not None:
+        _check_size(path, size[0], size[1])
+    with _quiet_stderr():
+        image, types, metadata = cv2.imdecodeWithMetadata(np.frombuffer(data, np.uint8),
+                                                          flags=cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError(f"{path}: not a readable image (unsupported format, truncated or corrupt)")
+    _check_size(path, image.shape[1], image.shape[0])
+    for kind, block in zip(types, metadata):
+        if kind == cv2.IMAGE_METADATA_EXIF:
+            image = apply_orientation(image, exif_orientation(np.asarray(block).tobytes()))
+    return image
+
+
+def _check_size(path: Path, width: int, height: int) -> None:
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise ImageError(f"{path}: {width}x{height} is too large (limit {MAX_SIDE} px a side, "
+                         f"{MAX_PIXELS // 1_000_000} MP)")
+    if width < 1 or height < 1:
+        raise ImageError(f"{path}: {width}x{height} has no pixels")
+
+
+def read_image(path: Path) -> LoadedImage:
+    """Read an image as RGB (+ alpha), upright, in its own bit depth.
+
+    Raises:
+        ImageError: Missing, empty, non-image, truncated, too large, or an
+            unsupported depth (one-line message).
+    """
+    image = _decode(Path(path))
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ImageError(f"{path}: unsupported sample type {image.dtype} (use 8/16-bit or float32)")
+    if image.ndim == 2 or image.shape[2] == 1:
+        grey = image.reshape(image.shape[:2])
+        return LoadedImage(np.repeat(grey[:, :, None], 3, axis=2), None, True)
+    if image.shape[2] == 3:
+        return LoadedImage(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), None, False)
+    if image.shape[2] == 4:
+        return LoadedImage(cv2.cvtColor(image, cv2.COLOR_BGRA2RGB), image[:, :, 3].copy(), False)
+    raise ImageError(f"{path}: {image.shape[2]} channels (expected grey, RGB or RGBA)")
+
+
+def compose(rgb: np.ndarray, alpha: Optional[np.ndarray], grey: bool) -> np.ndarray:
+    """Deblurred RGB (+ original alpha) back to the file's layout, in BGR(A) order."""
+    if grey:
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    if alpha is not None:
+        return np.dstack([cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), alpha])
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Encode by extension and write atomically (temp file in the same folder, then rename).
+
+    Args:
+        image: BGR / BGRA / grey in OpenCV order, uint8 or uint16 (PNG / TIFF only).
+
+    Raises:
+        ImageError: Unknown extension, depth the format cannot hold, or an unwritable folder.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in EXTENSIONS:
+        raise ImageError(f"{path}: unknown output format {ext!r} (use {', '.join(EXTENSIONS)})")
+    if image.dtype == np.uint16 and ext not in (".png", ".tif", ".tiff"):
+        raise ImageError(f"{path}: {ext} cannot hold 16-bit samples; write .png or .tif")
+    ok, encoded = cv2.imencode(ext, image)
+    if not ok:
+        raise ImageError(f"{path}: OpenCV could not encode this image as {ext}")
+    atomic_write_bytes(path, encoded.tobytes())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed into place."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ImageError(f"{path}: output folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as err:
+        raise ImageError(f"{path}: cannot write to {folder} ({err.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise ImageError(f"{path}: cannot write ({err.strerror})") from None
+
+
+def read_defocus_map(path: Path) -> np.ndarray:
+    """A defocus map file -> float32 (H, W) in map units (see the module docstring)."""
+    image = _decode(Path(path))
+    if image.ndim == 3:
+        if image.shape[2] != 1:
+            raise ImageError(f"{path}: a defocus map must be one-channel (grey), got "
+                             f"{image.shape[2]} channels")
+        image = image[:, :, 0]
+    if image.dtype == np.float32:
+        return image
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{path}: unsupported defocus map type {image.dtype}")
+    top = np.iinfo(image.dtype).max
+    return image.astype(np.float32) * np.float32(MAP_FILE_MAX / top)
+
+
+def write_defocus_map(path: Path, defocus_map: np.ndarray) -> None:
+    """Write the raw map as a float32 TIFF in map units: ``read_defocus_map`` reads it back exactly."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        raise ImageError(f"{path}: raw defocus maps are written as float32 .tif")
+    ok, encoded = cv2.imencode(".tif", np.ascontiguousarray(defocus_map, dtype=np.float32))
+    if not ok:
+        raise ImageError(f"{path}: OpenCV could not encode the defocus map")
+    atomic_write_bytes(Path(path), encoded.tobytes())
+
+
+def colorize_defocus_map(defocus_map: np.ndarray, radius_scale_px: float) -> np.ndarray:
+    """Colour-mapped map (inferno, 0 .. ``COLOR_MAP_MAX``) with a labelled scale bar below.
+
+    Returns:
+        BGR uint8 image of height H + a 28 px legend strip.
+    """
+    level = np.clip(defocus_map / COLOR_MAP_MAX, 0.0, 1.0) * 255.0 + 0.5
+    colored = cv2.applyColorMap(level.astype(np.uint8), cv2.COLORMAP_INFERNO)
+    width = colored.shape[1]
+    bar = cv2.applyColorMap(np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8)[None, :],
+                            cv2.COLORMAP_INFERNO)
+    legend = np.zeros((28, width, 3), np.uint8)
+    legend[:10] = bar
+    top_px = COLOR_MAP_MAX * radius_scale_px
+    label = f"blur radius 0 .. {top_px:g} px"
+    cv2.putText(legend, label, (2, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack([colored, legend])

@@ -1,0 +1,147 @@
+"""Deblur image files.
+
+    python -m runtime.infer IMAGE [IMAGE or DIR ...] [-o OUT.png | --output-dir DIR]
+        [--model BUNDLE|ONNX|ENGINE] [--backend auto|tensorrt|onnxruntime|onnxruntime-trt]
+        [--device auto|cpu|cuda] [--precision fp32|fp16] [--tile N] [--overlap N]
+        [--tile-batch N] [--threads N] [--save-defocus-map [color|raw|both]]
+        [--defocus-scale S] [--defocus-map FILE]
+
+Outputs: ``-o OUT`` for one image; ``DIR/<stem>.png`` with ``--output-dir``; else
+``<stem>_deblurred.png`` next to the input. Defocus maps: ``<stem>_defocus.png``
+(colour, scale bar in px) and ``<stem>_defocus_raw.tif`` (float32 map units, read
+back exactly by ``--defocus-map``) beside the output. A file that fails is reported and skipped;
+the exit status is 1 when any failed, 2 for bad options or model.
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
+
+from runtime import image_io
+from runtime.cli_common import add_model_options, build_deblurrer, fail, setup_logging
+from runtime.deblurrer import Deblurrer
+from runtime.errors import DeblurError
+
+log = logging.getLogger("runtime")
+#: Show a per-tile bar for images with at least this many tiles.
+_TILE_BAR_MIN = 16
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m runtime.infer",
+                                     description="Single-image defocus deblurring.")
+    parser.add_argument("inputs", nargs="+", help="image files or folders")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", type=Path, help="output file (one input only)")
+    out.add_argument("--output-dir", type=Path, help="write DIR/<stem>.png for each input")
+    parser.add_argument("--save-defocus-map", nargs="?", const="color", default=None,
+                        choices=("color", "raw", "both"),
+                        help="also write the map: color (<stem>_defocus.png), raw (float32 "
+                             "<stem>_defocus_raw.tif, for --defocus-map) or both")
+    parser.add_argument("--defocus-map", type=Path, default=None,
+                        help=f"use this map instead of the estimate: float32 TIFF in map units "
+                             f"(blur radius px / 10), or grey 8/16-bit PNG/TIFF meaning "
+                             f"value / max * {image_io.MAP_FILE_MAX:g} map units")
+    add_model_options(parser)
+    return parser.parse_args(argv)
+
+
+def collect_inputs(paths: Sequence[str]) -> List[Path]:
+    """Files as given and the images inside given folders (sorted, not recursive).
+
+    Missing paths are kept: reading them reports the error in the batch.
+    """
+    found: List[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir()
+                                if p.is_file() and p.suffix.lower() in image_io.EXTENSIONS))
+        else:
+            found.append(path)
+    return found
+
+
+def output_paths(src: Path, args: argparse.Namespace) -> Tuple[Path, Path, Path]:
+    """(deblurred, colour map, raw map) paths for one input."""
+    if args.output is not None:
+        out = args.output
+        base = out.with_name(out.stem)
+    elif args.output_dir is not None:
+        out = args.output_dir / f"{src.stem}.png"
+        base = args.output_dir / src.stem
+    else:
+        out = src.with_name(f"{src.stem}_deblurred.png")
+        base = src.with_name(src.stem)
+    return out, Path(f"{base}_defocus.png"), Path(f"{base}_defocus_raw.tif")
+
+
+def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace) -> None:
+    """Read, deblur and write one image (raises DeblurError)."""
+    loaded = image_io.read_image(src)
+    user_map = None
+    if args.defocus_map is not None:
+        user_map = image_io.read_defocus_map(args.defocus_map)
+    height, width = loaded.rgb.shape[:2]
+    tiles = deblurrer.count_tiles(height, width)
+    with tqdm(total=tiles, desc=src.name, unit="tile", leave=False,
+              disable=tiles < _TILE_BAR_MIN) as bar:
+        deblurred, dmap = deblurrer.run(loaded.rgb, args.defocus_scale, user_map, progress=bar.update)
+    out, color_path, raw_path = output_paths(src, args)
+    image_io.write_image(out, image_io.compose(deblurred, loaded.alpha, loaded.grey))
+    if args.save_defocus_map in ("color", "both"):
+        colored = image_io.colorize_defocus_map(dmap, deblurrer.bundle.map_radius_scale_px)
+        image_io.write_image(color_path, colored)
+    if args.save_defocus_map in ("raw", "both"):
+        image_io.write_defocus_map(raw_path, dmap)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.quiet)
+    inputs = collect_inputs(args.inputs)
+    if not inputs:
+        fail("no images found in the given folders")
+    if args.output is not None and len(inputs) > 1:
+        fail(f"-o names one output but there are {len(inputs)} inputs: use --output-dir")
+    if args.defocus_map is not None and len(inputs) > 1:
+        fail("--defocus-map applies to one input image only")
+    if args.output_dir is not None:
+        if args.output_dir.exists() and not args.output_dir.is_dir():
+            fail(f"--output-dir {args.output_dir} is a file")
+        try:
+            args.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            fail(f"cannot create --output-dir {args.output_dir}: {err.strerror}")
+    try:
+        deblurrer = build_deblurrer(args)
+    except DeblurError as err:
+        fail(str(err))
+    if args.defocus_scale < 0:
+        fail(f"--defocus-scale must be >= 0, got {args.defocus_scale}")
+    failures: List[Tuple[Path, str]] = []
+    for src in tqdm(inputs, desc="images", unit="img", disable=len(inputs) < 2):
+        try:
+            process(deblurrer, src, args)
+        except DeblurError as err:
+            failures.append((src, str(err)))
+            tqdm.write(f"error: {err}", file=sys.stderr)
+        except MemoryError:
+            failures.append((src, "out of memory"))
+            tqdm.write(f"error: {src}: out of memory (try a smaller --tile)", file=sys.stderr)
+    deblurrer.close()
+    if failures and len(inputs) == 1:
+        return 1
+    if failures:
+        names = ", ".join(str(p) for p, _ in failures)
+        print(f"error: {len(failures)} of {len(inputs)} images failed: {names}", file=sys.stderr)
+        return 1
+    log.info("wrote %d image%s", len(inputs), "" if len(inputs) == 1 else "s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Deblur raw video frames: stdin -> stdout, one frame at a time.
+
+    ffmpeg -i in.mp4 -f rawvideo -pix_fmt rgb24 - \\
+      | python -m runtime.stream --width W --height H \\
+      | ffmpeg -f rawvideo -pix_fmt rgb24 -s WxH -i - out.mp4
+
+Frames are packed RGB, ``rgb24`` (8-bit) or ``rgb48le`` (16-bit little-endian);
+output frames have the input's format and are flushed one by one. Logs go to
+stderr. A stream that ends inside a frame is an error (exit 1).
+"""
+import argparse
+import logging
+import sys
+from typing import BinaryIO, Dict, Optional, Sequence
+
+import numpy as np
+
+from runtime.cli_common import add_model_options, build_deblurrer, fail, setup_logging
+from runtime.deblurrer import Deblurrer
+from runtime.errors import DeblurError
+
+log = logging.getLogger("runtime")
+PIX_FMTS: Dict[str, np.dtype] = {"rgb24": np.dtype(np.uint8), "rgb48le": np.dtype("<u2")}
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m runtime.stream",
+                                     description="Deblur raw RGB frames from stdin to stdout.")
+    parser.add_argument("--width", type=int, required=True, help="frame width in px")
+    parser.add_argument("--height", type=int, required=True, help="frame height in px")
+    parser.add_argument("--pix-fmt", choices=sorted(PIX_FMTS), default="rgb24",
+                        help="rgb24 (default) or rgb48le")
+    add_model_options(parser)
+    return parser.parse_args(argv)
+
+
+def read_exact(stream: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes; fewer only at the end of the stream."""
+    chunks, got = [], 0
+    while got < size:
+        chunk = stream.read(size - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def run_stream(deblurrer: Deblurrer, source: BinaryIO, sink: BinaryIO, width: int, height: int,
+               dtype: np.dtype, defocus_scale: float = 1.0) -> int:
+    """Deblur frames until the end of ``source``.
+
+    Returns:
+        Frames written.
+
+    Raises:
+        DeblurError: A short last frame (message says how many bytes came).
+    """
+    frame_bytes = width * height * 3 * dtype.itemsize
+    frames = 0
+    while True:
+        data = read_exact(source, frame_bytes)
+        if not data:
+            return frames
+        if len(data) < frame_bytes:
+            raise DeblurError(f"stdin ended inside frame {frames + 1}: got {len(data)} of "
+                              f"{frame_bytes} bytes ({width}x{height} {dtype.name} RGB)")
+        frame = np.frombuffer(data, dtype=dtype).reshape(height, width, 3)
+        out, _ = deblurrer.run(frame.astype(dtype.newbyteorder("=")), defocus_scale)
+        sink.write(np.ascontiguousarray(out, dtype=dtype).tobytes())
+        sink.flush()
+        frames += 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.quiet)
+    if args.width < 1 or args.height < 1:
+        fail(f"--width and --height must be positive, got {args.width}x{args.height}")
+    try:
+        deblurrer = build_deblurrer(args)
+        frames = run_stream(deblurrer, sys.stdin.buffer, sys.stdout.buffer, args.width, args.height,
+                            PIX_FMTS[args.pix_fmt], args.defocus_scale)
+    except DeblurError as err:
+        fail(str(err), code=1)
+    except BrokenPipeError:
+        fail("stdout closed by the reader", code=1)
+    log.info("%d frames", frames)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

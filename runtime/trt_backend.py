@@ -1,0 +1,220 @@
+"""TensorRT backend: the bundle's serialized engines, run with named I/O tensors.
+
+One ``IExecutionContext`` per graph, device buffers and pinned host buffers
+allocated once for the profile's largest shapes, one CUDA stream, async copies,
+and optionally one CUDA graph per input shape. Engines that are stale (their ONNX
+changed) or foreign (other TensorRT, other GPU) are refused before deserialising.
+"""
+import logging
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorrt as trt  # type: ignore[import-untyped, unused-ignore]
+
+from runtime import cuda_buffers as cb
+from runtime.backend import Backend
+from runtime.bundle import Bundle, BundleError, GraphEntry, check_engine_entry, check_profile, sha256_file
+from runtime.device_arrays import cupy_module, is_device_array, to_cupy
+from runtime.errors import BackendError
+
+log = logging.getLogger("runtime")
+
+
+class _Tensor:
+    """One named I/O tensor of an engine with its device and pinned buffers."""
+
+    def __init__(self, name: str, is_input: bool, dtype: Any, max_shape: Tuple[int, ...], size: int):
+        self.name = name
+        self.is_input = is_input
+        self.dtype = np.dtype(dtype)
+        self.max_shape = max_shape
+        self.device = cb.DeviceBuffer(size)
+        self.host = cb.PinnedBuffer(size)
+
+    def free(self) -> None:
+        self.device.free()
+        self.host.free()
+
+
+class _EngineRunner:
+    """Engine + context + buffers of one graph."""
+
+    def __init__(self, runtime: trt.Runtime, path: str, entry: GraphEntry, stream: cb.Stream,
+                 cuda_graphs: bool):
+        with open(path, "rb") as f:
+            self.engine = runtime.deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise BackendError(f"TensorRT could not deserialise {path} (see the TensorRT log above)")
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BackendError(f"TensorRT could not create an execution context for {path}")
+        self.entry = entry
+        self.stream = stream
+        self.cuda_graphs = cuda_graphs
+        self.graphs: Dict[Tuple[Tuple[int, ...], ...], cb.CudaGraph] = {}
+        self.tensors = self._allocate()
+        for tensor in self.tensors.values():
+            if not self.context.set_tensor_address(tensor.name, tensor.device.ptr):
+                raise BackendError(f"set_tensor_address failed for {tensor.name!r}")
+
+    def _allocate(self) -> Dict[str, _Tensor]:
+        max_inputs: Dict[str, Tuple[int, ...]] = {}
+        modes: List[Tuple[str, bool]] = []
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            modes.append((name, is_input))
+            if is_input:
+                max_inputs[name] = _dims(self.engine.get_tensor_profile_shape(name, 0)[2])
+        specs = {name: (max_inputs[name] if is_input else self.entry.output_shape(name, max_inputs),
+                        np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))))
+                 for name, is_input in modes}
+        sizes = cb.plan_buffers(specs)
+        return {name: _Tensor(name, is_input, specs[name][1], specs[name][0], sizes[name])
+                for name, is_input in modes}
+
+    def run(self, inputs: Dict[str, Any], on_device: bool) -> Dict[str, Any]:
+        for name, value in inputs.items():
+            self._load_input(self.tensors[name], value, on_device)
+        key = tuple(tuple(v.shape) for v in inputs.values())
+        self._execute(key)
+        outputs = {}
+        for tensor in self.tensors.values():
+            if not tensor.is_input:
+                outputs[tensor.name] = self._read_output(tensor, on_device)
+        self.stream.synchronize()
+        if on_device:
+            return outputs
+        return {k: np.array(v, dtype=np.float32) for k, v in outputs.items()}
+
+    def _load_input(self, tensor: _Tensor, value: Any, on_device: bool) -> None:
+        shape = tuple(value.shape)
+        if cb.nbytes(shape, tensor.dtype) > tensor.device.size:
+            raise BackendError(f"input {tensor.name!r} {shape} exceeds the engine profile "
+                               f"maximum {tensor.max_shape}")
+        if not self.context.set_input_shape(tensor.name, shape):
+            raise BackendError(f"TensorRT refused shape {shape} for {tensor.name!r}")
+        size = cb.nbytes(shape, tensor.dtype)
+        if on_device:
+            cupy = cupy_module()
+            staged = cupy.ascontiguousarray(value, dtype=tensor.dtype)
+            cb.dtod_async(tensor.device.ptr, staged.data.ptr, size, self.stream)
+            # The staged copy must outlive the async copy.
+            self.stream.synchronize()
+        else:
+            tensor.host.array(shape, tensor.dtype)[...] = value
+            cb.htod_async(tensor.device, tensor.host, size, self.stream)
+
+    def _execute(self, key: Tuple[Tuple[int, ...], ...]) -> None:
+        graph = self.graphs.get(key)
+        if graph is not None:
+            graph.launch()
+            return
+        if not self.context.execute_async_v3(self.stream.ptr):
+            raise BackendError(f"TensorRT execute_async_v3 failed for {self.entry.name!r}")
+        if self.cuda_graphs:
+            # Enqueued once above (TensorRT's set-up work); now capture the steady state.
+            self.graphs[key] = cb.CudaGraph(self.stream, self._enqueue)
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.stream.ptr):
+            raise BackendError(f"TensorRT execute_async_v3 failed during capture of {self.entry.name!r}")
+
+    def _read_output(self, tensor: _Tensor, on_device: bool) -> Any:
+        shape = _dims(self.context.get_tensor_shape(tensor.name))
+        size = cb.nbytes(shape, tensor.dtype)
+        if on_device:
+            cupy = cupy_module()
+            out = cupy.empty(shape, dtype=tensor.dtype)
+            cb.dtod_async(out.data.ptr, tensor.device.ptr, size, self.stream)
+            return out
+        cb.dtoh_async(tensor.host, tensor.device, size, self.stream)
+        return tensor.host.array(shape, tensor.dtype)
+
+    def close(self) -> None:
+        for graph in self.graphs.values():
+            graph.close()
+        for tensor in self.tensors.values():
+            tensor.free()
+        self.graphs.clear()
+
+
+class TrtBackend(Backend):
+    """TensorRT engines of a bundle.
+
+    Args:
+        bundle: The loaded bundle; ``bundle.engines[precision]`` must exist.
+        precision: ``fp16`` or ``fp32``. Default: ``fp16``.
+        cuda_graphs: Capture one CUDA graph per input shape. Default: False.
+        device_id: CUDA device. Default: 0.
+
+    Raises:
+        BundleError: No engine for ``precision``, or a stale / foreign engine.
+        BackendError: TensorRT cannot load an engine.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, bundle: Bundle, precision: str = "fp16", cuda_graphs: bool = False,
+                 device_id: int = 0):
+        super().__init__(bundle, "cuda", precision)
+        entry = bundle.engines.get(precision)
+        if entry is None:
+            raise BundleError(f"bundle {bundle.root} has no {precision} TensorRT engine: build it with "
+                              f"`make engine` or `python -m export.engine --bundle {bundle.root}`")
+        cb.check(cb.cudart.cudaSetDevice(device_id), "cudaSetDevice")
+        gpu, capability = cb.device_info(device_id)
+        check_engine_entry(entry, bundle.graph_sha256(precision), trt.__version__, gpu, capability,
+                           str(bundle.root))
+        self.profile = entry["profile"]
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.stream = cb.Stream()
+        self.runners: Dict[str, _EngineRunner] = {}
+        try:
+            for name, graph in bundle.graphs.items():
+                path = _verified_engine(bundle, entry, name)
+                self.runners[name] = _EngineRunner(self.runtime, path, graph, self.stream, cuda_graphs)
+        except Exception:
+            self.close()
+            raise
+        self.gpu = gpu
+
+    def describe(self) -> str:
+        return f"tensorrt {trt.__version__} on {self.gpu}, {self.precision}"
+
+    def run(self, graph: str, inputs: Dict[str, Any]) -> Dict[str, Any]:
+        on_device = any(is_device_array(v) for v in inputs.values())
+        if on_device:
+            inputs = {k: to_cupy(v) for k, v in inputs.items()}
+        for value in inputs.values():
+            if value.ndim == 4 and self.profile is not None:
+                check_profile(self.profile, value.shape[0], value.shape[2], value.shape[3])
+        return self.runners[graph].run(inputs, on_device)
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
+        self.runners = {}
+        self.stream.close()
+
+
+def _dims(dims: trt.Dims) -> Tuple[int, ...]:
+    """A ``trt.Dims`` as a tuple of ints (Dims supports ``len`` and indexing)."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
+def _verified_engine(bundle: Bundle, entry: dict, graph: str) -> str:
+    """Path of ``graph``'s engine file after checking it exists and matches its sha256."""
+    info: Optional[dict] = entry.get("graphs", {}).get(graph)
+    if info is None:
+        raise BundleError(f"engine set has no {graph!r} engine: rebuild with `make engine`")
+    path = bundle.root / info["file"]
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: build it with `make engine` or "
+                          f"`python -m export.engine --bundle {bundle.root} --force`")
+    if "engine_sha256" in info and sha256_file(path) != info["engine_sha256"]:
+        raise BundleError(f"{path.name} does not match its sha256 in manifest.json: rebuild it with "
+                          f"`python -m export.engine --bundle {bundle.root} --force`")
+    log.debug("engine %s verified", path.name)
+    return str(path)

@@ -1,0 +1,154 @@
+"""Image files: bit depths, grey, alpha, EXIF orientation, size limits, map encoding."""
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime import image_io
+from runtime.errors import ImageError
+
+RNG = np.random.default_rng(0)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_lossless_round_trip(tmp_path, ext, dtype, channels):
+    top = np.iinfo(dtype).max
+    stored = RNG.integers(0, top + 1, (17, 23, channels)).astype(dtype)
+    path = tmp_path / f"x{ext}"
+    image_io.write_image(path, stored[:, :, 0] if channels == 1 else stored)
+    loaded = image_io.read_image(path)
+    assert loaded.rgb.dtype == dtype and loaded.rgb.shape == (17, 23, 3)
+    assert loaded.grey == (channels == 1)
+    back = image_io.compose(loaded.rgb, loaded.alpha, loaded.grey)
+    np.testing.assert_array_equal(back, stored[:, :, 0] if channels == 1 else stored)
+    if channels == 4:
+        np.testing.assert_array_equal(loaded.alpha, stored[:, :, 3])
+        np.testing.assert_array_equal(loaded.rgb, stored[:, :, 2::-1])
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_grey_written_back_as_grey(tmp_path):
+    rgb = np.repeat(RNG.integers(0, 256, (9, 11, 1)).astype(np.uint8), 3, axis=2)
+    out = image_io.compose(rgb, None, True)
+    assert out.shape == (9, 11)
+    np.testing.assert_array_equal(out, rgb[:, :, 0])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_exif_orientation_matches_opencv_imread_color(tmp_path, orientation, fmt):
+    """IMREAD_COLOR applies EXIF orientation: the independent reference for 8-bit RGB."""
+    pixels = RNG.integers(0, 256, (20, 30, 3)).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o.{fmt.lower()}"
+    image.save(path, format=fmt, exif=exif, **({"lossless": True} if fmt == "WEBP" else {}))
+    loaded = image_io.read_image(path)
+    reference = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert loaded.rgb.shape == reference.shape
+    assert loaded.rgb.shape[:2] == ((30, 20) if orientation >= 5 else (20, 30))
+    np.testing.assert_array_equal(loaded.rgb, reference)
+
+
+def test_exif_orientation_turns_alpha_too(tmp_path):
+    pixels = RNG.integers(0, 256, (6, 10, 4)).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGBA")
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored image is rotated 90 deg counter-clockwise: turn it clockwise
+    path = tmp_path / "a.png"
+    image.save(path, exif=exif)
+    loaded = image_io.read_image(path)
+    np.testing.assert_array_equal(loaded.alpha, np.rot90(pixels[:, :, 3], -1))
+    np.testing.assert_array_equal(loaded.rgb, np.rot90(pixels[:, :, :3], -1))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: None, "no such file"),
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_text("not an image at all"), "not a readable image"),
+    (lambda p: p.write_bytes(_png_header(40000, 100)), "40000x100 is too large"),
+    (lambda p: p.write_bytes(_png_header(25000, 25000)), "25000x25000 is too large"),
+    (lambda p: p.mkdir(), "is a folder"),
+])
+def test_read_errors_are_one_line(tmp_path, make, message):
+    path = tmp_path / "bad.png"
+    make(path)
+    with pytest.raises(ImageError, match=message) as info:
+        image_io.read_image(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_truncated_file_is_refused(tmp_path, ext):
+    path = tmp_path / f"t{ext}"
+    cv2.imwrite(str(path), RNG.integers(0, 256, (200, 200, 3)).astype(np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        image_io.read_image(path)
+
+
+def test_probe_size_reads_headers_without_decoding(tmp_path):
+    for ext in (".png", ".jpg"):
+        path = tmp_path / f"p{ext}"
+        cv2.imwrite(str(path), np.zeros((37, 53, 3), np.uint8))
+        assert image_io.probe_size(path.read_bytes()) == (53, 37)
+    assert image_io.probe_size(b"GIF89a....") is None
+
+
+@pytest.mark.parametrize("name,image,message", [
+    ("x.bmp", np.zeros((4, 4, 3), np.uint8), "unknown output format"),
+    ("x.jpg", np.zeros((4, 4, 3), np.uint16), "cannot hold 16-bit"),
+    ("missing/x.png", np.zeros((4, 4, 3), np.uint8), "does not exist"),
+])
+def test_write_errors(tmp_path, name, image, message):
+    with pytest.raises(ImageError, match=message):
+        image_io.write_image(tmp_path / name, image)
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_defocus_map_raw_round_trip_is_exact(tmp_path):
+    dmap = RNG.normal(size=(31, 45)).astype(np.float32)
+    path = tmp_path / "map.tif"
+    image_io.write_defocus_map(path, dmap)
+    back = image_io.read_defocus_map(path)
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back, dmap)
+    with pytest.raises(ImageError, match="float32 .tif"):
+        image_io.write_defocus_map(tmp_path / "map.png", dmap)
+
+
+@pytest.mark.parametrize("dtype,value,expected", [(np.uint8, 255, image_io.MAP_FILE_MAX),
+                                                  (np.uint8, 0, 0.0),
+                                                  (np.uint16, 32768, 32768 / 65535 * image_io.MAP_FILE_MAX)])
+def test_defocus_map_file_encoding(tmp_path, dtype, value, expected):
+    path = tmp_path / "m.png"
+    cv2.imwrite(str(path), np.full((3, 4), value, dtype))
+    np.testing.assert_allclose(image_io.read_defocus_map(path), expected, rtol=1e-6)
+
+
+def test_defocus_map_float_tiff_from_other_tools(tmp_path):
+    dmap = RNG.normal(size=(8, 9)).astype(np.float32)
+    path = tmp_path / "m.tif"
+    cv2.imwrite(str(path), dmap)
+    np.testing.assert_array_equal(image_io.read_defocus_map(path), dmap)
+
+
+def test_colour_map_has_legend_and_fixed_scale():
+    dmap = np.array([[0.0, image_io.COLOR_MAP_MAX, 10.0]], np.float32)
+    colored = image_io.colorize_defocus_map(dmap, 10.0)
+    assert colored.shape == (1 + 28, 3, 3) and colored.dtype == np.uint8
+    lut = cv2.applyColorMap(np.array([[0, 255]], np.uint8), cv2.COLORMAP_INFERNO)[0]
+    np.testing.assert_array_equal(colored[0], [lut[0], lut[1], lut[1]])

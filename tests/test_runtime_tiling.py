@@ -1,0 +1,178 @@
+"""Tile grid, blend weights, padding, and exactness of tiled against whole-image inference."""
+import numpy as np
+import pytest
+import torch
+
+from runtime.bundle import load_bundle
+from runtime.ort_backend import OrtBackend
+from runtime.tiling import (TiledPipeline, axis_weights, chunk_bounds, default_overlap, make_grid,
+                            margin_for, min_overlap, pad_to, padded_size, tile_starts)
+from test_runtime_fixtures import concat_bundle, tiny_bundle  # noqa: F401  (fixtures)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB for data range 1 (inf when identical)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+@pytest.mark.parametrize("length,tile,overlap,multiple", [
+    (100, 32, 8, 2), (512, 512, 64, 2), (513, 128, 40, 1), (1000, 256, 80, 2), (34, 32, 30, 2),
+    (64, 100, 8, 2),
+])
+def test_tile_starts_cover_flush_aligned(length, tile, overlap, multiple):
+    starts = tile_starts(length, min(tile, length), overlap, multiple)
+    size = min(tile, length)
+    covered = np.zeros(length, bool)
+    for s in starts:
+        covered[s:s + size] = True
+    assert covered.all()
+    assert starts[0] == 0 and starts[-1] + size == length
+    assert all(s % multiple == 0 for s in starts)
+    assert all(b - a <= size - overlap for a, b in zip(starts, starts[1:]))
+    assert starts == sorted(set(starts))
+
+
+@pytest.mark.parametrize("args", [(101, 32, 8, 2), (100, 32, 7, 2), (100, 32, 32, 1)])
+def test_tile_starts_rejects_bad_sizes(args):
+    with pytest.raises(ValueError):
+        tile_starts(*args)
+
+
+@pytest.mark.parametrize("blend", ["cosine", "linear"])
+@pytest.mark.parametrize("length,tile,overlap,margin", [
+    (200, 64, 40, 12), (130, 64, 24, 12), (64, 64, 24, 12), (301, 100, 60, 20), (90, 64, 60, 12),
+])
+def test_axis_weights_normalised_and_zero_near_inner_edges(blend, length, tile, overlap, margin):
+    starts = tile_starts(length, min(tile, length), overlap)
+    weights = axis_weights(starts, tile, length, margin, blend)
+    size = min(tile, length)
+    total = np.zeros(length)
+    for s, w in zip(starts, weights):
+        assert w.shape == (size,) and (w >= 0).all()
+        total[s:s + size] += w
+        if s > 0:
+            assert np.all(w[:margin] == 0)
+        if s + size < length:
+            assert np.all(w[size - margin:] == 0)
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+
+def test_axis_weights_cosine_is_smooth_linear_is_straight():
+    starts = tile_starts(200, 100, 60)
+    cos = axis_weights(starts, 100, 200, 10, "cosine")[1]
+    lin = axis_weights(starts, 100, 200, 10, "linear")[1]
+    ramp_c, ramp_l = cos[10:50], lin[10:50]
+    np.testing.assert_allclose(np.diff(ramp_l), np.diff(ramp_l)[0], atol=1e-6)
+    assert np.diff(ramp_c)[0] < np.diff(ramp_l)[0] < np.diff(ramp_c)[len(ramp_c) // 2]
+
+
+def test_axis_weights_rejects_overlap_below_twice_the_margin():
+    starts = tile_starts(200, 64, 20)
+    with pytest.raises(ValueError, match="exact tiling needs"):
+        axis_weights(starts, 64, 200, 12)
+
+
+def test_grid_weights_normalise_in_2d():
+    grid = make_grid(150, 230, 64, 40, receptive_field=22, multiple=2)
+    total = np.zeros((150, 230))
+    for i, j, y, x in grid.tiles():
+        total[y:y + grid.tile_h, x:x + grid.tile_w] += np.outer(grid.wy[i], grid.wx[j])
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("rf,multiple", [(22, 2), (38, 2), (62, 2), (9, 1)])
+def test_overlap_rules(rf, multiple):
+    assert margin_for(rf) * 2 <= min_overlap(rf, multiple) < default_overlap(rf, multiple)
+    assert min_overlap(rf, multiple) % multiple == 0 and default_overlap(rf, multiple) % multiple == 0
+    with pytest.raises(ValueError, match="minimum for exact tiling"):
+        make_grid(300, 300, 128, min_overlap(rf, multiple) - multiple, rf, multiple)
+
+
+@pytest.mark.parametrize("length,chunk,multiple", [(1000, 512, 2), (512, 512, 2), (130, 64, 2), (7, 4, 1)])
+def test_chunk_bounds_partition_aligned(length, chunk, multiple):
+    bounds = chunk_bounds(length, chunk, multiple)
+    assert bounds[0][0] == 0 and bounds[-1][1] == length
+    assert all(b == c for (_, b), (c, _) in zip(bounds, bounds[1:]))
+    assert all(a % multiple == 0 for a, _ in bounds)
+    sizes = [b - a for a, b in bounds]
+    assert max(sizes) - min(sizes) <= multiple and max(sizes) <= chunk + multiple
+
+
+@pytest.mark.parametrize("h,w,multiple,minimum,expected", [
+    (101, 157, 2, (1, 1), (102, 158)), (64, 64, 2, (1, 1), (64, 64)), (1, 1, 2, (1, 1), (2, 2)),
+    (30, 200, 2, (64, 64), (64, 200)), (33, 35, 4, (1, 1), (36, 36)),
+])
+def test_padded_size(h, w, multiple, minimum, expected):
+    assert padded_size(h, w, multiple, minimum) == expected
+
+
+@pytest.mark.parametrize("shape,target", [((5, 7, 3), (6, 8)), ((1, 1, 3), (2, 2)), ((4, 4), (4, 6)),
+                                          ((3, 5, 3), (64, 64))])
+def test_pad_to_keeps_original_and_reflects(shape, target):
+    image = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    padded = pad_to(image, *target)
+    assert padded.shape[:2] == target
+    np.testing.assert_array_equal(padded[:shape[0], :shape[1]], image)
+    if shape[0] < target[0] < 2 * shape[0] and target[1] < 2 * shape[1]:
+        np.testing.assert_array_equal(padded[shape[0], :shape[1]], image[shape[0] - 2])
+
+
+def _whole_image_reference(model, image: np.ndarray):
+    """Torch on the whole (padded) image: (3, H, W) output and (H, W) map."""
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))[None])
+    with torch.no_grad():
+        out, dmap = model(x)
+    return out[0].numpy(), dmap[0, 0].numpy()
+
+
+def _pipeline(folder, tile, overlap=None, tile_batch=3):
+    bundle = load_bundle(folder)
+    backend = OrtBackend(bundle, threads=1)
+    return TiledPipeline(backend.run, bundle.receptive_field, bundle.size_multiple,
+                         bundle.uses_pooling, tile=tile, overlap=overlap, tile_batch=tile_batch)
+
+
+@pytest.mark.parametrize("tile,overlap", [(48, None), (64, None), (96, 40), (128, None)])
+def test_tiled_matches_whole_image(tiny_bundle, tile, overlap):  # noqa: F811
+    folder, model = tiny_bundle
+    image = np.random.default_rng(tile).random((150, 262, 3), dtype=np.float32)
+    pipe = _pipeline(folder, tile, overlap)
+    assert len(pipe.grid("restore", 150, 262).tiles()) >= 6
+    dmap = pipe.estimate(image)
+    out = pipe.restore(image, dmap, pipe.condition_mean(dmap))
+    ref_out, ref_map = _whole_image_reference(model, image)
+    assert psnr(dmap, ref_map) >= 50
+    assert psnr(out, ref_out) >= 50
+
+
+def test_concat_variant_tiles_exactly(concat_bundle):  # noqa: F811
+    folder, model = concat_bundle
+    image = np.random.default_rng(1).random((120, 200, 3), dtype=np.float32)
+    pipe = _pipeline(folder, 64)
+    assert not pipe.uses_pooling
+    dmap = pipe.estimate(image)
+    out = pipe.restore(image, dmap, None)
+    ref_out, _ = _whole_image_reference(model, image)
+    assert psnr(out, ref_out) >= 50
+
+
+def test_per_tile_pooling_is_not_exact(tiny_bundle):  # noqa: F811
+    """The check above can fail: pooling per tile instead of per image breaks exactness."""
+    folder, model = tiny_bundle
+    image = np.random.default_rng(2).random((150, 262, 3), dtype=np.float32)
+    image[:, :100] *= 0.1  # make the halves' statistics differ
+    bundle = load_bundle(folder)
+    backend = OrtBackend(bundle, threads=1)
+
+    def per_tile(graph, inputs):
+        if graph == "restore":
+            inputs = dict(inputs, cond_mean=backend.run("condition", {
+                "defocus_map": inputs["defocus_map"]})["cond_mean"])
+        return backend.run(graph, inputs)
+
+    pipe = TiledPipeline(per_tile, bundle.receptive_field, bundle.size_multiple, True, tile=64)
+    dmap = pipe.estimate(image)
+    out = pipe.restore(image, dmap, pipe.condition_mean(dmap))
+    ref_out, _ = _whole_image_reference(model, image)
+    assert psnr(out, ref_out) < 50

@@ -1,0 +1,155 @@
+"""TensorRT path: buffer sizing, CUDA checks and type checks here; engines where TensorRT runs."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import Deblurrer, load_bundle
+from runtime.backend import import_tensorrt
+from runtime.bundle import sha256_file
+from runtime.cuda_buffers import CudaError, device_count, nbytes, plan_buffers, selftest
+from test_runtime_fixtures import tiny_bundle  # noqa: F401  (fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
+NO_TRT = ("TensorRT library not installed (at most the tensorrt-stubs type stubs): engine "
+          "build / run tests need a GPU machine with `pip install tensorrt`")
+NO_GPU = "no CUDA GPU visible (cudaGetDeviceCount): this test runs on a GPU machine"
+
+
+@pytest.mark.parametrize("shape,dtype,expected", [
+    ((8, 3, 1024, 1024), np.float32, 8 * 3 * 1024 * 1024 * 4),
+    ((8, 3, 1024, 1024), np.float16, 8 * 3 * 1024 * 1024 * 2),
+    ((8, 32), np.float32, 8 * 32 * 4),
+    ((1, 1, 1, 1), np.float32, 4),
+    ((0, 3, 64, 64), np.float32, 0),
+])
+def test_nbytes(shape, dtype, expected):
+    assert nbytes(shape, dtype) == expected
+
+
+def test_nbytes_rejects_dynamic_dims():
+    with pytest.raises(ValueError, match="dynamic"):
+        nbytes((-1, 3, 64, 64), np.float32)
+
+
+def test_buffers_for_profile_max_follow_the_manifest(tiny_bundle):  # noqa: F811
+    """What TrtBackend allocates: inputs at the profile max, outputs resolved from them."""
+    bundle = load_bundle(tiny_bundle[0])
+    restore = bundle.graphs["restore"]
+    max_inputs = {"image": (8, 3, 1024, 1024), "defocus_map": (8, 1, 1024, 1024), "cond_mean": (8, 8)}
+    tensors = {name: (shape, np.float32) for name, shape in max_inputs.items()}
+    tensors["deblurred"] = (restore.output_shape("deblurred", max_inputs), np.float32)
+    sizes = plan_buffers(tensors)
+    assert sizes == {"image": 100663296, "defocus_map": 33554432, "cond_mean": 256,
+                     "deblurred": 100663296}
+
+
+def test_stub_only_tensorrt_counts_as_absent(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    assert import_tensorrt() is None
+
+
+@pytest.mark.skipif(device_count() > 0, reason="checks the error without a GPU")
+def test_selftest_without_gpu_is_one_clear_line():
+    with pytest.raises(CudaError, match="^no CUDA device: cudaGetDeviceCount says cudaError"):
+        selftest(1)
+    result = subprocess.run([sys.executable, "-m", "runtime.cuda_buffers", "--selftest"],
+                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert re.fullmatch(r"error: no CUDA device: cudaGetDeviceCount says cudaError\w+\n", result.stderr)
+
+
+def _patched_stubs(target: Path) -> Path:
+    """tensorrt-stubs 10.13.0.35.1 has syntax errors (parameters named ``in``, a
+    non-default parameter after defaults); copy and fix them so mypy can read them."""
+    site = Path(np.__file__).resolve().parent.parent
+    for package in ("tensorrt", "tensorrt_bindings"):
+        if not (site / package / "__init__.pyi").is_file():
+            pytest.skip("tensorrt-stubs is not installed")
+        shutil.copytree(site / package, target / package)
+    stub = target / "tensorrt_bindings" / "tensorrt.pyi"
+    text = re.sub(r"(\(self(?:: \w+)?, )in: ", r"\1in_: ", stub.read_text())
+    text = text.replace("power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = ...)")
+    stub.write_text(text)
+    return target
+
+
+def test_trt_modules_typecheck_against_tensorrt_stubs(tmp_path):
+    """Unlike the plain ``make typecheck`` (tensorrt is Any there), this checks every
+    TensorRT call of the backend against the 10.13 API stubs."""
+    stubs = _patched_stubs(tmp_path / "stubs")
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"),
+         "runtime/trt_backend.py", "runtime/cuda_buffers.py"],
+        cwd=ROOT, env=dict(os.environ, MYPYPATH=str(stubs)), capture_output=True, text=True, timeout=300)
+    ours = [line for line in result.stdout.splitlines() if line.startswith("runtime/")]
+    assert not ours, "\n".join(ours)
+    assert "checked 2 source files" in result.stdout
+
+
+def _build_engines(trt, bundle_dir: Path, profile: dict) -> None:
+    """Build FP32 engines of every graph and record them in the manifest (as export does)."""
+    from runtime.cuda_buffers import device_info
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    gpu, capability = device_info(0)
+    graphs = {}
+    for name, graph in manifest["graphs"].items():
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        assert parser.parse_from_file(str(bundle_dir / graph["files"]["fp32"])), parser.get_error(0)
+        config = builder.create_builder_config()
+        opt = builder.create_optimization_profile()
+        for tensor in graph["inputs"]:
+            if tensor["name"] == "cond_mean":
+                c = tensor["shape"][1]
+                opt.set_shape("cond_mean", (profile["min"][0], c), (profile["opt"][0], c), (profile["max"][0], c))
+            else:
+                c = tensor["shape"][1]
+                opt.set_shape(tensor["name"], *[(n, c, h, w) for n, h, w in
+                                                (profile["min"], profile["opt"], profile["max"])])
+        config.add_optimization_profile(opt)
+        path = bundle_dir / f"{name}.fp32.engine"
+        path.write_bytes(bytes(builder.build_serialized_network(network, config)))
+        graphs[name] = {"file": path.name, "onnx_sha256": graph["sha256"]["fp32"],
+                        "engine_sha256": sha256_file(path)}
+    manifest["engines"] = {"fp32": {"tensorrt_version": trt.__version__, "gpu": gpu,
+                                    "compute_capability": capability, "profile": profile,
+                                    "graphs": graphs}}
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_tensorrt_matches_onnxruntime(tiny_bundle, tmp_path, cuda_graphs):  # noqa: F811
+    trt = import_tensorrt()
+    if trt is None:
+        pytest.skip(NO_TRT)
+    if device_count() == 0:
+        pytest.skip(NO_GPU)
+    folder = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle[0], folder)
+    _build_engines(trt, folder, {"min": [1, 64, 64], "opt": [4, 128, 128], "max": [8, 256, 256]})
+    image = np.random.default_rng(0).random((300, 420, 3), dtype=np.float32)
+    expected, expected_map = Deblurrer(folder, device="cpu", threads=1, tile=192).run(image)
+    trt_deblurrer = Deblurrer(folder, backend="tensorrt", device="cuda", tile=192,
+                              cuda_graphs=cuda_graphs)
+    assert trt_deblurrer.backend.name == "tensorrt"
+    for _ in range(2):  # the second pass replays the captured CUDA graphs
+        out, dmap = trt_deblurrer.run(image)
+        np.testing.assert_allclose(dmap, expected_map, atol=5e-3)
+        np.testing.assert_allclose(out, expected, atol=5e-3)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["engines"]["fp32"]["graphs"]["restore"]["onnx_sha256"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Exception, match="stale.*make engine"):
+        Deblurrer(folder, backend="tensorrt", device="cuda", tile=192)

@@ -1,0 +1,217 @@
+"""Trainer: config checks, losses, an end-to-end tiny run, exact resume after SIGKILL, DDP."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training.config import ConfigError, from_dict, load_config
+from training.losses import LAMBDA_DF, LAMBDA_DME, LAMBDA_WD, stage_loss, weighted_l2
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """
+[model]
+preset = "small"
+[data]
+source = "builtin"
+crop = 32
+workers = 0
+val_size = 32
+[train]
+batch = 2
+lr = 1e-3
+lr_min = 1e-4
+warmup_steps = 2
+seed = 3
+val_every = 100
+ckpt_every = 3
+[[stage]]
+kind = "gt_map"
+steps = 4
+[[stage]]
+kind = "joint"
+steps = 3
+[[stage]]
+kind = "finetune"
+steps = 3
+"""
+
+
+def _train(config: Path, out: Path, *extra, env=None, **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "training.train", "--config", str(config), "--out", str(out),
+           "--device", "cpu", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env or {**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def _final_weights(out: Path) -> dict:
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(out / "checkpoints" / latest / "model.safetensors"))
+
+
+# --- config -----------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, message", [
+    ({}, "no [[stage]] tables"),
+    ({"stage": [{"kind": "warp", "steps": 3}]}, "stage kind 'warp' is not one of"),
+    ({"stage": [{"kind": "joint", "steps": 0}]}, "has 0 steps"),
+    ({"train": {"bacth": 3}, "stage": [{"kind": "joint", "steps": 1}]}, "[train] has unknown keys: bacth"),
+    ({"optim": {}, "stage": [{"kind": "joint", "steps": 1}]}, "unknown sections: optim"),
+])
+def test_config_errors(raw, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        from_dict(raw)
+
+
+def test_stage_schedule_and_rescale():
+    config = from_dict({"stage": [{"kind": "gt_map", "steps": 40}, {"kind": "joint", "steps": 30},
+                                  {"kind": "finetune", "steps": 30}]})
+    assert [config.stage_at(s) for s in (0, 39, 40, 69, 70, 99)] == [
+        "gt_map", "gt_map", "joint", "joint", "finetune", "finetune"]
+    config.rescale(10)
+    assert [s.steps for s in config.stages] == [4, 3, 3]
+
+
+def test_shipped_configs_load():
+    for path in (ROOT / "configs").glob("*.toml"):
+        assert load_config(path).total_steps > 0
+
+
+# --- losses -----------------------------------------------------------------
+
+def test_weighted_l2_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    out, gt = rng.random((2, 3, 5, 7)), rng.random((2, 3, 5, 7))
+    dmap = rng.random((2, 1, 5, 7))
+    norm = np.sqrt(((out - gt) ** 2).sum(axis=1, keepdims=True))
+    expected = np.mean(dmap / dmap.mean(axis=(1, 2, 3), keepdims=True) * norm)
+    t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    got = weighted_l2(t(out), t(gt), t(dmap), torch.tensor([True, True]))
+    assert float(got) == pytest.approx(expected, rel=1e-9)
+
+
+def test_weighted_l2_without_map_or_all_in_focus_is_unweighted():
+    out, gt = torch.rand(2, 3, 4, 4, dtype=torch.float64), torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    dmap = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
+    dmap[1] = 0.7
+    plain = torch.sqrt(((out - gt) ** 2).sum(1)).mean()
+    got = weighted_l2(out, gt, dmap, torch.tensor([True, False]))
+    assert float(got) == pytest.approx(float(plain), rel=1e-6)
+
+
+def test_stage_losses_use_the_paper_weights():
+    sharp, dmap = torch.zeros(1, 3, 4, 4), torch.full((1, 1, 4, 4), 0.5)
+    batch = {"sharp": sharp, "defocus_map": dmap, "has_map": torch.tensor([True])}
+    out, est = torch.full((1, 3, 4, 4), 0.1), torch.full((1, 1, 4, 4), 0.2)
+    joint = stage_loss("joint", out, est, batch)
+    assert float(joint["total"]) == pytest.approx(LAMBDA_DME * 0.3 + LAMBDA_DF * 0.1)
+    fine = stage_loss("finetune", out, est, batch)
+    per_pixel = np.sqrt(3 * 0.1 ** 2)
+    assert float(fine["total"]) == pytest.approx(LAMBDA_DF * 0.1 + LAMBDA_WD * per_pixel, rel=1e-5)
+    no_map = {**batch, "has_map": torch.tensor([False])}
+    assert float(stage_loss("gt_map", out, est, no_map)["l_dme"]) == 0
+
+
+# --- runs -------------------------------------------------------------------
+
+def test_tiny_run_writes_checkpoints_logs_and_best(tiny_config, tmp_path):
+    out = tmp_path / "run"
+    proc = _train(tiny_config, out)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert (out / "checkpoints" / "latest").read_text().startswith("step_00000010")
+    for name in ("log.csv", "val.csv", "curves.png", "best/model.safetensors",
+                 "best/config.json", "best/metrics.json"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "checkpoints").glob("step_*"))) == 2
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".tmp-*"))
+    log = (out / "log.csv").read_text().splitlines()
+    assert len(log) == 11 and log[0].startswith("step,stage,lr")
+
+
+def test_resume_after_sigkill_reaches_the_same_weights(tiny_config, tmp_path):
+    whole = tmp_path / "whole"
+    assert _train(tiny_config, whole).wait(timeout=300) == 0
+    cut = tmp_path / "cut"
+    proc = _train(tiny_config, cut)
+    latest = cut / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.exists(), "the run ended before its first checkpoint"
+    done = latest.read_text()
+    assert done != "step_00000010", "killed too late to test resuming"
+    resumed = _train(tiny_config, cut)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-2000:]
+    a, b = _final_weights(whole), _final_weights(cut)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_two_process_ddp_with_gloo(tiny_config, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29517", "-m", "training.train", "--config", str(tiny_config),
+           "--out", str(out), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "checkpoints" / "latest").read_text().startswith("step_00000010")
+
+
+# --- bad input ----------------------------------------------------------------
+
+def _one_error_line(proc) -> str:
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in stderr
+    lines = [l for l in stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_missing_config(tmp_path):
+    assert "no such config file" in _one_error_line(_train(tmp_path / "nope.toml", tmp_path / "o"))
+
+
+def test_missing_data_folder(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(TINY.replace('source = "builtin"', f'source = "{tmp_path / "none"}"'))
+    line = _one_error_line(_train(path, tmp_path / "o"))
+    assert str(tmp_path / "none") in line
+
+
+def test_corrupt_checkpoint_is_refused_and_kept(tiny_config, tmp_path):
+    out = tmp_path / "run"
+    assert _train(tiny_config, out).wait(timeout=300) == 0
+    latest = out / "checkpoints" / (out / "checkpoints" / "latest").read_text()
+    (latest / "model.safetensors").write_bytes(b"\0garbage")
+    line = _one_error_line(_train(tiny_config, out))
+    assert "unreadable weights" in line
+    assert (latest / "model.safetensors").read_bytes() == b"\0garbage"
+
+
+def test_checkpoint_of_another_preset_is_refused(tiny_config, tmp_path):
+    out = tmp_path / "run"
+    assert _train(tiny_config, out).wait(timeout=300) == 0
+    paper = tmp_path / "paper.toml"
+    paper.write_text(TINY.replace('preset = "small"', 'preset = "paper"'))
+    assert "checkpoint is preset 'small', expected 'paper'" in _one_error_line(_train(paper, out))

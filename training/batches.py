@@ -1,0 +1,190 @@
+"""Training batches: a deterministic loader, or a pre-rendered pool on the device."""
+import itertools
+import queue
+import threading
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from training.config import TrainConfig
+from training.data import (DEDDataset, ImageFolderSource, PairDataset, SkimagePhotos,
+                           SyntheticDefocusDataset, worker_init_fn)
+
+
+#: Positions only grow; rendered items are a function of (seed, position).
+_ENDLESS = 2 ** 62
+
+
+class PositionSampler(Sampler):
+    """Dataset positions of steps ``start``, ``start + 1``, ...: this rank's share of each.
+
+    Position ``step * batch + rank * (batch / world) + j``: the data of a step does
+    not depend on where a run was interrupted, which makes resuming exact.
+    """
+
+    def __init__(self, start: int, batch: int, rank: int = 0, world: int = 1):
+        self.start, self.batch, self.rank, self.local = start, batch, rank, batch // world
+
+    def __iter__(self):
+        for step in itertools.count(self.start):
+            base = step * self.batch + self.rank * self.local
+            yield from range(base, base + self.local)
+
+
+class Cycled(Dataset):
+    """Position p of a finite dataset: a fresh seeded permutation every epoch."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return _ENDLESS
+
+    @lru_cache(maxsize=2)
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+
+    def __getitem__(self, position: int):
+        epoch, k = divmod(position, len(self.dataset))
+        return self.dataset[int(self._order(epoch)[k])]
+
+
+def build_dataset(config: TrainConfig, crop: int) -> Dataset:
+    """The training set the config names: rendered, DED triplets or blurry/sharp pairs."""
+    dc, seed = config.data, config.train.seed
+    if dc.ded:
+        return Cycled(DEDDataset(dc.ded, crop=crop, seed=seed), seed)
+    if dc.pairs:
+        return Cycled(PairDataset(dc.pairs, crop=crop, seed=seed), seed)
+    source = SkimagePhotos("train") if dc.source == "builtin" else ImageFolderSource(dc.source)
+    return SyntheticDefocusDataset([source], crop=crop, seed=seed, length=_ENDLESS,
+                                   max_radius_px=dc.max_radius_px)
+
+
+def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = {}
+    for key, value in batch.items():
+        value = value.to(device, non_blocking=True)
+        out[key] = value.to(memory_format=fmt) if value.dim() == 4 else value
+    return out
+
+
+class LoaderBatches:
+    """Batches straight from DataLoader workers, in the order of ``PositionSampler``."""
+
+    def __init__(self, config: TrainConfig, start: int, rank: int, world: int,
+                 device: torch.device):
+        tc, dc = config.train, config.data
+        self.loader = DataLoader(
+            build_dataset(config, dc.crop), batch_size=tc.batch // world,
+            sampler=PositionSampler(start, tc.batch, rank, world), num_workers=dc.workers,
+            pin_memory=device.type == "cuda", persistent_workers=dc.workers > 0,
+            worker_init_fn=worker_init_fn,
+            prefetch_factor=4 if dc.workers > 0 else None)
+        self.it = iter(self.loader)
+        self.device, self.channels_last = device, tc.channels_last
+
+    def __next__(self) -> dict:
+        return _to_device(next(self.it), self.device, self.channels_last)
+
+    def close(self) -> None:
+        del self.it
+
+
+class PoolBatches:
+    """Crops cut on the device from a pool of pre-rendered samples.
+
+    Workers render ``pool_crop``-sized samples in the background; each step swaps
+    whatever finished into random pool slots and cuts the batch from the pool
+    (random crop and flips). Rendering stays off the training loop, so a fast GPU
+    is never starved by the CPU. The order depends on thread timing, so runs in
+    this mode are not bit-reproducible.
+    """
+
+    def __init__(self, config: TrainConfig, device: torch.device):
+        dc, tc = config.data, config.train
+        self.crop, self.batch, self.device = dc.crop, tc.batch, device
+        self.channels_last = tc.channels_last
+        self.gen = torch.Generator(device="cpu").manual_seed(tc.seed)
+        loader = DataLoader(build_dataset(config, dc.pool_crop), batch_size=16,
+                            sampler=PositionSampler(0, 16), num_workers=dc.workers,
+                            persistent_workers=dc.workers > 0, worker_init_fn=worker_init_fn)
+        self.queue: "queue.Queue[dict]" = queue.Queue(maxsize=8)
+        self.stop = threading.Event()
+        # Workers fork here, in the main thread, not inside the filling thread.
+        self.thread = threading.Thread(target=self._fill, args=(iter(loader),), daemon=True)
+        self.thread.start()
+        self.pool = self._initial(dc.pool_size)
+
+    def _fill(self, batches) -> None:
+        for batch in batches:
+            while not self.stop.is_set():
+                try:
+                    self.queue.put(batch, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            if self.stop.is_set():
+                return
+
+    @staticmethod
+    def _pack(batch: dict, device) -> dict:
+        as_u8 = lambda x: (x * 255).round().clamp(0, 255).to(torch.uint8)  # noqa: E731
+        return {"blurry": as_u8(batch["blurry"]).to(device), "sharp": as_u8(batch["sharp"]).to(device),
+                "defocus_map": batch["defocus_map"].half().to(device),
+                "has_map": batch["has_map"].to(device)}
+
+    def _initial(self, size: int) -> dict:
+        parts, count = [], 0
+        from tqdm import tqdm
+        with tqdm(total=size, desc="render pool", leave=False) as bar:
+            while count < size:
+                parts.append(self._pack(self.queue.get(), self.device))
+                count += len(parts[-1]["has_map"])
+                bar.update(len(parts[-1]["has_map"]))
+        return {k: torch.cat([p[k] for p in parts])[:size] for k in parts[0]}
+
+    def _refresh(self) -> None:
+        for _ in range(2):
+            try:
+                fresh = self._pack(self.queue.get_nowait(), self.device)
+            except queue.Empty:
+                return
+            slots = torch.randint(len(self.pool["has_map"]), (len(fresh["has_map"]),),
+                                  generator=self.gen).to(self.device)
+            for key in self.pool:
+                self.pool[key][slots] = fresh[key]
+
+    def __next__(self) -> dict:
+        self._refresh()
+        n, full = len(self.pool["has_map"]), self.pool["blurry"].shape[-1]
+        idx = torch.randint(n, (self.batch,), generator=self.gen)
+        ys = torch.randint(full - self.crop + 1, (self.batch,), generator=self.gen).tolist()
+        xs = torch.randint(full - self.crop + 1, (self.batch,), generator=self.gen).tolist()
+        flip = torch.rand(2, generator=self.gen).tolist()
+        batch = {}
+        for key in ("blurry", "sharp", "defocus_map"):
+            crops = torch.stack([self.pool[key][i, :, y:y + self.crop, x:x + self.crop]
+                                 for i, y, x in zip(idx.tolist(), ys, xs)]).float()
+            if key != "defocus_map":
+                crops = crops / 255
+            if flip[0] < 0.5:
+                crops = crops.flip(-1)
+            if flip[1] < 0.5:
+                crops = crops.transpose(-1, -2)
+            batch[key] = crops
+        batch["has_map"] = self.pool["has_map"][idx.to(self.device)]
+        return _to_device(batch, self.device, self.channels_last)
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+def make_batches(config: TrainConfig, start: int, rank: int, world: int, device: torch.device):
+    """Pool mode where ``pool_size`` > 0 (single process), else the loader."""
+    if config.data.pool_size > 0 and world == 1:
+        return PoolBatches(config, device)
+    return LoaderBatches(config, start, rank, world, device)

@@ -1,0 +1,75 @@
+"""A fixed validation set: held-out photographs and dead leaves at a few blur levels."""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from training.data.datasets import make_item
+from training.data.depth import synthetic_depth
+from training.data.render import Camera, render_defocus, sample_noise
+from training.data.sources import VALIDATION_PHOTOS, dead_leaves, skimage_photo
+
+
+def centre_crop(array: np.ndarray, size: int) -> np.ndarray:
+    """Central ``size`` x ``size`` window; an array with a shorter side is first upscaled to fit."""
+    height, width = array.shape[:2]
+    if min(height, width) < size:
+        scale = size / min(height, width)
+        array = cv2.resize(array, (max(size, round(width * scale)), max(size, round(height * scale))),
+                           interpolation=cv2.INTER_CUBIC)
+        height, width = array.shape[:2]
+    y0, x0 = (height - size) // 2, (width - size) // 2
+    return array[y0:y0 + size, x0:x0 + size]
+
+
+def _scenes(seed: int, size: int, dead_leaves_images: int
+            ) -> List[Tuple[str, np.ndarray, Optional[np.ndarray]]]:
+    scenes = []
+    for name in VALIDATION_PHOTOS:
+        photo = skimage_photo(name)
+        depth = None if photo.depth is None else centre_crop(photo.depth, size)
+        scenes.append((name, np.clip(centre_crop(photo.image, size), 0.0, 1.0), depth))
+    for k in range(dead_leaves_images):
+        image, depth = dead_leaves(np.random.default_rng([seed, 1000 + k]), size, size)
+        scenes.append((f"dead_leaves_{k}", image, depth))
+    return scenes
+
+
+def build_validation_set(seed: int = 0, size: int = 256, levels: Sequence[float] = (2.0, 5.0, 8.0),
+                         dead_leaves_images: int = 2, psf: str = "disc", noise: bool = True
+                         ) -> List[Dict]:
+    """Render the validation set (deterministic in its arguments).
+
+    Scenes are the centre crops of ``VALIDATION_PHOTOS`` (never in the training
+    list) plus ``dead_leaves_images`` dead-leaves images. Each scene gets one
+    synthetic depth (dead leaves keep their own), one focal plane at a depth
+    quantile in [0.1, 0.9] (so part of it is sharp) and one noise level; only
+    the largest blur radius changes across ``levels``.
+
+    Args:
+        seed: seeds depths, focus, noise and dead leaves (default 0).
+        size: side of the square crops (default 256).
+        levels: largest circle-of-confusion radii in px (default 2, 5, 8).
+        dead_leaves_images: how many dead-leaves scenes (default 2).
+        psf: ``"disc"`` (default) or ``"gaussian"``.
+        noise: sensor noise and 8-bit quantisation (default True).
+
+    Returns:
+        One dict per (scene, level), scenes in order then levels: torch tensors
+        ``blurry`` (3, H, W), ``sharp`` (3, H, W), ``defocus_map`` (1, H, W) in
+        model units (radius px / MAP_RADIUS_SCALE_PX), ``has_map`` (True), plus
+        ``name`` (str) and ``level`` (float, px).
+    """
+    samples = []
+    for k, (name, sharp, depth) in enumerate(_scenes(seed, size, dead_leaves_images)):
+        rng = np.random.default_rng([seed, k])
+        if depth is None:
+            depth = synthetic_depth(rng, sharp)
+        focus = float(np.quantile(depth, rng.uniform(0.1, 0.9)))
+        noise_level = sample_noise(rng) if noise else None
+        for j, level in enumerate(levels):
+            blurry, radius = render_defocus(sharp, depth, Camera(focus, float(level)), psf=psf,
+                                            noise=noise_level, rng=np.random.default_rng([seed, k, j]),
+                                            quantize=noise)
+            samples.append({**make_item(blurry, sharp, radius), "name": name, "level": float(level)})
+    return samples
