@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from training.config import TrainConfig
 from training.data import (DEDDataset, ImageFolderSource, PairDataset, SkimagePhotos,
@@ -94,6 +94,20 @@ class LoaderBatches:
         del self.it
 
 
+def _packed_collate(items: list) -> dict:
+    """Collate in the worker and shrink for the pool: images to uint8 (the blurry
+    image is 8-bit quantised already), the map to float16. Keeps this work, and
+    three quarters of the bytes, off the training process."""
+    batch = default_collate(items)
+    as_u8 = lambda x: (x * 255).round_().clamp_(0, 255).to(torch.uint8)  # noqa: E731
+    return {"blurry": as_u8(batch["blurry"]), "sharp": as_u8(batch["sharp"]),
+            "defocus_map": batch["defocus_map"].half(), "has_map": batch["has_map"]}
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 class PoolBatches:
     """Crops cut on the device from a pool of pre-rendered samples.
 
@@ -111,7 +125,8 @@ class PoolBatches:
         self.gen = torch.Generator(device="cpu").manual_seed(tc.seed)
         loader = DataLoader(build_dataset(config, dc.pool_crop), batch_size=16,
                             sampler=PositionSampler(0, 16), num_workers=dc.workers,
-                            persistent_workers=dc.workers > 0, worker_init_fn=worker_init_fn)
+                            persistent_workers=dc.workers > 0, worker_init_fn=worker_init_fn,
+                            collate_fn=_packed_collate, pin_memory=device.type == "cuda")
         self.queue: "queue.Queue[dict]" = queue.Queue(maxsize=8)
         self.stop = threading.Event()
         # Workers fork here, in the main thread, not inside the filling thread.
@@ -130,19 +145,12 @@ class PoolBatches:
             if self.stop.is_set():
                 return
 
-    @staticmethod
-    def _pack(batch: dict, device) -> dict:
-        as_u8 = lambda x: (x * 255).round().clamp(0, 255).to(torch.uint8)  # noqa: E731
-        return {"blurry": as_u8(batch["blurry"]).to(device), "sharp": as_u8(batch["sharp"]).to(device),
-                "defocus_map": batch["defocus_map"].half().to(device),
-                "has_map": batch["has_map"].to(device)}
-
     def _initial(self, size: int) -> dict:
         parts, count = [], 0
         from tqdm import tqdm
         with tqdm(total=size, desc="render pool", leave=False) as bar:
             while count < size:
-                parts.append(self._pack(self.queue.get(), self.device))
+                parts.append(_to(self.queue.get(), self.device))
                 count += len(parts[-1]["has_map"])
                 bar.update(len(parts[-1]["has_map"]))
         return {k: torch.cat([p[k] for p in parts])[:size] for k in parts[0]}
@@ -150,7 +158,7 @@ class PoolBatches:
     def _refresh(self) -> None:
         for _ in range(2):
             try:
-                fresh = self._pack(self.queue.get_nowait(), self.device)
+                fresh = _to(self.queue.get_nowait(), self.device)
             except queue.Empty:
                 return
             slots = torch.randint(len(self.pool["has_map"]), (len(fresh["has_map"]),),
