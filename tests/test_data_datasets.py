@@ -82,7 +82,10 @@ class TestSynthetic:
 
     def test_loader_workers_match_serial(self):
         ds = SyntheticDefocusDataset([SkimagePhotos()], crop=32, length=4, seed=3)
-        loader = DataLoader(ds, batch_size=2, num_workers=2, worker_init_fn=worker_init_fn)
+        # spawn: the test process has onnxruntime loaded (other test modules import it),
+        # and its background threads make fork-started workers hang.
+        loader = DataLoader(ds, batch_size=2, num_workers=2, worker_init_fn=worker_init_fn,
+                            multiprocessing_context="spawn")
         batches = list(loader)
         assert batches[0]["blurry"].shape == (2, 3, 32, 32) and batches[0]["has_map"].shape == (2,)
         assert torch.equal(batches[1]["blurry"][1], ds[3]["blurry"])
