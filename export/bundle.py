@@ -14,6 +14,8 @@ from typing import Any, Dict, Iterator, List
 
 import onnx
 
+from runtime.atomic import atomic_write
+
 FORMAT = "defocus-deblur-bundle/1"
 MANIFEST = "manifest.json"
 GRAPH_ORDER = ("estimate", "condition", "restore")
@@ -100,17 +102,8 @@ def read_manifest(bundle: Path) -> dict:
 
 def write_manifest(bundle: Path, manifest: dict) -> None:
     """Write ``manifest.json`` atomically (temp file in the same folder, then rename)."""
-    path = Path(bundle) / MANIFEST
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+    atomic_write(Path(bundle) / MANIFEST, lambda tmp: Path(tmp).write_text(text))
 
 
 def _existing_parent(out: Path) -> Path:

@@ -8,9 +8,7 @@ any other is rebuilt. ``--force`` rebuilds all. Exit status: 0 done, 1 error,
 3 TensorRT, cuda-python, driver or GPU missing (the ONNX bundle still runs).
 """
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,6 +18,7 @@ from export.bundle import GRAPH_ORDER, BundleError, engine_file, read_manifest, 
 from export.engine_plan import (HARDWARE_COMPATIBILITY, MissingDependency, Profile, compute_profile,
                                 cuda_gpus, engine_key, engines_section, input_shapes, reusable,
                                 tensorrt_installed, tensorrt_missing_message)
+from runtime.atomic import atomic_write_bytes
 
 EXIT_MISSING = 3
 TIMING_CACHE = "trt_timing.cache"
@@ -76,10 +75,7 @@ def build_all(args: argparse.Namespace, manifest: dict, profile: Profile) -> dic
         blob = trt_engine.build_engine(onnx_path, shapes, int(args.workspace_gib * (1 << 30)),
                                        args.opt_level, args.hardware_compatibility,
                                        args.bundle / TIMING_CACHE)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=args.bundle)
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, target)
+        atomic_write_bytes(target, blob)
         graphs[name] = {"file": target.name, "onnx_sha256": key["onnx_sha256"],
                         "engine_sha256": sha256_file(target),
                         "layer_precisions": trt_engine.layer_precisions(blob)}

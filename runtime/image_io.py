@@ -13,7 +13,6 @@ Map units: blur-disc radius px / ``map_radius_scale_px`` (10 px for the shipped 
 """
 import os
 import struct
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ MAX_SIDE = 30_000
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 import cv2  # noqa: E402
 
+from runtime import atomic  # noqa: E402
 from runtime.errors import ImageError  # noqa: E402
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
@@ -212,16 +212,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     if not folder.is_dir():
         raise ImageError(f"{path}: output folder {folder} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        atomic.atomic_write_bytes(path, data)
     except OSError as err:
         raise ImageError(f"{path}: cannot write to {folder} ({err.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise ImageError(f"{path}: cannot write ({err.strerror})") from None
 
 
 def read_defocus_map(path: Path) -> np.ndarray:

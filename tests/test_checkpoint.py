@@ -1,4 +1,5 @@
 """Tests of ``training.checkpoint``: round trip, atomic writes and one-line errors."""
+import os
 import dataclasses
 import json
 from pathlib import Path
@@ -8,8 +9,9 @@ import torch
 
 from training.archs import DefocusDeblurNet
 from training.archs.deblur_arch import VARIANTS
-from training.checkpoint import (CONFIG, FORMAT, WEIGHTS, CheckpointError, atomic_write,
-                                 load_checkpoint, load_state, read_config, save_checkpoint)
+from runtime.atomic import atomic_write
+from training.checkpoint import (CONFIG, FORMAT, WEIGHTS, CheckpointError, load_checkpoint,
+                                 load_state, read_config, save_checkpoint)
 from training.presets import MAP_RADIUS_SCALE_PX, MAP_UNITS, get_config
 
 
@@ -97,6 +99,16 @@ def test_matching_preset_loads(tmp_path, preset):
 # ----------------------------------------------------------------------------- atomic writes
 def test_save_leaves_no_temp_files(checkpoint):
     assert sorted(p.name for p in checkpoint.iterdir()) == sorted([CONFIG, WEIGHTS])
+
+
+def test_atomic_write_gives_umask_permissions_not_0600(tmp_path):
+    target = tmp_path / "out.txt"
+    old = os.umask(0o022)
+    try:
+        atomic_write(target, lambda tmp: Path(tmp).write_text("x"))
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o644
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -4,16 +4,15 @@ A checkpoint is a folder holding ``model.safetensors`` and ``config.json``; the
 trainer adds ``state.pt`` (optimizer, schedule, RNG) beside them to resume.
 """
 import json
-import os
 import subprocess
-import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from runtime.atomic import atomic_write
 from training.archs import DefocusDeblurNet
 from training.presets import INPUT_NORMALISATION, MAP_RADIUS_SCALE_PX, MAP_UNITS, NetConfig
 
@@ -24,19 +23,6 @@ CONFIG = "config.json"
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt or does not fit what was asked of it."""
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def git_commit() -> str:

@@ -9,8 +9,8 @@ from typing import Optional
 
 import torch
 
-from training.checkpoint import (CheckpointError, atomic_write, load_checkpoint, load_state,
-                                 save_checkpoint)
+from runtime.atomic import atomic_write
+from training.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 
 KEEP_CHECKPOINTS = 2
 
