@@ -15,8 +15,8 @@ Never imports torch. Embedding::
     gpu = Deblurrer(device="cuda")                 # TensorRT if an engine fits, else ORT-CUDA
     sharp_cp, map_cp = gpu.run(frame_cuda)         # CuPy arrays; torch.from_dlpack(sharp_cp)
 
-``Deblurrer(model=None, backend="auto", device="cpu", precision="fp32", tile=512,
-overlap=None, tile_batch=4, threads=None, cuda_graphs=False).run(image,
+``Deblurrer(model=None, backend="auto", device="cpu", precision="fp32", tile=None,
+overlap=None, tile_batch=None, threads=None, cuda_graphs=False).run(image,
 defocus_scale=1.0, defocus_map=None) -> (deblurred, defocus_map)``: the output has the
 input's dtype (float32 clipped to [0, 1]); the map is (H, W) float32 as used.
 Errors are ``runtime.errors.DeblurError`` subclasses with one-line messages.

@@ -20,10 +20,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="auto: cuda when a GPU is visible (default)")
     group.add_argument("--precision", choices=("fp32", "fp16"), default=None,
                        help="default: fp16 on TensorRT, else fp32")
-    group.add_argument("--tile", type=int, default=512, help="tile size in px (default 512)")
+    group.add_argument("--tile", type=int, default=None,
+                       help="largest tile size in px (default 1024 on the CPU, 512 on a GPU)")
     group.add_argument("--overlap", type=int, default=None,
                        help="tile overlap in px (default: receptive field + 16)")
-    group.add_argument("--tile-batch", type=int, default=4, help="tiles per graph call (default 4)")
+    group.add_argument("--tile-batch", type=int, default=None,
+                       help="tiles per graph call (default 1 on the CPU, 4 on a GPU)")
     group.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads")
     group.add_argument("--cuda-graphs", action="store_true", help="TensorRT: replay CUDA graphs")
     group.add_argument("--defocus-scale", type=float, default=1.0,

@@ -61,6 +61,9 @@ class OrtBackend(Backend):
         self.device_id = device_id
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # Tiles of varying shapes make the CPU arena keep the largest of every
+        # buffer: without it, peak RSS per megapixel halves at the same speed.
+        options.enable_cpu_mem_arena = False
         if threads is not None:
             if threads < 1:
                 raise BackendError(f"--threads must be >= 1, got {threads}")

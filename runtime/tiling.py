@@ -76,6 +76,20 @@ def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> List
     return starts + [length - tile]
 
 
+def balanced_tile(length: int, tile: int, overlap: int, multiple: int = 1) -> int:
+    """Smallest tile size (<= ``tile``) that covers ``length`` with as many tiles as ``tile`` would.
+
+    A fixed tile with the last one flush to the border can waste most of a tile
+    (1080 rows in 1024-row tiles compute 2048 rows); shrinking all tiles of the
+    axis to share the overlap evenly keeps one tile shape per image (one engine
+    shape, one CUDA graph) and computes only ``length + (n - 1) * overlap`` rows.
+    """
+    if tile >= length:
+        return length
+    count = math.ceil((length - overlap) / (tile - overlap))
+    return min(tile, round_up(math.ceil((length + (count - 1) * overlap) / count), multiple))
+
+
 def _ramp(width: int, blend: str) -> np.ndarray:
     """Rising weights of ``width`` samples strictly between 0 and 1."""
     t = (np.arange(width, dtype=np.float64) + 0.5) / width
@@ -166,11 +180,13 @@ def make_grid(height: int, width: int, tile: int, overlap: int, receptive_field:
     if tile % multiple or tile <= 0:
         raise ValueError(f"tile {tile} must be a positive multiple of {multiple}")
     margin = margin_for(receptive_field)
-    ys = tile_starts(height, min(tile, height), overlap, multiple)
-    xs = tile_starts(width, min(tile, width), overlap, multiple)
-    return TileGrid(height, width, min(tile, height), min(tile, width), tuple(ys), tuple(xs),
-                    tuple(axis_weights(ys, tile, height, margin, blend)),
-                    tuple(axis_weights(xs, tile, width, margin, blend)))
+    th = balanced_tile(height, tile, overlap, multiple)
+    tw = balanced_tile(width, tile, overlap, multiple)
+    ys = tile_starts(height, th, overlap, multiple)
+    xs = tile_starts(width, tw, overlap, multiple)
+    return TileGrid(height, width, th, tw, tuple(ys), tuple(xs),
+                    tuple(axis_weights(ys, th, height, margin, blend)),
+                    tuple(axis_weights(xs, tw, width, margin, blend)))
 
 
 def chunk_bounds(length: int, chunk: int, multiple: int) -> List[Tuple[int, int]]:

@@ -5,8 +5,9 @@ import torch
 
 from runtime.bundle import load_bundle
 from runtime.ort_backend import OrtBackend
-from runtime.tiling import (TiledPipeline, axis_weights, chunk_bounds, default_overlap, make_grid,
-                            margin_for, min_overlap, pad_to, padded_size, tile_starts)
+from runtime.tiling import (TiledPipeline, axis_weights, balanced_tile, chunk_bounds,
+                            default_overlap, make_grid, margin_for, min_overlap, pad_to,
+                            padded_size, tile_starts)
 from test_runtime_fixtures import concat_bundle, tiny_bundle  # noqa: F401  (fixtures)
 
 
@@ -176,3 +177,22 @@ def test_per_tile_pooling_is_not_exact(tiny_bundle):  # noqa: F811
     out = pipe.restore(image, dmap, pipe.condition_mean(dmap))
     ref_out, _ = _whole_image_reference(model, image)
     assert psnr(out, ref_out) < 50
+
+
+@pytest.mark.parametrize("length,tile,overlap,multiple", [
+    (1080, 1024, 112, 2), (3840, 1024, 112, 2), (2160, 1024, 112, 2), (1024, 1024, 112, 2),
+    (1030, 512, 80, 2), (301, 100, 60, 1), (64, 512, 40, 2),
+])
+def test_balanced_tile_keeps_the_count_and_computes_less(length, tile, overlap, multiple):
+    size = balanced_tile(length, tile, overlap, multiple)
+    fixed = tile_starts(length, min(tile, length), overlap, multiple)
+    starts = tile_starts(length, size, overlap, multiple)
+    assert size <= min(tile, length) and size % multiple == 0
+    assert len(starts) == len(fixed)
+    assert len(starts) * size <= len(fixed) * min(tile, length)
+    assert len(starts) * size <= length + (len(starts) - 1) * overlap + len(starts) * multiple
+
+
+def test_balanced_tile_1080p_in_1024_tiles():
+    # Flush fixed tiles would compute 2 x 1024 rows for 1080; balanced ones 2 x 596.
+    assert balanced_tile(1080, 1024, 112, 2) == 596
