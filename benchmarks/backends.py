@@ -47,7 +47,7 @@ SPECS: List[BackendSpec] = [
                 compiles=True),
     BackendSpec("ort-fp32", "ONNX Runtime CPU FP32", "cpu", "fp32", "onnx"),
     BackendSpec("ort-fp16", "ONNX Runtime CPU, FP16 graph", "cpu", "fp16", "onnx"),
-    BackendSpec("runtime", "runtime Deblurrer (default: ORT CPU, tiled 512)", "cpu", "fp32", "runtime",
+    BackendSpec("runtime", "runtime Deblurrer (default: ORT CPU, tiled 1024)", "cpu", "fp32", "runtime",
                 tiled=True, large=True),
     BackendSpec("runtime-whole", "runtime Deblurrer, whole image (one tile)", "cpu", "fp32", "runtime",
                 large=True),

@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmarks.stats import gemm_gflops
 
-CPU_N = 2048
+CPU_N = 4096
 CUDA_N = 8192
 
 
@@ -33,7 +33,7 @@ def best_time(fn: Callable[[], None], repeats: int, sync: Callable[[], None] = l
     return best
 
 
-def cpu_peak(n: int = CPU_N, repeats: int = 10) -> dict:
+def cpu_peak(n: int = CPU_N, repeats: int = 5) -> dict:
     """NumPy (BLAS) float32 ``n x n`` matmul GFLOP/s, best of ``repeats``."""
     rng = np.random.default_rng(0)
     a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
@@ -65,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (BLAS: from env)")
     parser.add_argument("--n", type=int, default=None, help="matrix size")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     try:
         if args.device == "cpu":

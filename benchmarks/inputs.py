@@ -47,7 +47,7 @@ def input_path(folder: Path, width: int, height: int) -> Path:
     return Path(folder) / f"input_{size_label(width, height)}.npy"
 
 
-def test_image(width: int, height: int, seed: int = 0) -> np.ndarray:
+def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
     """A dead-leaves image (random discs, radius ~ r^-3) slightly blurred: (H, W, 3) float32 [0, 1].
 
     Natural-image-like statistics at every size, without any data file.
@@ -72,4 +72,4 @@ def test_image(width: int, height: int, seed: int = 0) -> np.ndarray:
 def write_inputs(folder: Path, sizes: List[Tuple[int, int]], seed: int = 0) -> None:
     """Save the test image of every size as ``input_WxH.npy`` in ``folder``."""
     for w, h in sizes:
-        np.save(input_path(folder, w, h), test_image(w, h, seed))
+        np.save(input_path(folder, w, h), synthetic_image(w, h, seed))

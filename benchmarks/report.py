@@ -1,10 +1,10 @@
 """The report folder: ``results.json`` (raw), ``README.md`` (tables), plots (PNG)."""
 import json
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 from benchmarks.analysis import cell_index
-from benchmarks.backends import BY_NAME, baseline_for
+from benchmarks.backends import baseline_for
 from benchmarks.plots import plot_latency, plot_quality
 from training.checkpoint import atomic_write
 
@@ -31,7 +31,7 @@ def _x(value: Optional[float]) -> str:
 
 def _status(cell: Optional[dict]) -> str:
     if cell is None:
-        return ""
+        return "n/a"
     return "skipped" if cell["status"] == "skipped" else "**error**"
 
 
@@ -181,6 +181,13 @@ def summary_text(results: dict) -> str:
                       "", "Targets:", *target_lines(results)])
 
 
+def _write_text(path: Path, text: str) -> None:
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text)
+
+    atomic_write(path, write)
+
+
 def write_report(results: dict, out: Path, slug: str) -> str:
     """Write ``results.json``, ``README.md`` and the plots into ``out``; returns the summary.
 
@@ -193,8 +200,6 @@ def write_report(results: dict, out: Path, slug: str) -> str:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / LATENCY_PNG, lambda tmp: plot_latency(results, tmp))
     atomic_write(out / QUALITY_PNG, lambda tmp: plot_quality(results, tmp))
-    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
-    atomic_write(out / RESULTS, lambda tmp: Path(tmp).write_text(text))
-    markdown = build_markdown(results, slug)
-    atomic_write(out / README, lambda tmp: Path(tmp).write_text(markdown))
+    _write_text(out / RESULTS, json.dumps(results, indent=2, allow_nan=False) + "\n")
+    _write_text(out / README, build_markdown(results, slug))
     return summary_text(results)

@@ -12,9 +12,13 @@ import numpy as np
 
 from benchmarks.backends import BackendSpec
 from benchmarks.memory import cuda_used_bytes
+from runtime.deblurrer import CPU_TILING
 
-#: Tile of the runtime's default (tiled) path.
-DEFAULT_TILE = 512
+#: Tile of the runtime's default (tiled) path on the CPU, where the targets are judged.
+DEFAULT_TILE = CPU_TILING[0]
+#: The whole-image path's single tile is never smaller (the runtime refuses tiles
+#: below its overlap).
+WHOLE_MIN_TILE = 512
 
 
 class Unavailable(RuntimeError):
@@ -191,17 +195,18 @@ class RuntimeRunner(Runner):
             if spec.precision not in self.bundle.engines:
                 raise Unavailable(f"the bundle has no {spec.precision} TensorRT engine "
                                   "(build one with `make engine`)")
-        self.deblurrer = self._make(DEFAULT_TILE) if spec.tiled else None
+        self.deblurrer = self._make(None) if spec.tiled else None
         self._reset, self._sample = _cuda_peak_sampler()
 
-    def _make(self, tile: int):
+    def _make(self, tile: Optional[int]):
         from runtime import Deblurrer
 
         deblurrer = Deblurrer(self.bundle, backend=self.backend, device=self.spec.device,
                               precision=self.spec.precision, tile=tile, threads=self.threads)
         if deblurrer.backend.device != self.spec.device:
             raise Unavailable(f"the runtime fell back to {deblurrer.describe()}")
-        self.description = f"{deblurrer.describe()}, tile {tile}, {self.threads} threads"
+        self.description = (f"{deblurrer.describe()}, tile {deblurrer.tile} x {deblurrer.tile_batch}, "
+                            f"{self.threads} threads")
         return deblurrer
 
     def prepare(self, height: int, width: int) -> None:
@@ -209,7 +214,7 @@ class RuntimeRunner(Runner):
             # One tile covers the image; never below the default tile, which the
             # runtime sizes above its overlap.
             m = self.bundle.size_multiple
-            self.deblurrer = self._make(max(-(-max(height, width) // m) * m, DEFAULT_TILE))
+            self.deblurrer = self._make(max(-(-max(height, width) // m) * m, WHOLE_MIN_TILE))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         out, _ = self.deblurrer.run(image)

@@ -3,8 +3,8 @@
     python -m benchmarks.worker --backend ort-fp32 --checkpoint CKPT --bundle BUNDLE \
         --inputs WORK --out WORK --sizes 256x256,512x512 --runs 5 --threads 2
 
-Lines (``event``): ``setup`` (ok / skipped / error, once), ``quality`` (outputs on the
-validation images saved), ``cell`` (one per size: latencies, memory, output file).
+Lines (``event``): ``setup`` (ok / skipped / error, once), ``cell`` (one per size:
+latencies, memory, output file), ``quality`` (outputs on the validation images saved).
 The parent (``benchmarks.run``) reads them; a crash or a time-out loses only the
 lines not printed yet. Outputs are saved as ``<backend>_<WxH>.npy`` for the
 parent's fidelity metrics.
@@ -117,11 +117,6 @@ def run_backend(args: argparse.Namespace) -> int:
         return 0
     emit("setup", status="ok", setup_ms=1e3 * (time.perf_counter() - start),
          description=runner.description)
-    if args.quality:
-        try:
-            emit("quality", status="ok", output=run_quality(runner, spec, args.quality, args.out))
-        except Exception as exc:
-            emit("quality", status="error", error=one_line(exc))
     growth_per_pixel: Optional[float] = None
     for width, height in args.sizes:
         label, pixels = size_label(width, height), width * height
@@ -141,6 +136,12 @@ def run_backend(args: argparse.Namespace) -> int:
             growth = (cell["peak_rss_bytes"] - cell["rss_base_bytes"]) / pixels
             growth_per_pixel = max(growth_per_pixel or 0.0, growth)
         emit("cell", size=label, **cell)
+    # After the sizes, so that a compile for the validation size counts in its cell.
+    if args.quality:
+        try:
+            emit("quality", status="ok", output=run_quality(runner, spec, args.quality, args.out))
+        except Exception as exc:
+            emit("quality", status="error", error=one_line(exc))
     return 0
 
 

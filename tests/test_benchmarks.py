@@ -1,0 +1,319 @@
+"""Benchmarks: statistics helpers, planning, analysis and an end-to-end run on a tiny model."""
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from benchmarks import analysis, launch, memory, stats
+from benchmarks.backends import BY_NAME, baseline_for, select
+from benchmarks.inputs import parse_size, parse_sizes, synthetic_image
+from benchmarks.machine import machine_slug
+from benchmarks.run import Collector, main, sizes_for
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("values, q, expected", [
+    ([1.0, 2.0, 3.0, 4.0], 50, 2.5),
+    ([1.0, 2.0, 3.0, 4.0], 90, 3.7),        # pos 2.7: 3 + 0.7 * (4 - 3)
+    ([4.0, 1.0, 3.0, 2.0], 90, 3.7),        # order does not matter
+    ([5.0], 90, 5.0),
+    ([10.0, 20.0], 0, 10.0),
+    ([10.0, 20.0], 100, 20.0),
+    ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0], 90, 10.0),
+])
+def test_percentile_matches_hand_computed(values, q, expected):
+    assert stats.percentile(values, q) == pytest.approx(expected)
+    assert stats.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+@pytest.mark.parametrize("values, q, message", [
+    ([], 50, "percentile of no values"),
+    ([1.0], 101, "percentile q must lie in [0, 100], got 101"),
+    ([1.0], -1, "percentile q must lie in [0, 100], got -1"),
+])
+def test_percentile_rejects_bad_input(values, q, message):
+    with pytest.raises(ValueError, match=r"^" + message.replace("[", r"\[").replace("]", r"\]") + "$"):
+        stats.percentile(values, q)
+
+
+def test_summarise_in_milliseconds():
+    s = stats.summarise([0.3, 0.1, 0.2, 0.4])
+    assert s == pytest.approx({"runs": 4, "median_ms": 250.0, "p90_ms": 370.0, "min_ms": 100.0,
+                               "mean_ms": 250.0})
+
+
+@pytest.mark.parametrize("fn, args, expected", [
+    (stats.megapixels_per_s, (2_000_000, 0.5), 4.0),
+    (stats.gflops, (100.0, 1_000_000, 0.5), 0.4),          # 2 * 100 * 1e6 / 0.5 / 1e9
+    (stats.gflops, (91_300.0, 1024 * 1024, 2.0), 2 * 91_300 * 1024 * 1024 / 2.0 / 1e9),
+    (stats.gemm_gflops, (1000, 2.0), 1.0),                 # 2 * 1e9 / 2 / 1e9
+    (stats.ratio, (3.0, 4.0), 0.75),
+    (stats.speedup, (250.0, 100.0), 2.5),
+    (stats.overhead, (115.0, 100.0), 0.15),
+    (stats.overhead, (90.0, 100.0), -0.10),
+])
+def test_derived_figures(fn, args, expected):
+    assert fn(*args) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("fn, args", [
+    (stats.ratio, (None, 1.0)), (stats.ratio, (1.0, None)), (stats.ratio, (1.0, 0.0)),
+    (stats.speedup, (None, 2.0)), (stats.overhead, (1.0, None)),
+])
+def test_ratios_of_missing_values_are_none(fn, args):
+    assert fn(*args) is None
+
+
+# ---------------------------------------------------------------- sizes, backends, machine
+
+
+@pytest.mark.parametrize("text, expected", [("1920x1080", (1920, 1080)), ("64X32", (64, 32))])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["256", "0x64", "ax64", "64x64x3", "-64x64", ""])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError, match="is not WIDTHxHEIGHT"):
+        parse_size(text)
+
+
+def test_parse_sizes_sorts_by_pixels_and_dedupes():
+    assert parse_sizes("1024x1024, 256x256,1920x1080,256x256") == [(256, 256), (1024, 1024), (1920, 1080)]
+
+
+def test_parse_sizes_checks_the_multiple():
+    with pytest.raises(ValueError, match=r"^size 65x64: width and height must be multiples of 2$"):
+        parse_sizes("64x64,65x64", multiple=2)
+
+
+def test_select_orders_baseline_first_and_filters():
+    names = [s.name for s in select(None, ["cpu"])]
+    assert names[0] == "torch-eager" and "torch-compile" in names
+    assert all(BY_NAME[n].device == "cpu" for n in names)
+    assert "torch-compile" not in [s.name for s in select(None, ["cpu"], compile_=False)]
+    picked = [s.name for s in select(["runtime", "torch-cuda-fp32", "torch-eager"], ["cpu"])]
+    assert picked == ["torch-eager", "runtime", "torch-cuda-fp32"]
+
+
+def test_select_unknown_backend_is_one_line():
+    with pytest.raises(ValueError, match=r"^unknown backend\(s\) nope; choose from torch-eager, "):
+        select(["nope"], ["cpu"])
+
+
+def test_large_sizes_only_for_large_backends():
+    sizes = [(256, 256), (3840, 2160)]
+    assert sizes_for(BY_NAME["runtime"], sizes) == ["256x256", "3840x2160"]
+    assert sizes_for(BY_NAME["torch-eager"], sizes) == ["256x256", "3840x2160"]
+    assert sizes_for(BY_NAME["ort-fp32"], sizes) == ["256x256"]
+
+
+@pytest.mark.parametrize("machine, device, slug", [
+    ({"threads_used": 2, "cpu": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "gpus": []}, "cpu",
+     "cpu-2core-xeon-platinum"),
+    ({"threads_used": 16, "cpu": "AMD EPYC", "gpus": []}, "cpu", "cpu-16core-epyc"),
+    ({"threads_used": 16, "cpu": "x", "gpus": ["NVIDIA H100 80GB HBM3, 81559 MiB, 580.1"]}, "cuda",
+     "gpu-h100-hbm3"),
+    ({"threads_used": 4, "cpu": "AMD EPYC", "gpus": []}, "cuda", "cpu-4core-epyc"),
+])
+def test_machine_slug(machine, device, slug):
+    assert machine_slug(machine, device) == slug
+
+
+def test_test_image_is_deterministic():
+    a, b = synthetic_image(96, 64, seed=3), synthetic_image(96, 64, seed=3)
+    assert a.shape == (64, 96, 3) and a.dtype == np.float32
+    assert np.array_equal(a, b) and 0.0 <= a.min() and a.max() <= 1.0 and a.std() > 0.05
+    assert not np.array_equal(a, synthetic_image(96, 64, seed=4))
+
+
+def test_peak_rss_resets_and_grows():
+    if not memory.reset_peak_rss():
+        pytest.skip("this OS cannot reset the peak RSS")
+    before = memory.peak_rss_bytes()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    assert memory.peak_rss_bytes() >= before + 60 * 2**20
+    del block
+    memory.reset_peak_rss()
+    assert memory.peak_rss_bytes() < before + 60 * 2**20
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def _cell(backend, size, median_ms, rss_mib=100.0, **extra):
+    w, h = map(int, size.split("x"))
+    return {"backend": backend, "size": size, "width": w, "height": h, "pixels": w * h, "status": "ok",
+            "median_ms": median_ms, "first_call_ms": median_ms, "peak_rss_bytes": int(rss_mib * 2**20),
+            **extra}
+
+
+def _results(cells):
+    return {"model": {"macs_per_pixel": 1000.0},
+            "settings": {"devices": ["cpu"], "sizes": ["1024x1024", "3840x2160"]},
+            "gemm_peak": {"cpu": {"fp32_gflops": 100.0}}, "cells": cells}
+
+
+def test_derive_and_targets_against_hand_computed_values():
+    results = _results([
+        _cell("torch-eager", "1024x1024", 250.0, 400.0),
+        _cell("torch-compile", "1024x1024", 130.0),
+        _cell("runtime", "1024x1024", 100.0, 200.0),
+        _cell("runtime-whole", "1024x1024", 90.0),
+        _cell("runtime", "3840x2160", 900.0, 1500.0),
+        _cell("runtime-whole", "3840x2160", 800.0, 3000.0),
+    ])
+    analysis.derive(results)
+    rt = analysis.cell_index(results)[("runtime", "1024x1024")]
+    assert rt["megapixels_per_s"] == pytest.approx(1024 * 1024 / 1e6 / 0.1)
+    assert rt["gflops"] == pytest.approx(2 * 1000 * 1024 * 1024 / 0.1 / 1e9)
+    assert rt["fraction_of_peak"] == pytest.approx(rt["gflops"] / 100.0)
+    assert rt["speedup_vs_baseline"] == pytest.approx(2.5)
+    assert rt["peak_rss_vs_baseline"] == pytest.approx(0.5)
+    assert analysis.cell_index(results)[("torch-compile", "1024x1024")]["compile_ms"] == 0.0
+    targets = {t["name"]: t for t in analysis.evaluate_targets(results, 2048 * 2**20, tile=512)}
+    eager = targets["runtime-vs-torch-eager"]
+    assert (eager["measured"], eager["met"], eager["margin"]) == pytest.approx((2.5, True, 0.5))
+    compiled = targets["runtime-vs-torch-compile"]
+    assert compiled["measured"] == pytest.approx(1.3) and compiled["met"]
+    tiling = targets["runtime-tiling-overhead"]   # largest size over one tile: 3840x2160
+    assert tiling["measured"] == pytest.approx(900 / 800 - 1) and tiling["met"]
+    assert tiling["margin"] == pytest.approx(0.15 - 0.125)
+    large = targets["runtime-large-memory"]
+    assert (large["measured"], large["met"], large["margin"]) == pytest.approx((1500.0, True, 548.0))
+    assert large["note"] == "whole-image peak RSS 3000 MiB"
+
+
+def test_targets_missed_and_unmeasured():
+    results = _results([_cell("torch-eager", "1024x1024", 150.0), _cell("runtime", "1024x1024", 100.0)])
+    analysis.derive(results)
+    targets = {t["name"]: t for t in analysis.evaluate_targets(results, 2**30, tile=512)}
+    eager = targets["runtime-vs-torch-eager"]
+    assert eager["met"] is False and eager["margin"] == pytest.approx(-0.5)
+    for name in ("runtime-vs-torch-compile", "runtime-tiling-overhead", "runtime-large-memory"):
+        assert targets[name]["met"] is None and targets[name]["measured"] is None
+
+
+def test_collector_records_a_dead_worker_as_errors():
+    results = {"backends": {}, "cells": [], "quality": {"backends": {}}}
+    collect = Collector(results, [(64, 64), (128, 128)])
+    spec = BY_NAME["ort-fp32"]
+    results["backends"][spec.name] = {"status": "ok"}
+    lines = [{"event": "setup", "status": "ok", "description": "d"},
+             {"event": "cell", "size": "64x64", "status": "ok", "median_ms": 1.0}]
+    collect.add_worker(spec, ["64x64", "128x128"], lines, "timed out after 5 s")
+    assert [(c["size"], c["status"], c.get("error")) for c in results["cells"]] == [
+        ("64x64", "ok", None), ("128x128", "error", "timed out after 5 s")]
+
+
+def test_worker_bad_arguments_are_reported_not_raised(tmp_path):
+    lines, error = launch.run_module("benchmarks.worker", ["--backend", "nope"], 1, 60,
+                                     tmp_path / "err.txt")
+    assert lines == []
+    assert error.startswith("worker exited with 2: ") and "invalid choice: 'nope'" in error
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+
+    from training.archs import DefocusDeblurNet
+    from training.checkpoint import save_checkpoint
+    from training.presets import NetConfig
+
+    torch.manual_seed(0)
+    config = NetConfig(preset="small", scale=2, dme_channels=4, dme_blocks=1, channels=8, num_blocks=1,
+                       cond_channels=4)
+    folder = tmp_path_factory.mktemp("tiny")
+    save_checkpoint(folder, DefocusDeblurNet(config))
+    return folder
+
+
+def test_end_to_end_report(tiny_checkpoint, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the missing-backend check needs a machine without a CUDA GPU")
+    out = tmp_path / "report"
+    rc = main(["--model", str(tiny_checkpoint), "--backends", "torch-eager,torch-cuda-fp32",
+               "--sizes", "64x64,96x64", "--runs", "2", "--quality-images", "2", "--threads", "1",
+               "--out", str(out)])
+    assert rc == 0
+    assert f"report written to {out}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "latency.png", "quality.png", "results.json"]
+    for png in ("latency.png", "quality.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == PNG_MAGIC
+        width, height = struct.unpack(">II", data[16:24])
+        assert width > 400 and height > 200
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema"] == "defocus-deblur-benchmark/1"
+    assert set(results) >= {"created", "command", "machine", "model", "settings", "gemm_peak", "backends",
+                            "cells", "quality", "targets", "elapsed_s"}
+    assert results["settings"]["sizes"] == ["64x64", "96x64"] and results["settings"]["threads"] == 1
+    assert results["model"]["trained"] is True and results["model"]["macs_per_pixel"] > 0
+    assert results["gemm_peak"]["cpu"]["fp32_gflops"] > 0
+    assert results["backends"]["torch-eager"]["status"] == "ok"
+    missing = results["backends"]["torch-cuda-fp32"]
+    assert missing["status"] == "skipped" and "sees no CUDA GPU" in missing["reason"]
+
+    cells = analysis.cell_index(results)
+    for size in ("64x64", "96x64"):
+        cell = cells[("torch-eager", size)]
+        assert cell["status"] == "ok" and cell["runs"] == 2 and len(cell["latencies_ms"]) == 2
+        assert cell["median_ms"] == pytest.approx(float(np.median(cell["latencies_ms"])))
+        assert cell["p90_ms"] >= cell["median_ms"] > 0
+        assert cell["speedup_vs_baseline"] == pytest.approx(1.0)
+        assert cell["fidelity"] == {"reference": True}
+        assert cell["peak_rss_bytes"] >= cell["rss_base_bytes"] > 0
+        assert cell["gflops"] == pytest.approx(stats.gflops(results["model"]["macs_per_pixel"],
+                                                            cell["pixels"], cell["median_ms"] / 1e3))
+        assert cells[("torch-cuda-fp32", size)]["status"] == "skipped"
+
+    quality = results["quality"]
+    if quality["input"] is not None:
+        assert quality["backends"]["torch-eager"]["psnr_db"] > 0
+        assert quality["input"]["psnr_db"] > 0
+    names = {t["name"] for t in results["targets"]}
+    assert {"runtime-vs-torch-eager", "runtime-tiling-overhead", "runtime-large-memory"} <= names
+
+    readme = (out / "README.md").read_text()
+    assert "| backend | 64x64 | 96x64 |" in readme
+    assert "| `torch-eager` |" in readme and "(1.00x)" in readme
+    assert "| `torch-cuda-fp32` | skipped | skipped |" in readme
+    assert ("| backend | size | median ms | p90 ms | runs | MP/s | GFLOP/s | % GEMM peak | "
+            "peak RSS MiB (x base) | GPU peak MiB | PSNR vs FP32 ref | SSIM vs ref | compile ms |") in readme
+    assert "## Targets" in readme and "![latency](latency.png)" in readme
+
+
+def test_cli_bad_model_is_one_line(capsys):
+    assert main(["--model", "/nonexistent/ckpt", "--backends", "torch-eager"]) == 2
+    assert capsys.readouterr().err == ("benchmark failed: /nonexistent/ckpt: not a checkpoint folder "
+                                       "(needs model.safetensors and config.json)\n")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--backends", "nope"], "error: unknown backend(s) nope; choose from torch-eager,"),
+    (["--sizes", "64"], "error: size '64' is not WIDTHxHEIGHT with positive integers"),
+    (["--runs", "0"], "error: --runs, --warmup and --threads must be >= 1"),
+    (["--device", "tpu"], "error: argument --device: invalid choice: 'tpu'"),
+])
+def test_cli_bad_arguments(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+
+
+def test_baseline_for_each_device():
+    assert baseline_for("cpu").name == "torch-eager" and baseline_for("cuda").name == "torch-cuda-fp32"
