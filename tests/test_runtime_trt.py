@@ -67,34 +67,6 @@ def test_selftest_without_gpu_is_one_clear_line():
     assert re.fullmatch(r"error: no CUDA device: cudaGetDeviceCount says cudaError\w+\n", result.stderr)
 
 
-def _patched_stubs(target: Path) -> Path:
-    """tensorrt-stubs 10.13.0.35.1 has syntax errors (parameters named ``in``, a
-    non-default parameter after defaults); copy and fix them so mypy can read them."""
-    site = Path(np.__file__).resolve().parent.parent
-    for package in ("tensorrt", "tensorrt_bindings"):
-        if not (site / package / "__init__.pyi").is_file():
-            pytest.skip("tensorrt-stubs is not installed")
-        shutil.copytree(site / package, target / package)
-    stub = target / "tensorrt_bindings" / "tensorrt.pyi"
-    text = re.sub(r"(\(self(?:: \w+)?, )in: ", r"\1in_: ", stub.read_text())
-    text = text.replace("power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = ...)")
-    stub.write_text(text)
-    return target
-
-
-def test_trt_modules_typecheck_against_tensorrt_stubs(tmp_path):
-    """Unlike the plain ``make typecheck`` (tensorrt is Any there), this checks every
-    TensorRT call of the backend against the 10.13 API stubs."""
-    stubs = _patched_stubs(tmp_path / "stubs")
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"),
-         "runtime/trt_backend.py", "runtime/cuda_buffers.py"],
-        cwd=ROOT, env=dict(os.environ, MYPYPATH=str(stubs)), capture_output=True, text=True, timeout=300)
-    ours = [line for line in result.stdout.splitlines() if line.startswith("runtime/")]
-    assert not ours, "\n".join(ours)
-    assert "checked 2 source files" in result.stdout
-
-
 def _build_engines(trt, bundle_dir: Path, profile: dict) -> None:
     """Build FP32 engines of every graph and record them in the manifest (as export does)."""
     from runtime.cuda_buffers import device_info
