@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 CKPT ?= models/default
 CONFIG ?= configs/small.toml
 
-.PHONY: install test typecheck demo train train-tiny train-gpu export engine verify-engine bench bench-gpu clean
+.PHONY: install test typecheck demo train train-continue train-tiny train-gpu export engine verify-engine bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,12 @@ demo: $(STAMP)
 
 train: $(STAMP)
 	$(PY) -m training.train --config $(CONFIG)
+
+# Keep improving the default model on this machine (hours, in the background; rerun
+# to resume). runs/continue/best/ is the best validation checkpoint so far:
+# `make export CKPT=runs/continue/best` turns it into a bundle.
+train-continue: $(STAMP)
+	$(PY) -m training.train --config configs/small.toml --init models/default --out runs/continue
 
 train-tiny: $(STAMP)
 	$(PY) -m training.train --config configs/tiny.toml

@@ -17,15 +17,6 @@ from training.presets import get_config
 POOLING_VARIANTS = ("sft_dec", "sft_fdec")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one thread avoids OpenMP stalls while other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(variant: str = "sft_dec", scale: int = 2, **overrides):
     """The ``small`` preset shrunk to a few thousand parameters (fast on 2 CPU cores)."""
     sizes = dict(scale=scale, dme_channels=8, dme_blocks=1, channels=8, num_blocks=2,

@@ -15,15 +15,6 @@ from training.checkpoint import (CONFIG, FORMAT, WEIGHTS, CheckpointError, load_
 from training.presets import MAP_RADIUS_SCALE_PX, MAP_UNITS, get_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one thread avoids OpenMP stalls while other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(variant: str = "sft_dec", preset: str = "small", seed: int = 0) -> DefocusDeblurNet:
     config = dataclasses.replace(get_config(preset, variant), scale=2, dme_channels=8,
                                  dme_blocks=1, channels=8, num_blocks=1, cond_channels=4)

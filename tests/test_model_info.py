@@ -20,15 +20,6 @@ from training.presets import PRESETS, NetConfig, get_config
 DID_ANET_DME_PARAMS = 334_721  # DID-ANet's published DME branch (C=64, 4 blocks)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one thread avoids OpenMP stalls while other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(variant: str = "sft_dec", scale: int = 2, dme_blocks: int = 1,
                 num_blocks: int = 2) -> NetConfig:
     return dataclasses.replace(get_config("small", variant), scale=scale, dme_channels=8,
