@@ -15,8 +15,9 @@ from typing import Any, Dict, Iterator, List
 import onnx
 
 from runtime.atomic import atomic_write
+from runtime.bundle import FORMAT
+from runtime.jsonfile import read_versioned_json
 
-FORMAT = "defocus-deblur-bundle/1"
 MANIFEST = "manifest.json"
 GRAPH_ORDER = ("estimate", "condition", "restore")
 
@@ -91,13 +92,7 @@ def read_manifest(bundle: Path) -> dict:
     path = bundle / MANIFEST
     if not path.is_file():
         raise BundleError(f"{bundle}: no {MANIFEST} (run `make export` first)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: corrupt JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: not a {FORMAT} manifest")
-    return manifest
+    return read_versioned_json(path, FORMAT, BundleError)
 
 
 def write_manifest(bundle: Path, manifest: dict) -> None:

@@ -11,13 +11,13 @@ A bundle is a folder::
 Nothing here imports torch, onnxruntime or TensorRT.
 """
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from runtime.errors import BundleError
+from runtime.jsonfile import read_versioned_json
 
 FORMAT = "defocus-deblur-bundle/1"
 GRAPH_NAMES = ("estimate", "condition", "restore")
@@ -147,14 +147,7 @@ def _manifest_path(path: Path) -> Tuple[Path, Optional[Path]]:
 def _read_manifest(manifest_path: Path) -> dict:
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path.parent} is not a model bundle: no manifest.json in it")
-    try:
-        data = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{manifest_path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise BundleError(f"{manifest_path}: format is {found!r}, expected {FORMAT!r}")
-    return data
+    return read_versioned_json(manifest_path, FORMAT, BundleError)
 
 
 def _tensor_specs(graph: str, items: list) -> Tuple[TensorSpec, ...]:

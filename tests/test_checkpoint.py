@@ -155,7 +155,7 @@ def test_corrupt_json(checkpoint, text):
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
     with pytest.raises(CheckpointError) as exc_info:
         load_checkpoint(checkpoint)
-    assert "corrupt JSON" in assert_one_line_naming(exc_info, path)
+    assert "not valid JSON" in assert_one_line_naming(exc_info, path)
 
 
 @pytest.mark.parametrize("content", [[1, 2], {"format": "other/1"}, {"net": {}}, "null"])
@@ -164,7 +164,7 @@ def test_wrong_format(checkpoint, content):
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(CheckpointError) as exc_info:
         load_checkpoint(checkpoint)
-    assert f"not a {FORMAT} config" in assert_one_line_naming(exc_info, path)
+    assert f"expected {FORMAT!r}" in assert_one_line_naming(exc_info, path)
 
 
 def test_missing_folder(tmp_path):

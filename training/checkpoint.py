@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from runtime.atomic import atomic_write
+from runtime.jsonfile import read_versioned_json
 from training.archs import DefocusDeblurNet
 from training.presets import INPUT_NORMALISATION, MAP_RADIUS_SCALE_PX, MAP_UNITS, NetConfig
 
@@ -59,13 +60,7 @@ def read_config(folder: Path) -> dict:
     path = Path(folder) / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{folder}: not a checkpoint (no {CONFIG})")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupt JSON ({exc})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a {FORMAT} config")
-    return config
+    return read_versioned_json(path, FORMAT, CheckpointError)
 
 
 def load_checkpoint(path: Path, preset: Optional[str] = None) -> Tuple[DefocusDeblurNet, dict]:
