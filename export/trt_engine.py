@@ -15,6 +15,8 @@ from typing import Dict, Optional, Tuple
 
 import tensorrt as trt
 
+from runtime.atomic import atomic_write_bytes
+
 Shape = Tuple[int, ...]
 
 HARDWARE_LEVELS = {
@@ -83,7 +85,7 @@ def build_engine(onnx_path: Path, shapes: Dict[str, Tuple[Shape, Shape, Shape]],
     if serialized is None:
         raise EngineBuildError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
     if timing_cache is not None:
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
 
 
