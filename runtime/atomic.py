@@ -5,13 +5,13 @@ Readers never see half a file, and a crash leaves the previous file intact.
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     """Call ``write(tmp_path)``, then rename the result onto ``path``.
 
     The file gets the usual permissions (0666 minus the umask), not mkstemp's 0600.
