@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -39,7 +40,7 @@ class Trainer:
     """Owns the model, optimizer, schedule and data of one (possibly distributed) run."""
 
     def __init__(self, config: TrainConfig, out: Path, device: torch.device,
-                 init: Path = None):
+                 init: Optional[Path] = None):
         self.config = config
         self.device = device
         self.rank = dist.get_rank() if dist.is_initialized() else 0
@@ -114,7 +115,10 @@ class Trainer:
         rate = (PROBE_END - PROBE_START) / (now - probe_started)
         # 10% of the budget is kept for validation and checkpoints.
         left = 0.9 * budget - (now - started)
-        self.config.rescale(max(PROBE_END + 1, PROBE_END + int(left * rate)))
+        total = [max(PROBE_END + 1, PROBE_END + int(left * rate))]
+        if self.world > 1:
+            dist.broadcast_object_list(total, src=0)  # every rank must stop at the same step
+        self.config.rescale(total[0])
         if self.files:
             tqdm.write(f"budget {budget:.0f}s at {rate:.2f} steps/s -> {self.config.total_steps} steps: "
                        + ", ".join(f"{s.kind} {s.steps}" for s in self.config.stages))
