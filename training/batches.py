@@ -108,12 +108,33 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def dihedral_crops(images: torch.Tensor, idx: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
+                   flips: torch.Tensor, size: int) -> torch.Tensor:
+    """Per-sample random crops in one gather: crop b is ``images[idx[b], :, ys[b]:, xs[b]:]``
+    (``size`` square), mirrored and transposed by the three bits of ``flips[b]`` (one
+    of the 8 symmetries of the square: bit 0 flips x, bit 1 flips y, bit 2 transposes).
+
+    Shape:
+        images (N, C, H, W); idx, ys, xs, flips (B,) integer -> (B, C, size, size),
+        channels_last in memory.
+    """
+    span = torch.arange(size, device=images.device)
+    flip = lambda bit: (flips[:, None] >> bit) & 1 == 1  # noqa: E731
+    rows = ys[:, None] + torch.where(flip(1), size - 1 - span, span)
+    cols = xs[:, None] + torch.where(flip(0), size - 1 - span, span)
+    swap = flip(2)[:, :, None]
+    r = torch.where(swap, rows[:, None, :], rows[:, :, None])
+    c = torch.where(swap, cols[:, :, None], cols[:, None, :])
+    # Index tensors around a slice put their broadcast shape first: (B, size, size, C).
+    return images[idx[:, None, None], :, r, c].permute(0, 3, 1, 2)
+
+
 class PoolBatches:
     """Crops cut on the device from a pool of pre-rendered samples.
 
     Workers render ``pool_crop``-sized samples in the background; each step swaps
     whatever finished into random pool slots and cuts the batch from the pool
-    (random crop and flips). Rendering stays off the training loop, so a fast GPU
+    (per-sample random crop, flips and transposition, in one gather). Rendering stays off the training loop, so a fast GPU
     is never starved by the CPU. The order depends on thread timing, so runs in
     this mode are not bit-reproducible.
     """
@@ -169,22 +190,14 @@ class PoolBatches:
     def __next__(self) -> dict:
         self._refresh()
         n, full = len(self.pool["has_map"]), self.pool["blurry"].shape[-1]
-        idx = torch.randint(n, (self.batch,), generator=self.gen)
-        ys = torch.randint(full - self.crop + 1, (self.batch,), generator=self.gen).tolist()
-        xs = torch.randint(full - self.crop + 1, (self.batch,), generator=self.gen).tolist()
-        flip = torch.rand(2, generator=self.gen).tolist()
-        batch = {}
-        for key in ("blurry", "sharp", "defocus_map"):
-            crops = torch.stack([self.pool[key][i, :, y:y + self.crop, x:x + self.crop]
-                                 for i, y, x in zip(idx.tolist(), ys, xs)]).float()
-            if key != "defocus_map":
-                crops = crops / 255
-            if flip[0] < 0.5:
-                crops = crops.flip(-1)
-            if flip[1] < 0.5:
-                crops = crops.transpose(-1, -2)
-            batch[key] = crops
-        batch["has_map"] = self.pool["has_map"][idx.to(self.device)]
+        draw = lambda high: torch.randint(high, (self.batch,), generator=self.gen)  # noqa: E731
+        idx, ys, xs, flips = draw(n), draw(full - self.crop + 1), draw(full - self.crop + 1), draw(8)
+        idx, ys, xs, flips = (t.to(self.device, non_blocking=True) for t in (idx, ys, xs, flips))
+        batch = {key: dihedral_crops(self.pool[key], idx, ys, xs, flips, self.crop).float()
+                 for key in ("blurry", "sharp", "defocus_map")}
+        batch["blurry"] /= 255
+        batch["sharp"] /= 255
+        batch["has_map"] = self.pool["has_map"][idx]
         return _to_device(batch, self.device, self.channels_last)
 
     def close(self) -> None:

@@ -5,7 +5,7 @@
              (blurry, sharp, defocus_map) triplets; pairs = folder of (blurry,
              sharp) pairs; crop, max_radius_px, workers, pool_size, pool_crop
     [train]  batch, lr, lr_min, warmup_steps, betas, seed, amp, channels_last,
-             val_every, ckpt_every, budget_seconds
+             compile, log_every, val_every, ckpt_every, budget_seconds
     [[stage]] kind = "gt_map" | "joint" | "finetune" | "end_to_end", steps
 """
 import tomllib
@@ -51,6 +51,11 @@ class TrainSection:
     seed: int = 0
     amp: bool = True
     channels_last: bool = True
+    #: torch.compile the network: fewer, fused kernels. A small net at a modest
+    #: batch is bound by Python dispatch, not by the GPU; compiling costs ~1 min once.
+    compile: bool = False
+    #: Losses are averaged on the device and read (one sync) every this many steps.
+    log_every: int = 10
     val_every: int = 500
     ckpt_every: int = 200
     #: >0: after a short probe, rescale the stage lengths to fit this many seconds.
@@ -122,8 +127,8 @@ def from_dict(raw: dict) -> TrainConfig:
     config = TrainConfig(_section(ModelSection, raw.get("model", {}), "model"),
                          _section(DataSection, raw.get("data", {}), "data"),
                          _section(TrainSection, raw.get("train", {}), "train"), stages)
-    if config.train.batch < 1 or config.data.crop < 16:
-        raise ConfigError("batch must be >= 1 and crop >= 16")
+    if config.train.batch < 1 or config.data.crop < 16 or config.train.log_every < 1:
+        raise ConfigError("batch and log_every must be >= 1 and crop >= 16")
     return config
 
 

@@ -13,6 +13,7 @@ from runtime.atomic import atomic_write
 from training.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 
 KEEP_CHECKPOINTS = 2
+LOG_COLUMNS = ["step", "stage", "lr", "steps_per_s", "total", "l_df", "l_dme", "l_wd"]
 
 
 class RunFiles:
@@ -63,10 +64,11 @@ class RunFiles:
         save_checkpoint(best, model, {"training": _description(config, step)})
         atomic_write(best / "metrics.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
 
-    def log_step(self, step: int, stats: dict, lr: float, rate: Optional[float]) -> None:
-        row = {"step": step, "stage": stats["stage"], "lr": lr, "steps_per_s": rate or "",
-               **{k: v for k, v in stats.items() if k != "stage"}}
-        _append_csv(self.out / "log.csv", row)
+    def log_step(self, step: int, stage: str, losses: dict, lr: float,
+                 rate: Optional[float]) -> None:
+        """A row of ``log.csv``; a stage leaves the terms it has no use for empty."""
+        row = {"step": step, "stage": stage, "lr": lr, "steps_per_s": rate or "", **losses}
+        _append_csv(self.out / "log.csv", row, LOG_COLUMNS)
 
     def log_validation(self, step: int, metrics: dict) -> None:
         _append_csv(self.out / "val.csv", {"step": step, **{k: v for k, v in metrics.items()
@@ -96,10 +98,10 @@ def _description(config, step: int) -> dict:
     return {"step": step, "config": config.to_dict()}
 
 
-def _append_csv(path: Path, row: dict) -> None:
+def _append_csv(path: Path, row: dict, columns: Optional[list] = None) -> None:
     new = not path.exists()
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer = csv.DictWriter(f, fieldnames=columns or list(row), restval="")
         if new:
             writer.writeheader()
         writer.writerow(row)

@@ -54,7 +54,10 @@ class Trainer:
         self.model.to(device)
         if tc.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=tc.betas)
+        # One fused kernel instead of a dozen per parameter tensor: the step of a small
+        # net is bound by Python dispatch on a GPU.
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=tc.betas,
+                                          fused=device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.step = 0
         self.best_psnr = -math.inf
@@ -92,7 +95,33 @@ class Trainer:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "stages": self.config.stages, "step": self.step, "best_psnr": self.best_psnr, "elapsed": self.elapsed}
 
+    def _compile(self) -> None:
+        """``torch.compile`` the network and trace the graphs the stages need (guide
+        map given or not) on zero batches, dropping their gradients: the compile time
+        is spent before the budget probe, and no weight moves. Falls back to eager
+        where compiling fails."""
+        tc, crop = self.config.train, self.config.data.crop
+        fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
+        zeros = lambda c: torch.zeros(tc.batch // self.world, c, crop, crop,  # noqa: E731
+                                      device=self.device).to(memory_format=fmt)
+        compiled = torch.compile(self.net, dynamic=False)
+        try:
+            for gt_map in sorted({s.kind == "gt_map" for s in self.config.stages}):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    deblurred, estimated = compiled(zeros(3), zeros(1) if gt_map else None)
+                (deblurred.float().mean() + estimated.float().mean()).backward()
+        except Exception as exc:  # a compiler failure must not cost the run
+            tqdm.write(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training eager")
+        else:
+            self.net = compiled
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def train_step(self, batch: dict) -> dict:
+        """One optimizer step; returns the loss terms, still on the device."""
         stage = self.config.stage_at(self.step)
         self.net.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -104,13 +133,14 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return {k: float(v.detach()) for k, v in losses.items()} | {"stage": stage}
+        return {k: v.detach() for k, v in losses.items()}
 
     def _maybe_rescale(self, started: float, probe_started: float) -> None:
         """Fit the stage lengths to ``budget_seconds`` from the probe's speed."""
         budget = self.config.train.budget_seconds
         if budget <= 0 or self.resumed or self.step != PROBE_END:
             return
+        self._sync()
         now = time.perf_counter()
         rate = (PROBE_END - PROBE_START) / (now - probe_started)
         # 10% of the budget is kept for validation and checkpoints.
@@ -130,9 +160,14 @@ class Trainer:
         bar = tqdm(total=self.config.total_steps, initial=self.step, disable=self.files is None,
                    dynamic_ncols=True, desc="train")
         started = tick = probe_started = time.perf_counter()
+        if tc.compile:
+            self._compile()
+        pending: list = []  # loss terms of the steps since the last log row
         while self.step < self.config.total_steps:
-            stats = self.train_step(next(batches))
+            stage = self.config.stage_at(self.step)
+            losses = self.train_step(next(batches))
             if self.step == PROBE_START:
+                self._sync()
                 probe_started = time.perf_counter()
             self._maybe_rescale(started, probe_started)
             now = time.perf_counter()
@@ -141,17 +176,27 @@ class Trainer:
             if self.files is None:
                 continue
             bar.update(1)
-            bar.set_postfix(stage=stats["stage"], loss=f"{stats['total']:.4f}",
-                            lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
-            self.files.log_step(self.step, stats, self.scheduler.get_last_lr()[0],
-                                bar.format_dict.get("rate"))
+            pending.append(losses)
             last = self.step == self.config.total_steps
+            if last or self.step % tc.log_every == 0 or self.config.stage_at(self.step) != stage:
+                loss = self._log(stage, pending, bar.format_dict.get("rate"))
+                bar.set_postfix(stage=stage, loss=f"{loss:.4f}",
+                                lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+                pending = []
             if self.step % tc.val_every == 0 or last:
                 self.validate(val_set)
             if self.step % tc.ckpt_every == 0 or last:
                 self.files.save(self.model, self.state(), self.config)
         bar.close()
         batches.close()
+
+    def _log(self, stage: str, pending: list, rate: Optional[float]) -> float:
+        """Write one log row, each loss term averaged over ``pending`` (a single
+        device sync); returns the mean total loss."""
+        means = torch.stack([torch.stack(list(p.values())) for p in pending]).float().mean(0)
+        stats = dict(zip(pending[0], means.tolist()))
+        self.files.log_step(self.step, stage, stats, self.scheduler.get_last_lr()[0], rate)
+        return stats["total"]
 
     def validate(self, val_set: list) -> None:
         metrics = evaluate(self.model, val_set, self.device)
