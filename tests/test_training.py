@@ -13,7 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from training.config import ConfigError, from_dict, load_config
+from training.data import build_validation_set
 from training.losses import LAMBDA_DF, LAMBDA_DME, LAMBDA_WD, stage_loss, weighted_l2
+from training.validate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,6 +127,41 @@ def test_stage_losses_use_the_paper_weights():
     assert float(fine["total"]) == pytest.approx(LAMBDA_DF * 0.1 + LAMBDA_WD * per_pixel, rel=1e-5)
     no_map = {**batch, "has_map": torch.tensor([False])}
     assert float(stage_loss("gt_map", out, est, no_map)["l_dme"]) == 0
+
+
+# --- validation -------------------------------------------------------------
+
+class MapEcho(torch.nn.Module):
+    """A stand-in model: returns its input, plus 0.1 x the map when one is given, and
+    estimates an all-in-focus map."""
+
+    def forward(self, image, defocus_map=None):
+        out = image if defocus_map is None else image + 0.1 * defocus_map
+        return out, torch.zeros_like(image[:, :1])
+
+
+def test_evaluate_against_numpy():
+    samples = build_validation_set(seed=0, size=32)
+    metrics = evaluate(MapEcho(), samples, torch.device("cpu"))
+
+    def psnr(x, ref):
+        return 10 * np.log10(1 / np.mean((np.clip(x, 0, 1) - ref) ** 2))
+
+    blurry = [s["blurry"].numpy().astype(np.float64) for s in samples]
+    sharp = [s["sharp"].numpy().astype(np.float64) for s in samples]
+    maps = [s["defocus_map"].numpy().astype(np.float64) for s in samples]
+    psnr_in = np.mean([psnr(b, t) for b, t in zip(blurry, sharp)])
+    assert metrics["psnr_in"] == pytest.approx(psnr_in, rel=1e-5)
+    assert metrics["psnr_out"] == pytest.approx(psnr_in, rel=1e-5)
+    assert metrics["psnr_true_map"] == pytest.approx(
+        np.mean([psnr(b + 0.1 * m, t) for b, m, t in zip(blurry, maps, sharp)]), rel=1e-5)
+    assert metrics["psnr_true_map"] < metrics["psnr_out"]  # the echo only adds error
+    assert metrics["map_mae"] == pytest.approx(np.mean([np.abs(m).mean() for m in maps]), rel=1e-5)
+    assert metrics["images"] == len(samples) == 12
+    # Equal counts per level: the overall mean is the mean of the level means.
+    assert metrics["psnr_in"] == pytest.approx(
+        np.mean([level["psnr_in"] for level in metrics["levels"].values()]))
+    assert list(metrics["levels"]) == ["2.0", "5.0", "8.0"]
 
 
 # --- runs -------------------------------------------------------------------

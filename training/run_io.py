@@ -86,6 +86,9 @@ class RunFiles:
         ax1.set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
         steps = [int(r["step"]) for r in val]
         ax2.plot(steps, [float(r["psnr_out"]) for r in val], "o-", label="output")
+        if val and "psnr_true_map" in val[0]:
+            ax2.plot(steps, [float(r["psnr_true_map"]) for r in val], ":",
+                     label="output from the true map")
         ax2.plot(steps, [float(r["psnr_in"]) for r in val], "--", label="blurry input")
         ax2.set(xlabel="step", ylabel="PSNR (dB)", title="validation")
         ax2.legend()

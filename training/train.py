@@ -205,7 +205,8 @@ class Trainer:
             self.best_psnr = metrics["psnr_out"]
             self.files.save_best(self.model, metrics, self.config, self.step, self.elapsed)
         self.files.log_validation(self.step, metrics)
-        tqdm.write(f"step {self.step}: PSNR {metrics['psnr_in']:.2f} -> {metrics['psnr_out']:.2f} dB, "
+        tqdm.write(f"step {self.step}: PSNR {metrics['psnr_in']:.2f} -> {metrics['psnr_out']:.2f} dB "
+                   f"({metrics['psnr_true_map']:.2f} from the true map), "
                    f"SSIM {metrics['ssim_in']:.4f} -> {metrics['ssim_out']:.4f}, "
                    f"map MAE {metrics['map_mae']:.4f}{' (best)' if improved else ''}")
 
