@@ -51,8 +51,8 @@ class TrainSection:
     seed: int = 0
     amp: bool = True
     channels_last: bool = True
-    #: torch.compile the network: fewer, fused kernels. A small net at a modest
-    #: batch is bound by Python dispatch, not by the GPU; compiling costs ~1 min once.
+    #: torch.compile the network: its many small element-wise ops fused into few
+    #: kernels (fewer launches, less memory traffic). Compiling costs ~1 min once.
     compile: bool = False
     #: Losses are averaged on the device and read (one sync) every this many steps.
     log_every: int = 10

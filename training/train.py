@@ -54,8 +54,8 @@ class Trainer:
         self.model.to(device)
         if tc.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        # One fused kernel instead of a dozen per parameter tensor: the step of a small
-        # net is bound by Python dispatch on a GPU.
+        # One fused kernel instead of a dozen per parameter tensor (198 of them): on a
+        # GPU the small net's step is short enough for launches to matter.
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=tc.betas,
                                           fused=device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
