@@ -26,31 +26,16 @@ OPSET = 17
 IR_VERSION = 9
 
 
-class EstimateGraph(nn.Module):
-    def __init__(self, model: DefocusDeblurNet):
+class Graph(nn.Module):
+    """One method of a ``DefocusDeblurNet`` (``estimate``, ``condition_mean`` or
+    ``restore``) as the ``forward`` of a module, for export."""
+
+    def __init__(self, model: DefocusDeblurNet, method: str):
         super().__init__()
-        self.model = model
+        self.model, self.method = model, method
 
-    def forward(self, image):
-        return self.model.estimate(image)
-
-
-class ConditionGraph(nn.Module):
-    def __init__(self, model: DefocusDeblurNet):
-        super().__init__()
-        self.model = model
-
-    def forward(self, defocus_map):
-        return self.model.condition_mean(defocus_map)
-
-
-class RestoreGraph(nn.Module):
-    def __init__(self, model: DefocusDeblurNet):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image, defocus_map, cond_mean=None):
-        return self.model.restore(image, defocus_map, cond_mean)
+    def forward(self, *inputs):
+        return getattr(self.model, self.method)(*inputs)
 
 
 def graph_specs(model: DefocusDeblurNet) -> Dict[str, dict]:
@@ -58,12 +43,12 @@ def graph_specs(model: DefocusDeblurNet) -> Dict[str, dict]:
     m = model.config.size_multiple
     image = torch.rand(1, 3, 8 * m, 8 * m)
     dmap = torch.rand(1, 1, 8 * m, 8 * m)
-    specs = {"estimate": {"module": EstimateGraph(model), "args": (image,),
+    specs = {"estimate": {"module": Graph(model, "estimate"), "args": (image,),
                           "inputs": ["image"], "outputs": ["defocus_map"]}}
-    restore = {"module": RestoreGraph(model), "args": (image, dmap),
+    restore = {"module": Graph(model, "restore"), "args": (image, dmap),
                "inputs": ["image", "defocus_map"], "outputs": ["deblurred"]}
     if model.uses_pooling:
-        specs["condition"] = {"module": ConditionGraph(model), "args": (dmap,),
+        specs["condition"] = {"module": Graph(model, "condition_mean"), "args": (dmap,),
                               "inputs": ["defocus_map"], "outputs": ["cond_mean"]}
         restore["args"] = (image, dmap, model.condition_mean(dmap).detach())
         restore["inputs"].append("cond_mean")

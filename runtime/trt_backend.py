@@ -89,12 +89,12 @@ class _EngineRunner:
 
     def _load_input(self, tensor: _Tensor, value: Any, on_device: bool) -> None:
         shape = tuple(value.shape)
-        if cb.nbytes(shape, tensor.dtype) > tensor.device.size:
+        size = cb.nbytes(shape, tensor.dtype)
+        if size > tensor.device.size:
             raise BackendError(f"input {tensor.name!r} {shape} exceeds the engine profile "
                                f"maximum {tensor.max_shape}")
         if not self.context.set_input_shape(tensor.name, shape):
             raise BackendError(f"TensorRT refused shape {shape} for {tensor.name!r}")
-        size = cb.nbytes(shape, tensor.dtype)
         if on_device:
             cupy = cupy_module()
             staged = cupy.ascontiguousarray(value, dtype=tensor.dtype)
@@ -110,15 +110,14 @@ class _EngineRunner:
         if graph is not None:
             graph.launch()
             return
-        if not self.context.execute_async_v3(self.stream.ptr):
-            raise BackendError(f"TensorRT execute_async_v3 failed for {self.entry.name!r}")
+        self._enqueue()
         if self.cuda_graphs:
             # Enqueued once above (TensorRT's set-up work); now capture the steady state.
             self.graphs[key] = cb.CudaGraph(self.stream, self._enqueue)
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.stream.ptr):
-            raise BackendError(f"TensorRT execute_async_v3 failed during capture of {self.entry.name!r}")
+            raise BackendError(f"TensorRT execute_async_v3 failed for {self.entry.name!r}")
 
     def _read_output(self, tensor: _Tensor, on_device: bool) -> Any:
         shape = _dims(self.context.get_tensor_shape(tensor.name))

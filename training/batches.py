@@ -134,9 +134,9 @@ class PoolBatches:
 
     Workers render ``pool_crop``-sized samples in the background; each step swaps
     whatever finished into random pool slots and cuts the batch from the pool
-    (per-sample random crop, flips and transposition, in one gather). Rendering stays off the training loop, so a fast GPU
-    is never starved by the CPU. The order depends on thread timing, so runs in
-    this mode are not bit-reproducible.
+    (per-sample random crop, flips and transposition, in one gather). Rendering
+    stays off the training loop, so a fast GPU is never starved by the CPU. The
+    order depends on thread timing, so runs in this mode are not bit-reproducible.
     """
 
     def __init__(self, config: TrainConfig, device: torch.device):

@@ -120,9 +120,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def train_step(self, batch: dict) -> dict:
-        """One optimizer step; returns the loss terms, still on the device."""
-        stage = self.config.stage_at(self.step)
+    def train_step(self, stage: str, batch: dict) -> dict:
+        """One optimizer step of ``stage``; returns the loss terms, still on the device."""
         self.net.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             guide = batch["defocus_map"] if stage == "gt_map" else None
@@ -165,7 +164,7 @@ class Trainer:
         pending: list = []  # loss terms of the steps since the last log row
         while self.step < self.config.total_steps:
             stage = self.config.stage_at(self.step)
-            losses = self.train_step(next(batches))
+            losses = self.train_step(stage, next(batches))
             if self.step == PROBE_START:
                 self._sync()
                 probe_started = time.perf_counter()

@@ -102,7 +102,22 @@ def scaled_crop(rng: np.random.Generator, photo: SharpImage, crop: int, min_scal
     return image, depth
 
 
-class SyntheticDefocusDataset(Dataset):
+class _SeededDataset(Dataset):
+    """``length`` items; item ``i`` draws its randomness from ``default_rng([seed, i])``."""
+
+    length: int
+    seed: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} items")
+        return np.random.default_rng([self.seed, index])
+
+
+class SyntheticDefocusDataset(_SeededDataset):
     """Sharp images blurred on the fly with random depth and camera.
 
     Per item: pick dead leaves (probability ``dead_leaves_fraction``) or a photo
@@ -139,13 +154,8 @@ class SyntheticDefocusDataset(Dataset):
         self.max_radius_px, self.psf, self.noise = max_radius_px, psf, noise
         self.dead_leaves_fraction, self.min_scale = dead_leaves_fraction, min_scale
 
-    def __len__(self) -> int:
-        return self.length
-
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} items")
-        rng = np.random.default_rng([self.seed, index])
+        rng = self._rng(index)
         sharp, depth = self._sharp_and_depth(rng)
         camera = sample_camera(rng, depth, self.max_radius_px)
         noise = sample_noise(rng) if self.noise else None
@@ -185,7 +195,7 @@ def write_defocus_map(path: Path, radius_px: np.ndarray, map_scale: float = DEFA
         raise DataError(f"cannot write defocus map {path}")
 
 
-class _MatchedFolders(Dataset):
+class _MatchedFolders(_SeededDataset):
     """Files matched by stem across sibling folders, randomly cropped and augmented.
 
     Item ``i`` uses group ``i % groups``; with ``length`` above the group count,
@@ -214,13 +224,8 @@ class _MatchedFolders(Dataset):
         self.crop, self.seed, self.augment = crop, seed, augment
         self.length = length or len(self.groups)
 
-    def __len__(self) -> int:
-        return self.length
-
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} items")
-        rng = np.random.default_rng([self.seed, index])
+        rng = self._rng(index)
         arrays = self._read(index)
         if self.crop is not None:
             arrays = random_crop(rng, arrays, self.crop)
