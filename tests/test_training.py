@@ -1,5 +1,6 @@
 """Trainer: config checks, losses, an end-to-end tiny run, exact resume after SIGKILL, DDP."""
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,9 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from training.archs import DefocusDeblurNet
+from training.checkpoint import CheckpointError, init_from, save_checkpoint
 from training.config import ConfigError, from_dict, load_config
 from training.data import build_validation_set
-from training.losses import LAMBDA_DF, LAMBDA_DME, LAMBDA_WD, stage_loss, weighted_l2
+from training.losses import LAMBDA_DF, LAMBDA_DME, LAMBDA_WD, STAGES, stage_loss, weighted_l2
+from training.presets import get_config
 from training.validate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +133,21 @@ def test_stage_losses_use_the_paper_weights():
     assert float(stage_loss("gt_map", out, est, no_map)["l_dme"]) == 0
 
 
+def test_every_stage_kind_has_a_forward_call():
+    from training.train import _CALLS
+    assert set(_CALLS) == set(STAGES)
+
+
+def test_dme_stage_trains_the_map_alone():
+    batch = {"sharp": torch.zeros(2, 3, 4, 4), "defocus_map": torch.full((2, 1, 4, 4), 0.5),
+             "has_map": torch.tensor([True, False])}
+    est = torch.full((2, 1, 4, 4), 0.2)
+    est[1] = 9.0  # the sample without a map must not count
+    losses = stage_loss("dme", None, est, batch)
+    assert set(losses) == {"total", "l_dme"}
+    assert float(losses["total"]) == pytest.approx(0.3)
+
+
 # --- validation -------------------------------------------------------------
 
 class MapEcho(torch.nn.Module):
@@ -229,7 +248,10 @@ def test_compiled_training_matches_eager(tiny_config, tmp_path):
         torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-5, msg=key)
 
 
-def test_two_process_ddp_with_gloo(tiny_config, tmp_path):
+def test_two_process_ddp_with_gloo(tmp_path):
+    """Including the estimator's own stage, which leaves most parameters without gradients."""
+    tiny_config = tmp_path / "dme_first.toml"
+    tiny_config.write_text(TINY.replace('kind = "gt_map"\nsteps = 4', 'kind = "dme"\nsteps = 4'))
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29517", "-m", "training.train", "--config", str(tiny_config),
@@ -238,6 +260,45 @@ def test_two_process_ddp_with_gloo(tiny_config, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "checkpoints" / "latest").read_text().startswith("step_00000010")
+
+
+def test_dme_stage_moves_only_the_estimator(tmp_path):
+    config = tmp_path / "dme.toml"
+    config.write_text(TINY.split("[[stage]]")[0] + '[[stage]]\nkind = "dme"\nsteps = 3\n')
+    init = tmp_path / "init"
+    save_checkpoint(init, DefocusDeblurNet(get_config("small")))
+    proc = _train(config, tmp_path / "run", "--init", str(init))
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    before, after = load_file(str(init / "model.safetensors")), _final_weights(tmp_path / "run")
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("dme.") for k in moved)
+    log = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert [(r["stage"], bool(r["l_dme"]), bool(r["l_df"])) for r in log] == [("dme", True, False)]
+
+
+def test_init_from_a_shallower_estimator_grows_it(tmp_path):
+    """The default model gains DME blocks this way: its first step starts from exactly
+    the checkpoint's function."""
+    config = get_config("small")
+    torch.manual_seed(0)
+    shallow = DefocusDeblurNet(dataclasses.replace(config, dme_blocks=config.dme_blocks - 2))
+    save_checkpoint(tmp_path / "shallow", shallow)
+    grown = DefocusDeblurNet(config)
+    assert init_from(grown, tmp_path / "shallow", "small") == 2
+    image = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        for got, want in zip(grown.eval()(image), shallow.eval()(image)):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("change", [dict(dme_blocks=1), dict(channels=16), dict(variant="sft")])
+def test_init_from_refuses_another_network(tmp_path, change):
+    config = get_config("small")
+    save_checkpoint(tmp_path / "ckpt", DefocusDeblurNet(dataclasses.replace(config, dme_blocks=2)))
+    other = DefocusDeblurNet(dataclasses.replace(config, **change))
+    with pytest.raises(CheckpointError, match="does not fit .* only DME blocks may be added"):
+        init_from(other, tmp_path / "ckpt", "small")
 
 
 # --- bad input ----------------------------------------------------------------

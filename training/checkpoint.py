@@ -5,6 +5,7 @@ trainer adds ``state.pt`` (optimizer, schedule, RNG) beside them to resume.
 """
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -102,6 +103,31 @@ def load_checkpoint(path: Path, preset: Optional[str] = None) -> Tuple[DefocusDe
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{folder / WEIGHTS}: weights do not fit the config ({first})") from None
     return model.eval(), config
+
+
+def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> int:
+    """Copy a checkpoint's weights into ``model`` to train on from them (``--init``).
+
+    The checkpoint's network must equal ``model``'s but may have fewer DME residual
+    blocks: the extra ones start as the identity (the conv closing each residual
+    branch zeroed), so the grown model computes exactly what the checkpoint did.
+
+    Returns:
+        How many DME blocks were added.
+
+    Raises:
+        CheckpointError: with a one-line reason.
+    """
+    source, _ = load_checkpoint(path, preset)
+    theirs, mine = source.config, model.config
+    if replace(theirs, dme_blocks=mine.dme_blocks) != mine or theirs.dme_blocks > mine.dme_blocks:
+        raise CheckpointError(f"{path}: its network ({theirs}) does not fit {mine}; "
+                              "only DME blocks may be added")
+    model.load_state_dict(source.state_dict(), strict=False)
+    for block in model.dme.body[theirs.dme_blocks:]:
+        torch.nn.init.zeros_(block.conv2.weight)
+        torch.nn.init.zeros_(block.conv2.bias)
+    return mine.dme_blocks - theirs.dme_blocks
 
 
 def load_state(path: Path) -> dict:

@@ -6,7 +6,7 @@
              sharp) pairs; crop, max_radius_px, workers, pool_size, pool_crop
     [train]  batch, lr, lr_min, warmup_steps, betas, seed, amp, channels_last,
              compile, log_every, val_every, ckpt_every, budget_seconds
-    [[stage]] kind = "gt_map" | "joint" | "finetune" | "end_to_end", steps
+    [[stage]] kind = "gt_map" | "joint" | "finetune" | "end_to_end" | "dme", steps
 """
 import tomllib
 from dataclasses import dataclass, field, fields

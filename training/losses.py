@@ -1,4 +1,6 @@
 """The paper's losses (Sec. 3.4) and the loss of each training stage."""
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -6,7 +8,7 @@ from torch import Tensor
 #: Loss weights lambda_1 (map), lambda_2 (image L1) and lambda_3 (weighted L2).
 LAMBDA_DME, LAMBDA_DF, LAMBDA_WD = 0.2, 0.9, 0.1
 
-STAGES = ("gt_map", "joint", "finetune", "end_to_end")
+STAGES = ("gt_map", "joint", "finetune", "end_to_end", "dme")
 
 
 def weighted_l2(output: Tensor, target: Tensor, defocus_map: Tensor, has_map: Tensor) -> Tensor:
@@ -29,21 +31,30 @@ def weighted_l2(output: Tensor, target: Tensor, defocus_map: Tensor, has_map: Te
     return (weight * per_pixel).mean()
 
 
-def stage_loss(stage: str, deblurred: Tensor, estimated: Tensor, batch: dict) -> dict:
+def map_l1(estimated: Tensor, gt_map: Tensor, has_map: Tensor) -> Tensor:
+    """L_dme: mean absolute map error over the samples that have a map."""
+    mask = has_map.view(-1, 1, 1, 1).to(estimated.dtype)
+    return (mask * (estimated - gt_map).abs()).sum() / (mask.sum() * gt_map[0].numel()).clamp_min(1)
+
+
+def stage_loss(stage: str, deblurred: Optional[Tensor], estimated: Tensor, batch: dict) -> dict:
     """Loss of one stage; returns a dict with ``total`` and its terms (detached).
 
     ``gt_map``, ``joint`` and ``end_to_end`` use Loss1 = 0.2 L_dme + 0.9 L_df
-    (L_dme only on samples with a map); ``finetune`` uses Loss2 = 0.9 L_df + 0.1 L_wd.
+    (L_dme only on samples with a map); ``finetune`` uses Loss2 = 0.9 L_df + 0.1 L_wd;
+    ``dme`` trains the map estimator alone on L_dme (``deblurred`` is None there).
     """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
     sharp, gt_map, has_map = batch["sharp"], batch["defocus_map"], batch["has_map"]
+    if stage == "dme":
+        l_dme = map_l1(estimated, gt_map, has_map)
+        return {"total": l_dme, "l_dme": l_dme.detach()}
     l_df = F.l1_loss(deblurred, sharp)
     if stage == "finetune":
         l_wd = weighted_l2(deblurred, sharp, gt_map, has_map)
         total = LAMBDA_DF * l_df + LAMBDA_WD * l_wd
         return {"total": total, "l_df": l_df.detach(), "l_wd": l_wd.detach()}
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
-    mask = has_map.view(-1, 1, 1, 1).to(estimated.dtype)
-    l_dme = (mask * (estimated - gt_map).abs()).sum() / (mask.sum() * gt_map[0].numel()).clamp_min(1)
+    l_dme = map_l1(estimated, gt_map, has_map)
     total = LAMBDA_DME * l_dme + LAMBDA_DF * l_df
     return {"total": total, "l_df": l_df.detach(), "l_dme": l_dme.detach()}

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from training.archs import DefocusDeblurNet
-from training.checkpoint import CheckpointError, load_checkpoint
+from training.checkpoint import CheckpointError, init_from
 from training.config import ConfigError, TrainConfig, load_config
 from training.data import DataError
 from training.losses import stage_loss
@@ -31,6 +31,11 @@ from training.presets import get_config
 from training.run_io import RunFiles
 from training.batches import make_batches
 from training.validate import evaluate, load_validation_set
+
+#: How each stage calls the net: restoring from the true map, from the estimate, or
+#: estimating only (one compiled graph per call).
+_CALLS = {"gt_map": "gt_map", "joint": "estimate", "end_to_end": "estimate",
+          "finetune": "estimate", "dme": "dme"}
 
 #: Steps timed to fit ``budget_seconds`` (after the first, slow ones).
 PROBE_START, PROBE_END = 10, 60
@@ -50,7 +55,9 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.model = DefocusDeblurNet(get_config(config.model.preset, config.model.variant))
         if init is not None:
-            self.model.load_state_dict(load_checkpoint(init, config.model.preset)[0].state_dict())
+            grown = init_from(self.model, init, config.model.preset)
+            if grown and self.rank == 0:
+                tqdm.write(f"{init}: {grown} DME blocks added, starting as the identity")
         self.model.to(device)
         if tc.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -66,7 +73,10 @@ class Trainer:
         self.net = self.model
         if self.world > 1:
             ids = [device.index] if device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids)
+            # The estimator's own stage leaves the rest of the net without gradients.
+            unused = any(s.kind == "dme" for s in config.stages)
+            self.net = DistributedDataParallel(self.model, device_ids=ids,
+                                               find_unused_parameters=unused)
         self.amp = tc.amp and device.type == "cuda"
 
     def lr_factor(self, step: int) -> float:
@@ -106,10 +116,10 @@ class Trainer:
                                       device=self.device).to(memory_format=fmt)
         compiled = torch.compile(self.net, dynamic=False)
         try:
-            for gt_map in sorted({s.kind == "gt_map" for s in self.config.stages}):
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    deblurred, estimated = compiled(zeros(3), zeros(1) if gt_map else None)
-                (deblurred.float().mean() + estimated.float().mean()).backward()
+            for stage in {_CALLS[s.kind]: s.kind for s in self.config.stages}.values():
+                batch = {"blurry": zeros(3), "defocus_map": zeros(1)}
+                deblurred, estimated = self._forward(compiled, stage, batch)
+                sum(x.float().mean() for x in (deblurred, estimated) if x is not None).backward()
         except Exception as exc:  # a compiler failure must not cost the run
             tqdm.write(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training eager")
         else:
@@ -120,13 +130,19 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _forward(self, net, stage: str, batch: dict) -> tuple:
+        """(deblurred or None, estimated map) of ``net`` on a batch, as ``stage`` calls it."""
+        call = _CALLS[stage]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            guide = batch["defocus_map"] if call == "gt_map" else None
+            deblurred, estimated = net(batch["blurry"], guide, estimate_only=call == "dme")
+        return None if deblurred is None else deblurred.float(), estimated.float()
+
     def train_step(self, stage: str, batch: dict) -> dict:
         """One optimizer step of ``stage``; returns the loss terms, still on the device."""
         self.net.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            guide = batch["defocus_map"] if stage == "gt_map" else None
-            deblurred, estimated = self.net(batch["blurry"], guide)
-        losses = stage_loss(stage, deblurred.float(), estimated.float(), batch)
+        deblurred, estimated = self._forward(self.net, stage, batch)
+        losses = stage_loss(stage, deblurred, estimated, batch)
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         self.optimizer.step()

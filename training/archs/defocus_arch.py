@@ -76,8 +76,13 @@ class DefocusDeblurNet(nn.Module):
         return self.deblur(image, cond, pooled)
 
     def forward(self, image: Tensor, defocus_map: Optional[Tensor] = None,
-                cond_mean: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """Estimate the map unless one is given (stage 1 feeds the ground truth)."""
+                cond_mean: Optional[Tensor] = None,
+                estimate_only: bool = False) -> Tuple[Optional[Tensor], Tensor]:
+        """Estimate the map and restore from it, or from ``defocus_map`` where one is
+        given (stage 1 feeds the ground truth). ``estimate_only`` skips the restoration
+        (None in its place): the estimator's own training stage needs nothing else."""
         estimated = self.estimate(image)
+        if estimate_only:
+            return None, estimated
         guide = estimated if defocus_map is None else defocus_map
         return self.restore(image, guide, cond_mean), estimated
