@@ -1,6 +1,7 @@
 """Trainer: config checks, losses, an end-to-end tiny run, exact resume after SIGKILL, DDP."""
 import csv
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -275,6 +276,11 @@ def test_dme_stage_moves_only_the_estimator(tmp_path):
     assert moved and all(k.startswith("dme.") for k in moved)
     log = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     assert [(r["stage"], bool(r["l_dme"]), bool(r["l_df"])) for r in log] == [("dme", True, False)]
+    # The --init weights are validated first, so best/ is never worse than the start.
+    val = list(csv.DictReader(open(tmp_path / "run" / "val.csv")))
+    assert [r["step"] for r in val] == ["0", "3"]
+    best = json.loads((tmp_path / "run" / "best" / "metrics.json").read_text())
+    assert best["validation"]["psnr_out"] == max(float(r["psnr_out"]) for r in val)
 
 
 def test_init_from_a_shallower_estimator_grows_it(tmp_path):

@@ -70,6 +70,7 @@ class Trainer:
         self.best_psnr = -math.inf
         self.elapsed = 0.0
         self.resumed = self._resume(out)
+        self.from_init = init is not None and not self.resumed
         self.net = self.model
         if self.world > 1:
             ids = [device.index] if device.type == "cuda" else None
@@ -171,6 +172,9 @@ class Trainer:
     def run(self) -> None:
         tc = self.config.train
         val_set = load_validation_set(self.config.data) if self.files else None
+        if self.files and self.from_init:
+            # The starting weights set the bar: best/ never falls below them.
+            self.validate(val_set)
         batches = make_batches(self.config, self.step, self.rank, self.world, self.device)
         bar = tqdm(total=self.config.total_steps, initial=self.step, disable=self.files is None,
                    dynamic_ncols=True, desc="train")
