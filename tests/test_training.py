@@ -155,8 +155,11 @@ class MapEcho(torch.nn.Module):
     """A stand-in model: returns its input, plus 0.1 x the map when one is given, and
     estimates an all-in-focus map."""
 
+    def restore(self, image, defocus_map):
+        return image + 0.1 * defocus_map
+
     def forward(self, image, defocus_map=None):
-        out = image if defocus_map is None else image + 0.1 * defocus_map
+        out = image if defocus_map is None else self.restore(image, defocus_map)
         return out, torch.zeros_like(image[:, :1])
 
 

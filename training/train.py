@@ -107,8 +107,8 @@ class Trainer:
                 "stages": self.config.stages, "step": self.step, "best_psnr": self.best_psnr, "elapsed": self.elapsed}
 
     def _compile(self) -> None:
-        """``torch.compile`` the network and trace the graphs the stages need (guide
-        map given or not) on zero batches, dropping their gradients: the compile time
+        """``torch.compile`` the network and trace the graphs the stages need (one per
+        entry of ``_CALLS``) on zero batches, dropping their gradients: the compile time
         is spent before the budget probe, and no weight moves. Falls back to eager
         where compiling fails."""
         tc, crop = self.config.train, self.config.data.crop

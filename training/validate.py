@@ -30,7 +30,7 @@ def evaluate(model, samples: list, device: torch.device) -> dict:
         blurry = torch.as_tensor(sample["blurry"])[None].to(device)
         true_map = torch.as_tensor(sample["defocus_map"])
         deblurred, estimated = model(blurry)
-        from_true_map, _ = model(blurry, true_map[None].to(device))
+        from_true_map = model.restore(blurry, true_map[None].to(device))
         sharp, inp, out = _hwc(torch.as_tensor(sample["sharp"])), _hwc(blurry[0]), _hwc(deblurred[0])
         err = estimated[0].float().cpu() - true_map
         rows.append({"level": float(sample["level"]), "psnr_in": psnr(inp, sharp),
