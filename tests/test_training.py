@@ -40,6 +40,7 @@ warmup_steps = 2
 seed = 3
 val_every = 100
 ckpt_every = 3
+ema_decay = 0.9
 [[stage]]
 kind = "gt_map"
 steps = 4

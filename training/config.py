@@ -4,8 +4,8 @@
     [data]   source = "builtin" | a folder of sharp images; ded = folder of
              (blurry, sharp, defocus_map) triplets; pairs = folder of (blurry,
              sharp) pairs; crop, max_radius_px, workers, pool_size, pool_crop
-    [train]  batch, lr, lr_min, warmup_steps, betas, seed, amp, channels_last,
-             compile, log_every, val_every, ckpt_every, budget_seconds
+    [train]  batch, lr, lr_min, warmup_steps, betas, ema_decay, seed, amp,
+             channels_last, compile, log_every, val_every, ckpt_every, budget_seconds
     [[stage]] kind = "gt_map" | "joint" | "finetune" | "end_to_end" | "dme", steps
 """
 import tomllib
@@ -48,6 +48,9 @@ class TrainSection:
     lr_min: float = 1e-4
     warmup_steps: int = 0
     betas: Tuple[float, float] = (0.9, 0.999)
+    #: >0: validate and ship an exponential moving average of the weights, updated
+    #: after every step with this decay (BasicSR uses 0.999). 0 ships the raw weights.
+    ema_decay: float = 0.0
     seed: int = 0
     amp: bool = True
     channels_last: bool = True
@@ -129,6 +132,8 @@ def from_dict(raw: dict) -> TrainConfig:
                          _section(TrainSection, raw.get("train", {}), "train"), stages)
     if config.train.batch < 1 or config.data.crop < 16 or config.train.log_every < 1:
         raise ConfigError("batch and log_every must be >= 1 and crop >= 16")
+    if not 0 <= config.train.ema_decay < 1:
+        raise ConfigError(f"ema_decay {config.train.ema_decay} must be in [0, 1)")
     return config
 
 

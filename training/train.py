@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from training.archs import DefocusDeblurNet
@@ -66,6 +67,10 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=tc.betas,
                                           fused=device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        # Validation and best/ use a moving average of the weights (BasicSR's net_g_ema):
+        # at small batches it smooths out the noise of single steps.
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
+                    if tc.ema_decay > 0 else None)
         self.step = 0
         self.best_psnr = -math.inf
         self.elapsed = 0.0
@@ -96,6 +101,11 @@ class Trainer:
             return False
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if (self.ema is None) != (state.get("ema") is None):
+            raise ConfigError(f"{out}: the run was started with another ema_decay setting; "
+                              "give it a new --out")
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.config.stages = state["stages"]
         self.step = state["step"]
         self.best_psnr = state["best_psnr"]
@@ -104,6 +114,7 @@ class Trainer:
 
     def state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "ema": None if self.ema is None else self.ema.state_dict(),
                 "stages": self.config.stages, "step": self.step, "best_psnr": self.best_psnr, "elapsed": self.elapsed}
 
     def _compile(self) -> None:
@@ -147,6 +158,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.scheduler.step()
         self.step += 1
         return {k: v.detach() for k, v in losses.items()}
@@ -217,12 +230,17 @@ class Trainer:
         self.files.log_step(self.step, stage, stats, self.scheduler.get_last_lr()[0], rate)
         return stats["total"]
 
+    @property
+    def shipped_model(self) -> DefocusDeblurNet:
+        """The weights that are validated and saved as best/: the average where kept."""
+        return self.model if self.ema is None else self.ema.module
+
     def validate(self, val_set: list) -> None:
-        metrics = evaluate(self.model, val_set, self.device)
+        metrics = evaluate(self.shipped_model, val_set, self.device)
         improved = metrics["psnr_out"] > self.best_psnr
         if improved:
             self.best_psnr = metrics["psnr_out"]
-            self.files.save_best(self.model, metrics, self.config, self.step, self.elapsed)
+            self.files.save_best(self.shipped_model, metrics, self.config, self.step, self.elapsed)
         self.files.log_validation(self.step, metrics)
         tqdm.write(f"step {self.step}: PSNR {metrics['psnr_in']:.2f} -> {metrics['psnr_out']:.2f} dB "
                    f"({metrics['psnr_true_map']:.2f} from the true map), "
