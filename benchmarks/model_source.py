@@ -17,6 +17,12 @@ DEFAULT_MODEL = REPO / "models" / "default"
 STANDIN_PRESET = "small"
 
 
+def shown(path: Path) -> str:
+    """``path`` as reports print it: relative to the repository where it lies inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 class ModelError(ValueError):
     """The model asked for cannot be used (one-line message)."""
 
@@ -93,7 +99,7 @@ def resolve_model(model: Optional[Path], work: Path, need_bundle: bool) -> Model
         model = DEFAULT_MODEL
     if model is None:
         checkpoint = random_checkpoint(work / "standin")
-        trained, note = False, (f"no trained model in {DEFAULT_MODEL.relative_to(REPO)}: a randomly "
+        trained, note = False, (f"no trained model in {shown(DEFAULT_MODEL)}: a randomly "
                                 f"initialised `{STANDIN_PRESET}` model (seed 0) stands in; speed and "
                                 "fidelity are representative, restoration quality is not")
     else:
@@ -102,7 +108,7 @@ def resolve_model(model: Optional[Path], work: Path, need_bundle: bool) -> Model
             checkpoint = checkpoint.parent
         if not (checkpoint / "model.safetensors").is_file() or not (checkpoint / "config.json").is_file():
             raise ModelError(f"{model}: not a checkpoint folder (needs model.safetensors and config.json)")
-        trained, note = True, f"checkpoint {checkpoint}"
+        trained, note = True, f"checkpoint {shown(checkpoint)}"
     if not need_bundle:
         return ModelSource(checkpoint, None, trained, note)
     if _bundle_matches(checkpoint):

@@ -22,7 +22,7 @@ from benchmarks import analysis, launch
 from benchmarks.backends import LARGE_MPIX, SPECS, BackendSpec, select
 from benchmarks.inputs import DEFAULT_SIZES, QUICK_SIZES, parse_sizes, size_label, write_inputs
 from benchmarks.machine import REPO, describe_machine, machine_slug, usable_cpus
-from benchmarks.model_source import ModelError, resolve_model
+from benchmarks.model_source import ModelError, resolve_model, shown
 from benchmarks.quality import write_validation
 from benchmarks.report import write_report
 from benchmarks.runners import DEFAULT_TILE, precheck
@@ -167,7 +167,7 @@ def new_results(args: argparse.Namespace, machine: dict, source, stats: dict) ->
         "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
         "machine": machine,
         "model": {"trained": source.trained, "note": source.note,
-                  "checkpoint": str(source.checkpoint), "bundle": str(source.bundle) if source.bundle else None,
+                  "checkpoint": shown(source.checkpoint), "bundle": shown(source.bundle) if source.bundle else None,
                   **stats},
         "settings": {"devices": args.devices, "sizes": [size_label(w, h) for w, h in parse_sizes(args.sizes)],
                      "runs": args.runs, "warmup": args.warmup, "threads": args.threads,

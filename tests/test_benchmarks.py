@@ -1,6 +1,7 @@
 """Benchmarks: statistics helpers, planning, analysis and an end-to-end run on a tiny model."""
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ import pytest
 from benchmarks import analysis, launch, memory, stats
 from benchmarks.backends import BY_NAME, baseline_for, select
 from benchmarks.inputs import parse_size, parse_sizes, synthetic_image
-from benchmarks.machine import machine_slug
+from benchmarks.machine import REPO, machine_slug
+from benchmarks.model_source import shown
 from benchmarks.run import Collector, main, sizes_for
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -293,6 +295,16 @@ def test_end_to_end_report(tiny_checkpoint, tmp_path, capsys):
     assert ("| backend | size | median ms | p90 ms | runs | MP/s | GFLOP/s | % GEMM peak | "
             "peak RSS MiB (x base) | GPU peak MiB | PSNR vs FP32 ref | SSIM vs ref | compile ms |") in readme
     assert "## Targets" in readme and "![latency](latency.png)" in readme
+
+
+@pytest.mark.parametrize("path, expected", [
+    (REPO / "models" / "default", "models/default"),
+    (REPO / "models" / ".." / "models" / "default", "models/default"),
+    (Path("/nonexistent/ckpt"), "/nonexistent/ckpt"),
+])
+def test_reports_show_repository_paths_relative(path, expected):
+    """A committed report must not carry the absolute path of the machine that wrote it."""
+    assert shown(path) == expected
 
 
 def test_cli_bad_model_is_one_line(capsys):
