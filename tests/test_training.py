@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from training.config import ConfigError, from_dict, load_config
 from training.data import build_validation_set
 from training.losses import LAMBDA_DF, LAMBDA_DME, LAMBDA_WD, STAGES, stage_loss, weighted_l2
 from training.presets import get_config
+from training.train import Trainer
 from training.validate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,10 +229,42 @@ def test_resume_after_sigkill_reaches_the_same_weights(tiny_config, tmp_path):
     resumed = _train(tiny_config, cut)
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-2000:]
-    a, b = _final_weights(whole), _final_weights(cut)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    # The raw weights, and best/: the moving average, which the trainer state carries.
+    pairs = [(_final_weights(whole), _final_weights(cut)),
+             (load_file(str(whole / "best" / "model.safetensors")),
+              load_file(str(cut / "best" / "model.safetensors")))]
+    for a, b in pairs:
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_ema_is_the_moving_average_of_the_raw_weights(tmp_path):
+    """After the first step the average is that step's weights; after each later one it is
+    decay * average + (1 - decay) * weights. Validation and best/ use the average."""
+    config = from_dict(tomllib.loads(TINY))
+    trainer = Trainer(config, tmp_path / "run", torch.device("cpu"))
+    decay = config.train.ema_decay
+    torch.manual_seed(0)
+    batch = {"blurry": torch.rand(2, 3, 32, 32), "sharp": torch.rand(2, 3, 32, 32),
+             "defocus_map": torch.rand(2, 1, 32, 32), "has_map": torch.tensor([True, True])}
+    expected = None
+    for _ in range(3):
+        trainer.train_step("joint", batch)
+        raw = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        expected = raw if expected is None else {k: decay * expected[k] + (1 - decay) * raw[k]
+                                                 for k in raw}
+    averaged = trainer.shipped_model.state_dict()
+    assert not torch.equal(averaged["dme.conv_first.weight"], raw["dme.conv_first.weight"])
+    for key in expected:
+        torch.testing.assert_close(averaged[key], expected[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0])
+def test_ema_decay_out_of_range(decay):
+    raw = {"train": {"ema_decay": decay}, "stage": [{"kind": "joint", "steps": 1}]}
+    with pytest.raises(ConfigError, match="ema_decay .* must be in"):
+        from_dict(raw)
 
 
 def test_compiled_training_matches_eager(tiny_config, tmp_path):
