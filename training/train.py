@@ -102,7 +102,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if (self.ema is None) != (state.get("ema") is None):
-            raise ConfigError(f"{out}: the run was started with another ema_decay setting; "
+            kept = "without" if self.ema is not None else "with"
+            raise ConfigError(f"{out}: the run was started {kept} a moving average (ema_decay); "
                               "give it a new --out")
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
