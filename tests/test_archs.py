@@ -19,8 +19,8 @@ POOLING_VARIANTS = ("sft_dec", "sft_fdec")
 
 def tiny_config(variant: str = "sft_dec", scale: int = 2, **overrides):
     """The ``small`` preset shrunk to a few thousand parameters (fast on 2 CPU cores)."""
-    sizes = dict(scale=scale, dme_channels=8, dme_blocks=1, channels=8, num_blocks=2,
-                 cond_channels=4)
+    sizes = dict(scale=scale, dme_channels=8, dme_blocks=1, dme_dilated_blocks=1, channels=8,
+                 num_blocks=2, cond_channels=4)
     sizes.update(overrides)
     return dataclasses.replace(get_config("small", variant), **sizes)
 

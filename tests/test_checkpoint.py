@@ -17,7 +17,8 @@ from training.presets import MAP_RADIUS_SCALE_PX, MAP_UNITS, get_config
 
 def tiny_model(variant: str = "sft_dec", preset: str = "small", seed: int = 0) -> DefocusDeblurNet:
     config = dataclasses.replace(get_config(preset, variant), scale=2, dme_channels=8,
-                                 dme_blocks=1, channels=8, num_blocks=1, cond_channels=4)
+                                 dme_blocks=1, dme_dilated_blocks=1, channels=8, num_blocks=1,
+                                 cond_channels=4)
     torch.manual_seed(seed)
     return DefocusDeblurNet(config).eval()
 

@@ -31,7 +31,8 @@ CHECKPOINT_FILES = {"model.safetensors", "config.json"}
 
 def tiny_config(preset="small", variant="sft_dec"):
     return dataclasses.replace(get_config(preset, variant), channels=8, num_blocks=1,
-                               dme_channels=8, dme_blocks=1, cond_channels=8)
+                               dme_channels=8, dme_blocks=1, dme_dilated_blocks=1,
+                               cond_channels=8)
 
 
 @pytest.fixture(scope="module")

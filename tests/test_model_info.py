@@ -21,10 +21,10 @@ DID_ANET_DME_PARAMS = 334_721  # DID-ANet's published DME branch (C=64, 4 blocks
 
 
 def tiny_config(variant: str = "sft_dec", scale: int = 2, dme_blocks: int = 1,
-                num_blocks: int = 2) -> NetConfig:
+                num_blocks: int = 2, dme_dilated_blocks: int = 0) -> NetConfig:
     return dataclasses.replace(get_config("small", variant), scale=scale, dme_channels=8,
-                               dme_blocks=dme_blocks, channels=8, num_blocks=num_blocks,
-                               cond_channels=4)
+                               dme_blocks=dme_blocks, dme_dilated_blocks=dme_dilated_blocks,
+                               channels=8, num_blocks=num_blocks, cond_channels=4)
 
 
 def build(config: NetConfig) -> DefocusDeblurNet:
@@ -40,7 +40,8 @@ def conv_params(cin: int, cout: int, k: int) -> int:
 def dme_convs(c: NetConfig) -> list:
     """(cin, cout, k) of the DME at 1/scale resolution."""
     s2, ch = c.scale ** 2, c.dme_channels
-    return [(3 * s2, ch, 3)] + [(ch, ch, 3)] * (2 * c.dme_blocks) + [(ch, ch, 3), (ch, s2, 3)]
+    blocks = c.dme_blocks + c.dme_dilated_blocks
+    return [(3 * s2, ch, 3)] + [(ch, ch, 3)] * (2 * blocks) + [(ch, ch, 3), (ch, s2, 3)]
 
 
 def deblur_convs(c: NetConfig) -> list:
@@ -81,12 +82,14 @@ def expected_macs_per_pixel(c: NetConfig, size: int) -> float:
 
 
 def expected_fields(c: NetConfig) -> dict:
-    """Fields in px: ``scale`` px per cell, each 3x3 conv adds a cell on both sides.
+    """Fields in px: ``scale`` px per cell, each 3x3 conv adds a cell on both sides
+    (``d`` cells at dilation ``d``; the dilated DME blocks have d = 2, 4, 8, ...).
 
     The map reaches the SFT blocks through 1x1 convs only, so its path to the output
     skips ``conv_first``; for ``concat`` it enters with the image before ``conv_first``.
     """
-    est = 3 + 2 * c.dme_blocks  # 3x3 convs
+    dilated = sum(2 ** (i + 1) for i in range(c.dme_dilated_blocks))
+    est = 3 + 2 * c.dme_blocks + 2 * dilated  # cells per side
     rest = 3 + 2 * c.num_blocks
     through_map = est + rest - (0 if c.variant == "concat" else 1)
     total = max(rest, through_map)
@@ -160,12 +163,27 @@ def test_receptive_field_of_dme_at_scale_one(dme_blocks):
     assert receptive_fields(model, size=64)["estimate"] == 1 + 2 * n_convs
 
 
+@pytest.mark.parametrize("dilated", [1, 2])
+def test_receptive_field_of_dilated_dme_at_scale_one(dilated):
+    """One plain block: 5 convs, 11 px. Each of a dilated block's two convs adds d px
+    on each side (d = 2, then 4): 4d px per block."""
+    model = build(tiny_config(scale=1, dme_blocks=1, dme_dilated_blocks=dilated))
+    assert receptive_fields(model, size=64)["estimate"] == {1: 11 + 8, 2: 11 + 8 + 16}[dilated]
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("scale,dme_blocks,num_blocks",
-                         [(1, 1, 1), (1, 2, 3), (2, 1, 2), (3, 1, 1)])
-def test_receptive_fields_match_hand_count(variant, scale, dme_blocks, num_blocks):
-    config = tiny_config(variant, scale, dme_blocks, num_blocks)
+@pytest.mark.parametrize("scale,dme_blocks,num_blocks,dilated",
+                         [(1, 1, 1, 0), (1, 2, 3, 0), (2, 1, 2, 0), (3, 1, 1, 0),
+                          (1, 1, 1, 2), (2, 2, 1, 3)])
+def test_receptive_fields_match_hand_count(variant, scale, dme_blocks, num_blocks, dilated):
+    config = tiny_config(variant, scale, dme_blocks, num_blocks, dilated)
     assert receptive_fields(build(config), size=96) == expected_fields(config)
+
+
+def test_receptive_field_larger_than_the_probe_is_measured_on_a_larger_one():
+    config = tiny_config(scale=2, dme_blocks=1, dme_dilated_blocks=3)
+    assert expected_fields(config)["total"] > 96
+    assert receptive_fields(build(config), size=32) == expected_fields(config)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -11,7 +11,8 @@ from typing import Dict, Tuple
 
 import pytest
 
-TINY = dict(channels=8, num_blocks=1, dme_channels=8, dme_blocks=1, cond_channels=8)
+TINY = dict(channels=8, num_blocks=1, dme_channels=8, dme_blocks=1, dme_dilated_blocks=1,
+            cond_channels=8)
 _CACHE: Dict[Tuple[Path, str], Tuple[Path, object]] = {}
 
 

@@ -134,7 +134,7 @@ def _pipeline(folder, tile, overlap=None, tile_batch=3):
                          bundle.uses_pooling, tile=tile, overlap=overlap, tile_batch=tile_batch)
 
 
-@pytest.mark.parametrize("tile,overlap", [(48, None), (64, None), (96, 40), (128, None)])
+@pytest.mark.parametrize("tile,overlap", [(64, None), (72, None), (96, 40), (128, None)])
 def test_tiled_matches_whole_image(tiny_bundle, tile, overlap):  # noqa: F811
     folder, model = tiny_bundle
     image = np.random.default_rng(tile).random((150, 262, 3), dtype=np.float32)

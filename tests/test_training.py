@@ -321,25 +321,33 @@ def test_dme_stage_moves_only_the_estimator(tmp_path):
     assert best["validation"]["psnr_out"] == max(float(r["psnr_out"]) for r in val)
 
 
-def test_init_from_a_shallower_estimator_grows_it(tmp_path):
-    """The default model gains DME blocks this way: its first step starts from exactly
-    the checkpoint's function."""
+@pytest.mark.parametrize("plain,dilated", [(6, 0), (3, 0), (6, 1)])
+def test_init_from_a_shallower_estimator_grows_it(tmp_path, plain, dilated):
+    """The default model gains DME blocks this way, plain then dilated: its first step
+    starts from exactly the checkpoint's function."""
     config = get_config("small")
     torch.manual_seed(0)
-    shallow = DefocusDeblurNet(dataclasses.replace(config, dme_blocks=config.dme_blocks - 2))
+    shallow = DefocusDeblurNet(dataclasses.replace(config, dme_blocks=plain,
+                                                   dme_dilated_blocks=dilated))
     save_checkpoint(tmp_path / "shallow", shallow)
     grown = DefocusDeblurNet(config)
-    assert init_from(grown, tmp_path / "shallow", "small") == 2
-    image = torch.rand(1, 3, 32, 48)
+    added = config.dme_blocks + config.dme_dilated_blocks - plain - dilated
+    assert init_from(grown, tmp_path / "shallow", "small") == added
+    image = torch.rand(1, 3, 64, 48)
     with torch.no_grad():
         for got, want in zip(grown.eval()(image), shallow.eval()(image)):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("change", [dict(dme_blocks=1), dict(channels=16), dict(variant="sft")])
+@pytest.mark.parametrize("change", [dict(dme_blocks=1), dict(channels=16), dict(variant="sft"),
+                                    dict(dme_blocks=3, dme_dilated_blocks=1),
+                                    dict(dme_dilated_blocks=0)])
 def test_init_from_refuses_another_network(tmp_path, change):
+    """Fewer blocks only, and only at the end: a plain block after a dilated one would
+    take the place of a trained dilated block."""
     config = get_config("small")
-    save_checkpoint(tmp_path / "ckpt", DefocusDeblurNet(dataclasses.replace(config, dme_blocks=2)))
+    save_checkpoint(tmp_path / "ckpt", DefocusDeblurNet(dataclasses.replace(
+        config, dme_blocks=2, dme_dilated_blocks=1)))
     other = DefocusDeblurNet(dataclasses.replace(config, **change))
     with pytest.raises(CheckpointError, match="does not fit .* only DME blocks may be added"):
         init_from(other, tmp_path / "ckpt", "small")

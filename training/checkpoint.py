@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from runtime.atomic import atomic_write
 from runtime.jsonfile import read_versioned_json
 from training.archs import DefocusDeblurNet
+from training.archs.dme_arch import dme_dilations
 from training.presets import INPUT_NORMALISATION, MAP_RADIUS_SCALE_PX, MAP_UNITS, NetConfig
 
 FORMAT = "defocus-deblur-checkpoint/1"
@@ -109,8 +110,9 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> int:
     """Copy a checkpoint's weights into ``model`` to train on from them (``--init``).
 
     The checkpoint's network must equal ``model``'s but may have fewer DME residual
-    blocks: the extra ones start as the identity (the conv closing each residual
-    branch zeroed), so the grown model computes exactly what the checkpoint did.
+    blocks, plain or dilated, as long as its blocks are the first of ``model``'s:
+    the extra ones start as the identity (the conv closing each residual branch
+    zeroed), so the grown model computes exactly what the checkpoint did.
 
     Returns:
         How many DME blocks were added.
@@ -120,14 +122,18 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> int:
     """
     source, _ = load_checkpoint(path, preset)
     theirs, mine = source.config, model.config
-    if replace(theirs, dme_blocks=mine.dme_blocks) != mine or theirs.dme_blocks > mine.dme_blocks:
+    their_blocks = dme_dilations(theirs.dme_blocks, theirs.dme_dilated_blocks)
+    my_blocks = dme_dilations(mine.dme_blocks, mine.dme_dilated_blocks)
+    same_rest = replace(theirs, dme_blocks=mine.dme_blocks,
+                        dme_dilated_blocks=mine.dme_dilated_blocks) == mine
+    if not same_rest or my_blocks[:len(their_blocks)] != their_blocks:
         raise CheckpointError(f"{path}: its network ({theirs}) does not fit {mine}; "
                               "only DME blocks may be added")
     model.load_state_dict(source.state_dict(), strict=False)
-    for block in model.dme.body[theirs.dme_blocks:]:
+    for block in model.dme.body[len(their_blocks):]:
         torch.nn.init.zeros_(block.conv2.weight)
         torch.nn.init.zeros_(block.conv2.bias)
-    return mine.dme_blocks - theirs.dme_blocks
+    return len(my_blocks) - len(their_blocks)
 
 
 def load_state(path: Path) -> dict:

@@ -22,6 +22,7 @@ class NetConfig:
         scale: Space-to-depth factor of both sub-networks; H and W must be
             multiples of it (the runtime pads, see ``size_multiple``).
         dme_channels, dme_blocks: width and residual blocks of the DME network.
+        dme_dilated_blocks: residual blocks with dilation 2, 4, 8, ... after those.
         channels, num_blocks: width and conditioned blocks of the deblurring net.
         cond_channels: Condition feature channels Cc.
     """
@@ -31,6 +32,7 @@ class NetConfig:
     scale: int = 1
     dme_channels: int = 64
     dme_blocks: int = 4
+    dme_dilated_blocks: int = 0
     channels: int = 128
     num_blocks: int = 16
     cond_channels: int = 32
@@ -59,7 +61,7 @@ PRESETS = {
     # estimator blocks (62 px receptive field) estimated the map better than three
     # (38 px) at equal training, for 8.5% more MACs (models/default/README.md).
     "small": NetConfig(preset="small", scale=2, dme_channels=24, dme_blocks=6,
-                       channels=48, num_blocks=6, cond_channels=32),
+                       dme_dilated_blocks=3, channels=48, num_blocks=6, cond_channels=32),
 }
 
 

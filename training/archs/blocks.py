@@ -14,8 +14,8 @@ def init_conv(conv: nn.Conv2d, scale: float = 1.0) -> nn.Conv2d:
     return conv
 
 
-def conv3x3(in_ch: int, out_ch: int, scale: float = 1.0) -> nn.Conv2d:
-    return init_conv(nn.Conv2d(in_ch, out_ch, 3, padding=1), scale)
+def conv3x3(in_ch: int, out_ch: int, scale: float = 1.0, dilation: int = 1) -> nn.Conv2d:
+    return init_conv(nn.Conv2d(in_ch, out_ch, 3, padding=dilation, dilation=dilation), scale)
 
 
 def conv1x1(in_ch: int, out_ch: int, scale: float = 1.0) -> nn.Conv2d:
@@ -27,12 +27,14 @@ class ResBlock(nn.Module):
 
     Args:
         channels: Feature channels C. Input and output are (N, C, H, W).
+        dilation: Dilation of both convs; each adds ``2 * dilation`` to the
+            receptive field instead of 2. Default: 1.
     """
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, dilation: int = 1):
         super().__init__()
-        self.conv1 = conv3x3(channels, channels)
-        self.conv2 = conv3x3(channels, channels, scale=0.1)
+        self.conv1 = conv3x3(channels, channels, dilation=dilation)
+        self.conv2 = conv3x3(channels, channels, scale=0.1, dilation=dilation)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:

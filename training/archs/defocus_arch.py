@@ -29,7 +29,8 @@ class DefocusDeblurNet(nn.Module):
     def __init__(self, config: NetConfig):
         super().__init__()
         self.config = config
-        self.dme = DefocusMapEstimator(config.dme_channels, config.dme_blocks, config.scale)
+        self.dme = DefocusMapEstimator(config.dme_channels, config.dme_blocks, config.scale,
+                                       config.dme_dilated_blocks)
         self.condition = None
         if config.variant != "concat":
             self.condition = ConditionNet(config.cond_channels, config.scale)
