@@ -36,7 +36,7 @@ demo: $(STAMP)
 train: $(STAMP)
 	$(PY) -m training.train --config $(CONFIG)
 
-# Keep improving the default model on this machine (about 80 minutes on 2 cores; rerun
+# Keep improving the default model on this machine (about 95 minutes on 2 cores; rerun
 # to resume). runs/continue/best/ is the best validation checkpoint so far:
 # `make export CKPT=runs/continue/best` turns it into a bundle.
 train-continue: $(STAMP)
