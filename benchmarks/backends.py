@@ -23,6 +23,7 @@ class BackendSpec:
             whole-image twins and the baseline).
         baseline: The PyTorch eager FP32 path every ratio on this device refers to.
         compiles: Pays a compile on each new shape (reported separately).
+        self_ensemble: Passes the runtime averages (``Deblurrer(self_ensemble=...)``).
     """
 
     name: str
@@ -34,6 +35,7 @@ class BackendSpec:
     large: bool = False
     baseline: bool = False
     compiles: bool = False
+    self_ensemble: int = 1
 
 
 #: Sizes above this many megapixels run only the backends marked ``large``.
@@ -51,6 +53,10 @@ SPECS: List[BackendSpec] = [
                 tiled=True, large=True),
     BackendSpec("runtime-whole", "runtime Deblurrer, whole image (one tile)", "cpu", "fp32", "runtime",
                 large=True),
+    BackendSpec("runtime-x2", "runtime Deblurrer, self-ensemble of 2 passes (tiled 1024)", "cpu", "fp32",
+                "runtime", tiled=True, self_ensemble=2),
+    BackendSpec("runtime-x8", "runtime Deblurrer, self-ensemble of 8 passes (tiled 1024)", "cpu", "fp32",
+                "runtime", tiled=True, self_ensemble=8),
     BackendSpec("torch-cuda-fp32", "PyTorch CUDA FP32 (TF32 off)", "cuda", "fp32", "torch",
                 large=True, baseline=True),
     BackendSpec("torch-cuda-fp16", "PyTorch CUDA FP16 autocast (channels_last)", "cuda", "fp16", "torch",

@@ -110,6 +110,15 @@ def quality_lines(results: dict) -> List[str]:
     return [f"On {q['source']}.", ""] + _table(["path", "PSNR dB", "SSIM", "gain over input dB"], rows)
 
 
+def ensemble_note(results: dict) -> List[str]:
+    names = [f"`{n}`" for n, b in results["backends"].items() if b.get("self_ensemble", 1) > 1]
+    if not names:
+        return []
+    return [f"{', '.join(names)} average passes over flipped and transposed copies of the image "
+            "(`--self-ensemble`): they differ from the single pass by design; their gain is in the "
+            "restoration quality below.", ""]
+
+
 def problem_lines(results: dict) -> List[str]:
     rows = []
     for name, b in results["backends"].items():
@@ -158,7 +167,7 @@ def build_markdown(results: dict, slug: str) -> str:
              "## Latency, median ms (speed-up vs PyTorch eager FP32)", "",
              *grid_table(results, lambda c: f"{_ms(c['median_ms'])}{_x(c.get('speedup_vs_baseline'))}"), "",
              "## Fidelity: PSNR dB of the output vs the PyTorch FP32 output", "",
-             *grid_table(results, _fidelity), "",
+             *ensemble_note(results), *grid_table(results, _fidelity), "",
              "## Throughput, MP/s (share of the measured GEMM peak)", "",
              *grid_table(results, lambda c: f"{c['megapixels_per_s']:.3g}"
                          + ("" if c["fraction_of_peak"] is None else f" ({c['fraction_of_peak']:.0%})")), "",

@@ -136,7 +136,8 @@ def measure(args: argparse.Namespace, results: dict, source, work: Path, validat
     for spec, spec_sizes in plan:
         results["backends"][spec.name] = {"label": spec.label, "device": spec.device,
                                           "precision": spec.precision, "family": spec.family,
-                                          "tiled": spec.tiled, "status": "ok"}
+                                          "tiled": spec.tiled, "self_ensemble": spec.self_ensemble,
+                                          "status": "ok"}
         remaining = None if args.budget_seconds is None else args.budget_seconds - (time.monotonic() - started)
         if args.unusable.get(spec.name):
             lines, error = [{"event": "setup", "status": "skipped", "reason": args.unusable[spec.name]}], None

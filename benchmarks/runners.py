@@ -202,7 +202,8 @@ class RuntimeRunner(Runner):
         from runtime import Deblurrer
 
         deblurrer = Deblurrer(self.bundle, backend=self.backend, device=self.spec.device,
-                              precision=self.spec.precision, tile=tile, threads=self.threads)
+                              precision=self.spec.precision, tile=tile, threads=self.threads,
+                              self_ensemble=self.spec.self_ensemble)
         if deblurrer.backend.device != self.spec.device:
             raise Unavailable(f"the runtime fell back to {deblurrer.describe()}")
         self.description = (f"{deblurrer.describe()}, tile {deblurrer.tile} x {deblurrer.tile_batch}, "

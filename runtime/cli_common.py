@@ -28,6 +28,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="tiles per graph call (default 1 on the CPU, 4 on a GPU)")
     group.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads")
     group.add_argument("--cuda-graphs", action="store_true", help="TensorRT: replay CUDA graphs")
+    group.add_argument("--self-ensemble", type=int, default=1, metavar="N",
+                       help="average N flipped / transposed passes (1, 2, 4 or 8): better output "
+                            "at N times the cost (default 1)")
     group.add_argument("--defocus-scale", type=float, default=1.0,
                        help="multiply the defocus map: deblurring strength (default 1.0)")
     group.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
@@ -49,7 +52,8 @@ def build_deblurrer(args: argparse.Namespace) -> Deblurrer:
         precision = "fp16" if trt_ok else "fp32"
     return Deblurrer(bundle, backend=args.backend, device=args.device, precision=precision,
                      tile=args.tile, overlap=args.overlap, tile_batch=args.tile_batch,
-                     threads=args.threads, cuda_graphs=args.cuda_graphs)
+                     threads=args.threads, cuda_graphs=args.cuda_graphs,
+                     self_ensemble=args.self_ensemble)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

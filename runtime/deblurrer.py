@@ -8,6 +8,7 @@ import numpy as np
 from runtime.backend import Backend, create_backend
 from runtime.bundle import Bundle, load_bundle
 from runtime.device_arrays import is_device_array, to_cupy
+from runtime.ensemble import SIZES, TRANSFORMS, Transform
 from runtime.errors import BackendError
 from runtime.tiling import (TiledPipeline, default_overlap, min_overlap, pad_to, padded_size,
                             round_up)
@@ -40,13 +41,19 @@ class Deblurrer:
         tile_batch: Tiles per graph call; None: 1 on the CPU, 4 on a GPU.
         threads: ONNX Runtime intra-op threads; None: all cores.
         cuda_graphs: TensorRT: one CUDA graph per tile shape. Default: False.
+        self_ensemble: Average this many flipped / transposed passes (1, 2, 4 or 8; see
+            ``runtime.ensemble``): better output at that many times the cost. Default: 1.
     """
 
     def __init__(self, model: Union[str, Path, Bundle, None] = None, backend: str = "auto",
                  device: str = "cpu", precision: str = "fp32", tile: Optional[int] = None,
                  overlap: Optional[int] = None, tile_batch: Optional[int] = None,
                  threads: Optional[int] = None,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, self_ensemble: int = 1):
+        if self_ensemble not in SIZES:
+            raise BackendError(f"self-ensemble must be one of {', '.join(map(str, SIZES))}, "
+                               f"got {self_ensemble}")
+        self.transforms = TRANSFORMS[:self_ensemble]
         self.bundle = model if isinstance(model, Bundle) else load_bundle(model)
         if self.bundle.hint_backend and backend == "auto":
             backend = self.bundle.hint_backend
@@ -112,7 +119,8 @@ class Deblurrer:
 
         Returns:
             (deblurred (H, W, 3) in the input's dtype (float32 clipped to [0, 1]),
-            defocus map (H, W) float32 as used). CuPy arrays for GPU input, else NumPy.
+            defocus map (H, W) float32 as used, averaged over the self-ensemble). CuPy
+            arrays for GPU input, else NumPy.
         """
         on_device = is_device_array(image)
         if on_device:
@@ -126,25 +134,44 @@ class Deblurrer:
             raise BackendError("defocus_map is a GPU array but the image is not: pass both on one side")
         _check_image(image)
         height, width = image.shape[:2]
-        minimum = (1, 1) if self.backend.profile is None else tuple(self.backend.profile["min"][1:])
-        ph, pw = padded_size(height, width, self.bundle.size_multiple, minimum)
+        ph, pw = self._padded_size(height, width)
         padded = pad_to(image, ph, pw)
+        if defocus_map is not None:
+            defocus_map = pad_to(_check_map(defocus_map, height, width), ph, pw)
         self.pipeline.progress = progress
+        restored, dmap = self._pass(padded, defocus_map, defocus_scale, self.transforms[0])
+        for transform in self.transforms[1:]:
+            more = self._pass(padded, defocus_map, defocus_scale, transform)
+            restored += more[0]
+            dmap = dmap + more[1]  # not in place: it may be the given map, which later passes read
+        if len(self.transforms) > 1:
+            restored /= len(self.transforms)
+            dmap /= len(self.transforms)
+        return _to_image(restored, height, width, image.dtype), dmap[:height, :width]
+
+    def _pass(self, padded: Any, defocus_map: Optional[Any], defocus_scale: float,
+              transform: Transform) -> Tuple[Any, Any]:
+        """One pass on the transformed image: (float32 (3, H, W), map (H, W)), mapped back."""
+        image = transform.apply(padded)
         if defocus_map is None:
-            dmap = self.pipeline.estimate(padded)
+            dmap = self.pipeline.estimate(image)
         else:
-            dmap = pad_to(_check_map(defocus_map, height, width), ph, pw)
+            dmap = transform.apply(defocus_map)
         if defocus_scale != 1.0:
             dmap = dmap * np.float32(defocus_scale)
         cond_mean = self.pipeline.condition_mean(dmap) if self.bundle.uses_pooling else None
-        restored = self.pipeline.restore(padded, dmap, cond_mean)
-        return _to_image(restored, height, width, image.dtype), dmap[:height, :width]
+        restored = self.pipeline.restore(image, dmap, cond_mean)
+        return transform.undo(restored, axes=(1, 2)), transform.undo(dmap)
+
+    def _padded_size(self, height: int, width: int) -> Tuple[int, int]:
+        minimum = (1, 1) if self.backend.profile is None else tuple(self.backend.profile["min"][1:])
+        return padded_size(height, width, self.bundle.size_multiple, minimum)
 
     def count_tiles(self, height: int, width: int) -> int:
         """Tiles one ``run`` processes for an image of this size."""
-        minimum = (1, 1) if self.backend.profile is None else tuple(self.backend.profile["min"][1:])
-        ph, pw = padded_size(height, width, self.bundle.size_multiple, minimum)
-        return self.pipeline.count_tiles(ph, pw)
+        ph, pw = self._padded_size(height, width)
+        # Tiles are square, so a transposed pass has as many.
+        return len(self.transforms) * self.pipeline.count_tiles(ph, pw)
 
     def close(self) -> None:
         self.backend.close()

@@ -4,7 +4,7 @@
         [--model BUNDLE|ONNX|ENGINE] [--backend auto|tensorrt|onnxruntime|onnxruntime-trt]
         [--device auto|cpu|cuda] [--precision fp32|fp16] [--tile N] [--overlap N]
         [--tile-batch N] [--threads N] [--save-defocus-map [color|raw|both]]
-        [--defocus-scale S] [--defocus-map FILE]
+        [--defocus-scale S] [--defocus-map FILE] [--self-ensemble 1|2|4|8]
 
 Outputs: ``-o OUT`` for one image; ``DIR/<stem>.png`` with ``--output-dir``; else
 ``<stem>_deblurred.png`` next to the input. Defocus maps: ``<stem>_defocus.png``

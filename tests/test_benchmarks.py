@@ -329,3 +329,15 @@ def test_cli_bad_arguments(argv, fragment, capsys):
 
 def test_baseline_for_each_device():
     assert baseline_for("cpu").name == "torch-eager" and baseline_for("cuda").name == "torch-cuda-fp32"
+
+
+def test_self_ensemble_backend_runs_the_ensemble(tiny_checkpoint, tmp_path):
+    out = tmp_path / "report"
+    rc = main(["--model", str(tiny_checkpoint), "--backends", "runtime,runtime-x2", "--sizes", "64x64",
+               "--runs", "1", "--quality-images", "2", "--threads", "1", "--out", str(out)])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["backends"]["runtime-x2"]["self_ensemble"] == 2
+    quality = results["quality"]["backends"]
+    assert quality["runtime-x2"]["psnr_db"] != pytest.approx(quality["runtime"]["psnr_db"], abs=1e-6)
+    assert "`runtime-x2` average passes over flipped and transposed copies" in (out / "README.md").read_text()

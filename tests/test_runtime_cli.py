@@ -79,6 +79,15 @@ def test_saved_raw_map_round_trips_through_defocus_map(tiny_bundle, tmp_path):  
     np.testing.assert_array_equal(first, second)
 
 
+def test_self_ensemble_option(tiny_bundle, tmp_path):  # noqa: F811
+    src = tmp_path / "e.png"
+    data = _image(src)
+    assert _infer([src, "--self-ensemble", "4"], tiny_bundle[0]) == 0
+    expected, _ = Deblurrer(tiny_bundle[0], threads=1, self_ensemble=4).run(data[:, :, ::-1])
+    written = cv2.imread(str(tmp_path / "e_deblurred.png"))[:, :, ::-1]
+    np.testing.assert_array_equal(written, expected)
+
+
 def _bad_case(tmp_path: Path, case: str):
     """(argv without --model, expected message) of one bad-input case."""
     good = tmp_path / "good.png"
@@ -105,11 +114,13 @@ def _bad_case(tmp_path: Path, case: str):
         return [good, good, "-o", tmp_path / "o.png"], "-o names one output"
     if case == "bad_scale":
         return [good, "--defocus-scale", "-1"], "--defocus-scale must be >= 0"
+    if case == "bad_ensemble":
+        return [good, "--self-ensemble", "3"], "self-ensemble must be one of 1, 2, 4, 8, got 3"
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "not_image", "truncated", "huge", "unwritable",
-                                  "two_inputs_one_output", "bad_scale"])
+                                  "two_inputs_one_output", "bad_scale", "bad_ensemble"])
 def test_bad_input_gives_one_line_and_no_output(tiny_bundle, tmp_path, capsys, case):  # noqa: F811
     argv, message = _bad_case(tmp_path, case)
     before = {p for p in tmp_path.rglob("*")}
