@@ -64,3 +64,4 @@ def test_pool_batches_on_cpu():
             assert float((batch["blurry"] - batch["sharp"]).abs().mean()) > 0
     finally:
         batches.close()
+    assert not batches.thread.is_alive()

@@ -201,7 +201,10 @@ class PoolBatches:
         return _to_device(batch, self.device, self.channels_last)
 
     def close(self) -> None:
+        """Stop the filling thread and wait for it: a daemon thread still inside torch or
+        OpenCV when the interpreter exits can abort the process."""
         self.stop.set()
+        self.thread.join(timeout=60)
 
 
 def make_batches(config: TrainConfig, start: int, rank: int, world: int, device: torch.device):
