@@ -1,5 +1,6 @@
 """Benchmarks: statistics helpers, planning, analysis and an end-to-end run on a tiny model."""
 import json
+import mmap
 import struct
 from pathlib import Path
 
@@ -138,9 +139,11 @@ def test_peak_rss_resets_and_grows():
     if not memory.reset_peak_rss():
         pytest.skip("this OS cannot reset the peak RSS")
     before = memory.peak_rss_bytes()
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    # Fresh pages from the OS: malloc may hand back resident memory an earlier test freed.
+    block = mmap.mmap(-1, 64 * 2**20)
+    np.frombuffer(block, np.uint8)[:] = 1  # touch all 64 MiB
     assert memory.peak_rss_bytes() >= before + 60 * 2**20
-    del block
+    block.close()
     memory.reset_peak_rss()
     assert memory.peak_rss_bytes() < before + 60 * 2**20
 
