@@ -276,6 +276,10 @@ int main(int argc, char** argv) {
     const int rf_res = manifest.at("receptive_field").at("restore").get<int>();
     const auto& profile_min = entry.at("profile").at("min");
     const int min_side = std::max(profile_min[1].get<int>(), profile_min[2].get<int>());
+    const auto& profile_max = entry.at("profile").at("max");
+    const int max_side = std::min(profile_max[1].get<int>(), profile_max[2].get<int>());
+    // As runtime.tiling.estimate_tile_for: the narrow estimate pass takes tiles twice as large.
+    const int estimate_tile = std::max(tile, std::min(round_up(2 * tile, m), max_side / m * m));
 
     cv::Mat bgr = cv::imread(input, cv::IMREAD_COLOR);  // 8-bit, EXIF orientation applied
     if (bgr.empty()) throw std::runtime_error(input + ": not a readable image");
@@ -301,7 +305,8 @@ int main(int argc, char** argv) {
       EngineRunner estimate(*runtime, engine_path("estimate"), stream);
       EngineRunner restore(*runtime, engine_path("restore"), stream);
       std::vector<cv::Mat> map{cv::Mat::zeros(ph, pw, CV_32F)};
-      run_tiled(estimate, {{"image", image}}, nullptr, "defocus_map", map, tile, default_overlap(rf_est, m), rf_est);
+      run_tiled(estimate, {{"image", image}}, nullptr, "defocus_map", map, estimate_tile,
+                default_overlap(rf_est, m), rf_est);
       map[0] *= scale;
       std::vector<float> cond;
       const bool pooling = manifest.at("graphs").contains("condition");

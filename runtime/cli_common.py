@@ -21,7 +21,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", choices=("fp32", "fp16"), default=None,
                        help="default: fp16 on TensorRT, else fp32")
     group.add_argument("--tile", type=int, default=None,
-                       help="largest tile size in px (default 1024 on the CPU, 512 on a GPU)")
+                       help="largest tile size in px (default 1024 on the CPU, 512 on a GPU; "
+                            "the estimate pass uses twice this)")
     group.add_argument("--overlap", type=int, default=None,
                        help="tile overlap in px (default: receptive field + 16)")
     group.add_argument("--tile-batch", type=int, default=None,

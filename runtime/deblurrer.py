@@ -10,8 +10,8 @@ from runtime.bundle import Bundle, load_bundle
 from runtime.device_arrays import is_device_array, to_cupy
 from runtime.ensemble import SIZES, TRANSFORMS, Transform
 from runtime.errors import BackendError
-from runtime.tiling import (TiledPipeline, default_overlap, min_overlap, pad_to, padded_size,
-                            round_up)
+from runtime.tiling import (TiledPipeline, default_overlap, estimate_tile_for, min_overlap, pad_to,
+                            padded_size, round_up)
 
 log = logging.getLogger("runtime")
 
@@ -35,7 +35,8 @@ class Deblurrer:
             Default: ``auto`` (see ``runtime.backend.create_backend``).
         device: ``cpu``, ``cuda`` or ``auto``. Default: ``cpu``.
         precision: ``fp32`` or ``fp16``. Default: ``fp32``.
-        tile: Largest tile size in pixels; None: 1024 on the CPU, 512 on a GPU.
+        tile: Largest tile size in pixels; None: 1024 on the CPU, 512 on a GPU. The
+            estimate pass uses tiles twice as large (``runtime.tiling.estimate_tile_for``).
         overlap: Pixels shared by neighbouring tiles; None: the receptive field of each
             pass plus a 16 px cross-fade.
         tile_batch: Tiles per graph call; None: 1 on the CPU, 4 on a GPU.
@@ -64,11 +65,15 @@ class Deblurrer:
         default_tile, default_batch = GPU_TILING if self.backend.device_io else CPU_TILING
         self.tile, self.tile_batch = self._fit_profile(tile or default_tile,
                                                        tile_batch or default_batch)
+        profile = self.backend.profile
+        self.estimate_tile = estimate_tile_for(self.tile, self.bundle.size_multiple,
+                                               None if profile is None else min(profile["max"][1:]))
         self.overlap = overlap
         self._check_overlap(overlap)
         self.pipeline = TiledPipeline(self.backend.run, self.bundle.receptive_field,
                                       self.bundle.size_multiple, self.bundle.uses_pooling,
-                                      self.tile, overlap, self.tile_batch)
+                                      self.tile, overlap, self.tile_batch,
+                                      estimate_tile=self.estimate_tile)
 
     def _fit_profile(self, tile: int, tile_batch: int) -> Tuple[int, int]:
         """Check the tile against a TensorRT profile; cap the batch at its maximum."""
@@ -91,14 +96,16 @@ class Deblurrer:
     def _check_overlap(self, overlap: Optional[int]) -> None:
         """Exact tiling needs overlap >= ``min_overlap`` of each pass and < the tile."""
         m = self.bundle.size_multiple
-        for graph in ("estimate", "restore"):
+        for graph, tile in (("estimate", self.estimate_tile), ("restore", self.tile)):
             rf = self.bundle.receptive_field[graph]
             used = default_overlap(rf, m) if overlap is None else round_up(overlap, m)
             if used < min_overlap(rf, m):
                 raise BackendError(f"--overlap {used} is below {min_overlap(rf, m)} px, the minimum "
                                    f"for exact tiling of {graph!r} (receptive field {rf} px)")
-            if used >= self.tile:
-                raise BackendError(f"--tile {self.tile} must exceed the {graph!r} overlap of {used} px")
+            if used >= tile:
+                sides = "" if tile == self.tile else f" ({graph} tiles: {tile} px)"
+                raise BackendError(f"--tile {self.tile}{sides} must exceed the {graph!r} overlap "
+                                   f"of {used} px")
 
     def describe(self) -> str:
         return self.backend.describe()

@@ -24,6 +24,10 @@ import numpy as np
 BLENDS = ("cosine", "linear")
 #: Cross-fade width added to the minimum overlap when ``overlap`` is not given.
 DEFAULT_BLEND_PX = 16
+#: The estimate pass needs less memory per pixel than the restore pass (narrower, no
+#: condition features) but a wider overlap (its receptive field), so its tiles are
+#: this many times larger by default (measured in ``runtime/README.md``).
+ESTIMATE_TILE_SCALE = 2
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -48,6 +52,15 @@ def min_overlap(receptive_field: int, multiple: int = 1) -> int:
 def default_overlap(receptive_field: int, multiple: int = 1) -> int:
     """``min_overlap`` plus a ``DEFAULT_BLEND_PX`` cross-fade."""
     return round_up(2 * margin_for(receptive_field) + DEFAULT_BLEND_PX, multiple)
+
+
+def estimate_tile_for(tile: int, multiple: int = 1, max_side: Optional[int] = None) -> int:
+    """Default estimate-pass tile for a restore tile of ``tile``: ``ESTIMATE_TILE_SCALE``
+    times larger, aligned to ``multiple``, at most ``max_side`` (an engine profile's)."""
+    side = round_up(tile * ESTIMATE_TILE_SCALE, multiple)
+    if max_side is not None:
+        side = min(side, max_side // multiple * multiple)
+    return max(side, tile)
 
 
 def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> List[int]:
@@ -228,6 +241,7 @@ class TiledPipeline:
         uses_pooling: Whether ``restore`` takes ``cond_mean``.
         tile: Tile size. Default: 512.
         overlap: Shared pixels for both passes; None: ``default_overlap`` of each.
+        estimate_tile: Tile size of the estimate pass; None: ``tile``.
         tile_batch: Tiles per graph call. Default: 4.
         blend: ``cosine`` or ``linear``. Default: ``cosine``.
         progress: Called with the number of tiles finished, or None.
@@ -236,16 +250,19 @@ class TiledPipeline:
     def __init__(self, run: RunGraph, receptive_field: Dict[str, int], multiple: int,
                  uses_pooling: bool, tile: int = 512, overlap: Optional[int] = None,
                  tile_batch: int = 4, blend: str = "cosine",
-                 progress: Optional[Callable[[int], None]] = None):
+                 progress: Optional[Callable[[int], None]] = None,
+                 estimate_tile: Optional[int] = None):
         if tile_batch < 1:
             raise ValueError(f"tile batch must be >= 1, got {tile_batch}")
-        if tile <= 0 or tile % multiple:
-            raise ValueError(f"tile {tile} must be a positive multiple of {multiple}")
+        for side in (tile, estimate_tile or tile):
+            if side <= 0 or side % multiple:
+                raise ValueError(f"tile {side} must be a positive multiple of {multiple}")
         self.run = run
         self.rf = receptive_field
         self.multiple = multiple
         self.uses_pooling = uses_pooling
         self.tile = tile
+        self.tiles = {"estimate": estimate_tile or tile, "restore": tile}
         self.overlap = overlap
         self.tile_batch = tile_batch
         self.blend = blend
@@ -257,7 +274,7 @@ class TiledPipeline:
         return default_overlap(self.rf[graph], self.multiple)
 
     def grid(self, graph: str, height: int, width: int) -> TileGrid:
-        return make_grid(height, width, self.tile, self.overlap_for(graph), self.rf[graph],
+        return make_grid(height, width, self.tiles[graph], self.overlap_for(graph), self.rf[graph],
                          self.multiple, self.blend)
 
     def estimate(self, image: Any) -> Any:

@@ -121,7 +121,8 @@ def test_gpu_arrays_on_cpu_backend_are_refused_clearly(tiny_bundle, array):  # n
 @pytest.mark.parametrize("kwargs,message", [
     (dict(tile=63), "multiple of 2"),
     (dict(overlap=10), "below .* minimum for exact tiling"),
-    (dict(tile=40), "must exceed the 'estimate' overlap"),
+    (dict(tile=40), "--tile 40 must exceed the 'restore' overlap of 40 px"),
+    (dict(tile=20), r"--tile 20 \(estimate tiles: 40 px\) must exceed the 'estimate' overlap"),
     (dict(backend="nope"), "unknown backend"),
     (dict(threads=0), "--threads must be >= 1"),
 ])

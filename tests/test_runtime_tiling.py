@@ -6,8 +6,8 @@ import torch
 from runtime.bundle import load_bundle
 from runtime.ort_backend import OrtBackend
 from runtime.tiling import (TiledPipeline, axis_weights, balanced_tile, chunk_bounds,
-                            default_overlap, make_grid, margin_for, min_overlap, pad_to,
-                            padded_size, tile_starts)
+                            default_overlap, estimate_tile_for, make_grid, margin_for, min_overlap,
+                            pad_to, padded_size, tile_starts)
 from test_runtime_fixtures import concat_bundle, tiny_bundle  # noqa: F401  (fixtures)
 
 
@@ -127,19 +127,25 @@ def _whole_image_reference(model, image: np.ndarray):
     return out[0].numpy(), dmap[0, 0].numpy()
 
 
-def _pipeline(folder, tile, overlap=None, tile_batch=3):
+def _pipeline(folder, tile, overlap=None, tile_batch=3, estimate_tile=None):
     bundle = load_bundle(folder)
     backend = OrtBackend(bundle, threads=1)
     return TiledPipeline(backend.run, bundle.receptive_field, bundle.size_multiple,
-                         bundle.uses_pooling, tile=tile, overlap=overlap, tile_batch=tile_batch)
+                         bundle.uses_pooling, tile=tile, overlap=overlap, tile_batch=tile_batch,
+                         estimate_tile=estimate_tile)
 
 
-@pytest.mark.parametrize("tile,overlap", [(64, None), (72, None), (96, 40), (128, None)])
-def test_tiled_matches_whole_image(tiny_bundle, tile, overlap):  # noqa: F811
+@pytest.mark.parametrize("tile,overlap,estimate_tile", [
+    (64, None, None), (72, None, None), (96, 40, None), (128, None, None), (64, None, 96),
+    (128, 40, 64)])
+def test_tiled_matches_whole_image(tiny_bundle, tile, overlap, estimate_tile):  # noqa: F811
     folder, model = tiny_bundle
     image = np.random.default_rng(tile).random((150, 262, 3), dtype=np.float32)
-    pipe = _pipeline(folder, tile, overlap)
+    pipe = _pipeline(folder, tile, overlap, estimate_tile=estimate_tile)
     assert len(pipe.grid("restore", 150, 262).tiles()) >= 6
+    estimate_grid = pipe.grid("estimate", 150, 262)
+    assert estimate_grid.tile_w == balanced_tile(262, estimate_tile or tile,
+                                                 pipe.overlap_for("estimate"), pipe.multiple)
     dmap = pipe.estimate(image)
     out = pipe.restore(image, dmap, pipe.condition_mean(dmap))
     ref_out, ref_map = _whole_image_reference(model, image)
@@ -196,3 +202,11 @@ def test_balanced_tile_keeps_the_count_and_computes_less(length, tile, overlap, 
 def test_balanced_tile_1080p_in_1024_tiles():
     # Flush fixed tiles would compute 2 x 1024 rows for 1080; balanced ones 2 x 596.
     assert balanced_tile(1080, 1024, 112, 2) == 596
+
+
+@pytest.mark.parametrize("tile,multiple,max_side,expected", [
+    (1024, 2, None, 2048), (512, 2, 1024, 1024), (512, 2, 700, 700), (512, 8, 701, 696),
+    (1001, 8, None, 2008), (64, 2, 64, 64),
+])
+def test_estimate_tile_is_larger_aligned_and_capped(tile, multiple, max_side, expected):
+    assert estimate_tile_for(tile, multiple, max_side) == expected
