@@ -20,7 +20,7 @@ _MAX_VALUE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 #: Rows converted at a time when writing the output (bounds temporaries).
 _BAND_ROWS = 256
 #: Default (tile, tiles per call). CPU: large tiles keep the overlap a small share
-#: of the work (about 15% at 1080p, measured in benchmarks/); one tile per call
+#: of the work (9% more pixels at 1080p, runtime/README.md); one tile per call
 #: bounds memory. GPU: engine-sized tiles, batched to fill the device.
 CPU_TILING, GPU_TILING = (1024, 1), (512, 4)
 

@@ -26,7 +26,7 @@ BLENDS = ("cosine", "linear")
 DEFAULT_BLEND_PX = 16
 #: The estimate pass needs less memory per pixel than the restore pass (narrower, no
 #: condition features) but a wider overlap (its receptive field), so its tiles are
-#: this many times larger by default (measured in ``runtime/README.md``).
+#: this many times larger by default (see ``runtime/README.md``).
 ESTIMATE_TILE_SCALE = 2
 
 
