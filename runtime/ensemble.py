@@ -44,4 +44,3 @@ TRANSFORMS = (Transform(), Transform(transpose=True),
               Transform(flip_rows=True, flip_cols=True), Transform(True, True, True),
               Transform(flip_cols=True), Transform(flip_rows=True),
               Transform(True, flip_rows=True), Transform(True, flip_cols=True))
-
