@@ -4,7 +4,7 @@ and average the results mapped back (EDSR's "x8" test-time augmentation).
 The model is not exactly equivariant to these transforms (its 2x2 space-to-depth grid,
 its training noise), so averaging removes part of its error at a proportional cost. The
 first 2 and the first 4 of ``TRANSFORMS`` are each a group, so every ensemble size is
-exactly equivariant to its own transforms.
+equivariant to its own transforms (for an image that needs no padding).
 """
 from dataclasses import dataclass
 from typing import Any, Tuple
