@@ -241,10 +241,10 @@ class TiledPipeline:
         uses_pooling: Whether ``restore`` takes ``cond_mean``.
         tile: Tile size. Default: 512.
         overlap: Shared pixels for both passes; None: ``default_overlap`` of each.
-        estimate_tile: Tile size of the estimate pass; None: ``tile``.
         tile_batch: Tiles per graph call. Default: 4.
         blend: ``cosine`` or ``linear``. Default: ``cosine``.
         progress: Called with the number of tiles finished, or None.
+        estimate_tile: Tile size of the estimate pass; None: ``tile``.
     """
 
     def __init__(self, run: RunGraph, receptive_field: Dict[str, int], multiple: int,
@@ -261,7 +261,6 @@ class TiledPipeline:
         self.rf = receptive_field
         self.multiple = multiple
         self.uses_pooling = uses_pooling
-        self.tile = tile
         self.tiles = {"estimate": estimate_tile or tile, "restore": tile}
         self.overlap = overlap
         self.tile_batch = tile_batch
@@ -289,8 +288,9 @@ class TiledPipeline:
     def condition_mean(self, defocus_map: Any) -> Any:
         """float32 map (H, W) -> (1, Cc): the pixel-weighted mean over aligned chunks."""
         total, weight = None, 0
-        for y0, y1 in chunk_bounds(defocus_map.shape[0], self.tile, self.multiple):
-            for x0, x1 in chunk_bounds(defocus_map.shape[1], self.tile, self.multiple):
+        side = self.tiles["restore"]
+        for y0, y1 in chunk_bounds(defocus_map.shape[0], side, self.multiple):
+            for x0, x1 in chunk_bounds(defocus_map.shape[1], side, self.multiple):
                 chunk = defocus_map[None, None, y0:y1, x0:x1]
                 mean = self.run("condition", {"defocus_map": chunk})["cond_mean"]
                 pixels = (y1 - y0) * (x1 - x0)
