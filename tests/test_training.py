@@ -385,6 +385,28 @@ def test_corrupt_checkpoint_is_refused_and_kept(tiny_config, tmp_path):
     assert (latest / "model.safetensors").read_bytes() == b"\0garbage"
 
 
+@pytest.mark.parametrize("old, new, conflict", [
+    ("lr = 1e-3", "lr = 5e-4", "train.lr = 0.0005 (the run has 0.001)"),
+    ("ema_decay = 0.9", "ema_decay = 0.0", "train.ema_decay = 0.0 (the run has 0.9)"),
+    ("crop = 32", "crop = 48", "data.crop = 48 (the run has 32)"),
+    ("val_every = 100", "val_every = 5", None),
+])
+def test_resume_refuses_changed_settings(tmp_path, old, new, conflict):
+    first, changed = tmp_path / "first.toml", tmp_path / "changed.toml"
+    first.write_text(TINY.replace("steps = 3\n", "steps = 1\n"))
+    changed.write_text(first.read_text().replace(old, new))
+    out = tmp_path / "run"
+    assert _train(first, out).wait(timeout=300) == 0
+    before = _final_weights(out)
+    if conflict is None:
+        assert _train(changed, out).wait(timeout=300) == 0
+    else:
+        assert conflict in _one_error_line(_train(changed, out))
+    assert (out / "checkpoints" / "latest").read_text() == "step_00000006"
+    for key, value in _final_weights(out).items():
+        assert torch.equal(value, before[key]), key
+
+
 def test_checkpoint_of_another_preset_is_refused(tiny_config, tmp_path):
     out = tmp_path / "run"
     assert _train(tiny_config, out).wait(timeout=300) == 0

@@ -105,6 +105,27 @@ class TrainConfig:
         }
 
 
+#: Settings a resumed run must share with the run it continues: they decide its data
+#: and its updates. The others (intervals, workers, compile, the time budget) may change.
+RESUME_FIXED = {
+    "data": ("source", "ded", "pairs", "crop", "max_radius_px", "pool_size", "pool_crop"),
+    "train": ("batch", "lr", "lr_min", "warmup_steps", "betas", "ema_decay", "seed", "amp"),
+}
+
+
+def resume_conflict(saved: dict, config: TrainConfig) -> Optional[str]:
+    """The first of ``RESUME_FIXED`` where ``config`` differs from ``saved`` (the run's
+    ``to_dict()``), as ``"train.lr = 0.0001 (the run has 0.0003)"``; None if all agree.
+    A setting the saved run predates counts as its default."""
+    defaults, current = TrainConfig().to_dict(), config.to_dict()
+    for section, keys in RESUME_FIXED.items():
+        for key in keys:
+            old = saved.get(section, {}).get(key, defaults[section][key])
+            if old != current[section][key]:
+                return f"{section}.{key} = {current[section][key]!r} (the run has {old!r})"
+    return None
+
+
 def _section(cls, data: dict, name: str):
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known

@@ -44,7 +44,8 @@ class RunFiles:
 
     @staticmethod
     def load_latest(out: Path, model, model_section) -> Optional[dict]:
-        """Load the newest checkpoint of ``out`` into ``model``; its trainer state, or None."""
+        """Load the newest checkpoint of ``out`` into ``model``; its trainer state plus
+        ``config`` (the run's ``TrainConfig.to_dict()``), or None."""
         pointer = Path(out) / "checkpoints" / "latest"
         if not pointer.is_file():
             return None
@@ -54,7 +55,8 @@ class RunFiles:
             raise CheckpointError(f"{folder}: checkpoint is variant {config['net']['variant']!r}, "
                                   f"config asks {model_section.variant!r}")
         model.load_state_dict(loaded.state_dict())
-        return load_state(folder / "state.pt")
+        saved = config.get("training", {}).get("config", {})
+        return {**load_state(folder / "state.pt"), "config": saved}
 
     def save_best(self, model, metrics: dict, config, step: int, elapsed: float) -> None:
         best = self.out / "best"

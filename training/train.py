@@ -7,7 +7,8 @@ Writes ``OUT/checkpoints/step_*/`` (weights, config, trainer state; the newest i
 named in ``OUT/checkpoints/latest``), ``OUT/best/`` (best validation PSNR),
 ``OUT/log.csv``, ``OUT/val.csv`` and ``OUT/curves.png``. Rerunning the same
 command resumes from the last checkpoint; a run killed at any moment resumes
-to the same weights as an uninterrupted one (pool mode excepted, see config).
+to the same weights as an uninterrupted one (pool mode excepted, see config). A
+rerun whose config changes a setting of ``config.RESUME_FIXED`` is refused.
 """
 import argparse
 import math
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from training.archs import DefocusDeblurNet
 from training.checkpoint import CheckpointError, init_from
-from training.config import ConfigError, TrainConfig, load_config
+from training.config import ConfigError, TrainConfig, load_config, resume_conflict
 from training.data import DataError
 from training.losses import stage_loss
 from training.presets import get_config
@@ -99,12 +100,12 @@ class Trainer:
         state = RunFiles.load_latest(out, self.model, self.config.model)
         if state is None:
             return False
+        conflict = resume_conflict(state["config"], self.config)
+        if conflict:
+            raise ConfigError(f"{out}: {conflict}; resume with the run's own settings "
+                              "or give a new --out")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if (self.ema is None) != (state.get("ema") is None):
-            kept = "without" if self.ema is not None else "with"
-            raise ConfigError(f"{out}: the run was started {kept} a moving average (ema_decay); "
-                              "give it a new --out")
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.config.stages = state["stages"]
