@@ -30,6 +30,9 @@ from runtime import atomic  # noqa: E402
 from runtime.errors import ImageError  # noqa: E402
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+#: Sample types beyond 8 bits: (name, the extensions whose formats hold them).
+_DEEP_FORMATS = {np.dtype(np.uint16): ("16-bit", (".png", ".tif", ".tiff")),
+                 np.dtype(np.float32): ("float32", (".tif", ".tiff"))}
 #: Map value of the brightest 8/16-bit map file pixel (4.0 = 40 px blur radius).
 MAP_FILE_MAX = 4.0
 #: Map value shown as the top of the colour scale of ``*_defocus.png``.
@@ -185,21 +188,36 @@ def compose(rgb: np.ndarray, alpha: Optional[np.ndarray], grey: bool) -> np.ndar
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
+def output_extension(dtype: np.dtype) -> str:
+    """The default output format for samples of ``dtype``: PNG, TIFF for float32."""
+    return ".tif" if dtype == np.float32 else ".png"
+
+
+def check_output(path: Path, dtype: np.dtype) -> None:
+    """Raise ``ImageError`` unless ``path``'s format can hold samples of ``dtype``
+    (uint8 anywhere, uint16 in PNG / TIFF, float32 in TIFF): checked before the work."""
+    ext = Path(path).suffix.lower()
+    if ext not in EXTENSIONS:
+        raise ImageError(f"{path}: unknown output format {ext!r} (use {', '.join(EXTENSIONS)})")
+    name, holders = _DEEP_FORMATS.get(np.dtype(dtype), ("", EXTENSIONS))
+    if ext not in holders:
+        raise ImageError(f"{path}: {ext} cannot hold {name} samples; write "
+                         f"{' or '.join(holders[:2])}")
+
+
 def write_image(path: Path, image: np.ndarray) -> None:
     """Encode by extension and write atomically (temp file in the same folder, then rename).
 
     Args:
-        image: BGR / BGRA / grey in OpenCV order, uint8 or uint16 (PNG / TIFF only).
+        image: BGR / BGRA / grey in OpenCV order: uint8, uint16 (PNG / TIFF) or
+            float32 (TIFF).
 
     Raises:
         ImageError: Unknown extension, depth the format cannot hold, or an unwritable folder.
     """
     path = Path(path)
     ext = path.suffix.lower()
-    if ext not in EXTENSIONS:
-        raise ImageError(f"{path}: unknown output format {ext!r} (use {', '.join(EXTENSIONS)})")
-    if image.dtype == np.uint16 and ext not in (".png", ".tif", ".tiff"):
-        raise ImageError(f"{path}: {ext} cannot hold 16-bit samples; write .png or .tif")
+    check_output(path, image.dtype)
     ok, encoded = cv2.imencode(ext, image)
     if not ok:
         raise ImageError(f"{path}: OpenCV could not encode this image as {ext}")

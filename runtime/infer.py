@@ -7,7 +7,9 @@
         [--defocus-scale S] [--defocus-map FILE] [--self-ensemble 1|2|4|8]
 
 Outputs: ``-o OUT`` for one image; ``DIR/<stem>.png`` with ``--output-dir``; else
-``<stem>_deblurred.png`` next to the input. Defocus maps: ``<stem>_defocus.png``
+``<stem>_deblurred.png`` next to the input (``.tif`` for float32 TIFF inputs; the
+output keeps the input's sample type, and a format that cannot hold it is refused
+before any work). Defocus maps: ``<stem>_defocus.png``
 (colour, scale bar in px) and ``<stem>_defocus_raw.tif`` (float32 map units, read
 back exactly by ``--defocus-map``) beside the output. A file that fails is reported and skipped;
 the exit status is 1 when any failed, 2 for bad options or model.
@@ -36,7 +38,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("-o", "--output", type=Path, help="output file (one input only)")
-    out.add_argument("--output-dir", type=Path, help="write DIR/<stem>.png for each input")
+    out.add_argument("--output-dir", type=Path,
+                     help="write DIR/<stem>.png for each input (.tif for float32 TIFFs)")
     parser.add_argument("--save-defocus-map", nargs="?", const="color", default=None,
                         choices=("color", "raw", "both"),
                         help="also write the map: color (<stem>_defocus.png), raw (float32 "
@@ -65,16 +68,17 @@ def collect_inputs(paths: Sequence[str]) -> List[Path]:
     return found
 
 
-def output_paths(src: Path, args: argparse.Namespace) -> Tuple[Path, Path, Path]:
-    """(deblurred, colour map, raw map) paths for one input."""
+def output_paths(src: Path, args: argparse.Namespace, ext: str) -> Tuple[Path, Path, Path]:
+    """(deblurred, colour map, raw map) paths for one input; ``ext`` is the deblurred
+    file's extension unless ``-o`` names it."""
     if args.output is not None:
         out = args.output
         base = out.with_name(out.stem)
     elif args.output_dir is not None:
-        out = args.output_dir / f"{src.stem}.png"
+        out = args.output_dir / f"{src.stem}{ext}"
         base = args.output_dir / src.stem
     else:
-        out = src.with_name(f"{src.stem}_deblurred.png")
+        out = src.with_name(f"{src.stem}_deblurred{ext}")
         base = src.with_name(src.stem)
     return out, Path(f"{base}_defocus.png"), Path(f"{base}_defocus_raw.tif")
 
@@ -82,6 +86,8 @@ def output_paths(src: Path, args: argparse.Namespace) -> Tuple[Path, Path, Path]
 def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace) -> None:
     """Read, deblur and write one image (raises DeblurError)."""
     loaded = image_io.read_image(src)
+    out, color_path, raw_path = output_paths(src, args, image_io.output_extension(loaded.rgb.dtype))
+    image_io.check_output(out, loaded.rgb.dtype)
     user_map = None
     if args.defocus_map is not None:
         user_map = image_io.read_defocus_map(args.defocus_map)
@@ -90,7 +96,6 @@ def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace) -> None:
     with tqdm(total=tiles, desc=src.name, unit="tile", leave=False,
               disable=tiles < _TILE_BAR_MIN) as bar:
         deblurred, dmap = deblurrer.run(loaded.rgb, args.defocus_scale, user_map, progress=bar.update)
-    out, color_path, raw_path = output_paths(src, args)
     image_io.write_image(out, image_io.compose(deblurred, loaded.alpha, loaded.grey))
     if args.save_defocus_map in ("color", "both"):
         colored = image_io.colorize_defocus_map(dmap, deblurrer.bundle.map_radius_scale_px)

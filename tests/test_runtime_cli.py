@@ -48,6 +48,32 @@ def test_default_output_name_and_depth(tiny_bundle, tmp_path):  # noqa: F811
     assert out.dtype == np.uint16 and out.shape == (30, 44, 3)
 
 
+def test_float32_tiff_keeps_its_sample_type(tiny_bundle, tmp_path):  # noqa: F811
+    src = tmp_path / "in" / "f.tif"
+    src.parent.mkdir()
+    cv2.imwrite(str(src), RNG.random((24, 30, 3), dtype=np.float32))
+    assert _infer([src.parent, "--output-dir", tmp_path / "out"], tiny_bundle[0]) == 0
+    assert _infer([src], tiny_bundle[0]) == 0
+    for out in (tmp_path / "in" / "f_deblurred.tif", tmp_path / "out" / "f.tif"):
+        image = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+        assert image.dtype == np.float32 and image.shape == (24, 30, 3), out
+        assert 0.0 <= image.min() and image.max() <= 1.0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f.tif"]
+
+
+@pytest.mark.parametrize("dtype,suffix,name", [(np.float32, ".tif", "x.png"),
+                                               (np.uint16, ".png", "x.jpg")])
+def test_output_format_too_shallow_is_refused_before_the_work(
+        tiny_bundle, tmp_path, capsys, monkeypatch, dtype, suffix, name):  # noqa: F811
+    src = tmp_path / f"in{suffix}"
+    cv2.imwrite(str(src), np.zeros((20, 22, 3), dtype))
+    monkeypatch.setattr(Deblurrer, "run", lambda *a, **k: pytest.fail("deblurred anyway"))
+    assert _infer([src, "-o", tmp_path / name], tiny_bundle[0]) == 1
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert f"{name}: .{name.split('.')[1]} cannot hold" in line
+    assert not (tmp_path / name).exists()
+
+
 def test_output_dir_with_maps_and_alpha(tiny_bundle, tmp_path):  # noqa: F811
     src = tmp_path / "in" / "a.png"
     src.parent.mkdir()

@@ -110,13 +110,34 @@ def test_probe_size_reads_headers_without_decoding(tmp_path):
 
 @pytest.mark.parametrize("name,image,message", [
     ("x.bmp", np.zeros((4, 4, 3), np.uint8), "unknown output format"),
-    ("x.jpg", np.zeros((4, 4, 3), np.uint16), "cannot hold 16-bit"),
+    ("x.jpg", np.zeros((4, 4, 3), np.uint16), r"\.jpg cannot hold 16-bit samples; write \.png or \.tif$"),
+    ("x.png", np.zeros((4, 4, 3), np.float32), r"\.png cannot hold float32 samples; write \.tif or \.tiff$"),
+    ("x.webp", np.zeros((4, 4), np.float32), "cannot hold float32"),
     ("missing/x.png", np.zeros((4, 4, 3), np.uint8), "does not exist"),
 ])
 def test_write_errors(tmp_path, name, image, message):
     with pytest.raises(ImageError, match=message):
         image_io.write_image(tmp_path / name, image)
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_float32_tiff_round_trip(tmp_path, channels):
+    stored = RNG.random((9, 14, channels), dtype=np.float32)
+    path = tmp_path / "x.tif"
+    image_io.write_image(path, stored[:, :, 0] if channels == 1 else stored)
+    loaded = image_io.read_image(path)
+    assert loaded.rgb.dtype == np.float32 and loaded.grey == (channels == 1)
+    back = image_io.compose(loaded.rgb, loaded.alpha, loaded.grey)
+    # Grey goes back through the luminance weights, which sum to 1 within an ulp.
+    np.testing.assert_allclose(back, stored[:, :, 0] if channels == 1 else stored,
+                               rtol=0, atol=1e-7 if channels == 1 else 0)
+
+
+@pytest.mark.parametrize("dtype,ext", [(np.uint8, ".png"), (np.uint16, ".png"), (np.float32, ".tif")])
+def test_output_extension_holds_the_samples(tmp_path, dtype, ext):
+    assert image_io.output_extension(np.dtype(dtype)) == ext
+    image_io.check_output(tmp_path / f"x{ext}", np.dtype(dtype))
 
 
 def test_defocus_map_raw_round_trip_is_exact(tmp_path):
