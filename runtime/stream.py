@@ -18,6 +18,7 @@ import numpy as np
 from runtime.cli_common import add_model_options, build_deblurrer, fail, setup_logging
 from runtime.deblurrer import Deblurrer
 from runtime.errors import DeblurError
+from runtime.image_io import MAX_PIXELS, MAX_SIDE
 
 log = logging.getLogger("runtime")
 PIX_FMTS: Dict[str, np.dtype] = {"rgb24": np.dtype(np.uint8), "rgb48le": np.dtype("<u2")}
@@ -77,6 +78,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(args.quiet)
     if args.width < 1 or args.height < 1:
         fail(f"--width and --height must be positive, got {args.width}x{args.height}")
+    if max(args.width, args.height) > MAX_SIDE or args.width * args.height > MAX_PIXELS:
+        fail(f"{args.width}x{args.height} frames are too large (limit {MAX_SIDE} px a side, "
+             f"{MAX_PIXELS // 1_000_000} MP)")
     try:
         deblurrer = build_deblurrer(args)
         frames = run_stream(deblurrer, sys.stdin.buffer, sys.stdout.buffer, args.width, args.height,
@@ -85,6 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fail(str(err), code=1)
     except BrokenPipeError:
         fail("stdout closed by the reader", code=1)
+    except MemoryError:
+        fail(f"out of memory for {args.width}x{args.height} frames (try a smaller --tile)", code=1)
     log.info("%d frames", frames)
     return 0
 

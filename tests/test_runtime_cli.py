@@ -226,6 +226,18 @@ def test_stream_frames_and_short_last_frame(tiny_bundle):  # noqa: F811
         f"error: stdin ended inside frame 3: got 100 of {frame_bytes} bytes ({width}x{height} uint8 RGB)"]
 
 
+@pytest.mark.parametrize("width, height, message", [
+    (0, 10, "must be positive, got 0x10"),
+    (30_001, 8, "30001x8 frames are too large (limit 30000 px a side, 400 MP)"),
+    (25_000, 20_000, "25000x20000 frames are too large"),
+])
+def test_stream_bad_frame_sizes(tiny_bundle, width, height, message):  # noqa: F811
+    result = _stream(tiny_bundle[0], b"\0" * 1000, width, height)
+    assert result.returncode == 2 and result.stdout == b""
+    (line,) = _error_lines(result.stderr.decode())
+    assert message in line
+
+
 def test_stream_rgb48le(tiny_bundle):  # noqa: F811
     frame = RNG.integers(0, 65536, (12, 18, 3)).astype("<u2")
     result = _stream(tiny_bundle[0], frame.tobytes(), 18, 12, "rgb48le")
