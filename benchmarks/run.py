@@ -19,7 +19,7 @@ from typing import List, Optional
 from tqdm import tqdm
 
 from benchmarks import analysis, launch
-from benchmarks.backends import LARGE_MPIX, SPECS, BackendSpec, select
+from benchmarks.backends import BY_NAME, LARGE_MPIX, SPECS, BackendSpec, select
 from benchmarks.inputs import DEFAULT_SIZES, QUICK_SIZES, parse_sizes, size_label, write_inputs
 from benchmarks.machine import REPO, describe_machine, machine_slug, usable_cpus
 from benchmarks.model_source import ModelError, resolve_model, shown
@@ -161,6 +161,34 @@ def measure(args: argparse.Namespace, results: dict, source, work: Path, validat
     bar.close()
 
 
+def measure_pairs(args: argparse.Namespace, results: dict, source, work: Path,
+                  started: float) -> None:
+    """Time each tiled path against its whole-image twin in alternating calls, at the
+    size where its tiling overhead is judged: the separate cells ran minutes apart."""
+    for tiled, whole, size in analysis.tiling_pairs(results, DEFAULT_TILE):
+        remaining = None if args.budget_seconds is None else args.budget_seconds - (time.monotonic() - started)
+        if remaining is not None and remaining <= 0:
+            entry = {"status": "skipped", "reason": f"budget of {args.budget_seconds:.0f} s spent"}
+        else:
+            worker = launch.worker_args(BY_NAME[tiled], [size], source.checkpoint, source.bundle, work,
+                                        results["settings"], None) + ["--pair-with", whole]
+            lines, error = launch.run_module("benchmarks.worker", worker, args.threads, remaining,
+                                             work / f"pair-{tiled}.err")
+            entry = _pair_entry(lines, error)
+        results["pairs"].append({"tiled": tiled, "whole": whole, "size": size, **entry})
+
+
+def _pair_entry(lines: List[dict], error: Optional[str]) -> dict:
+    """The worker's ``pair`` line, else why there is none."""
+    pair = next((ln for ln in lines if ln["event"] == "pair"), None)
+    if pair is not None:
+        return {k: v for k, v in pair.items() if k != "event"}
+    setup = next((ln for ln in lines if ln["event"] == "setup"), {})
+    if setup.get("status") == "error":
+        return {"status": "error", "error": setup["error"]}
+    return {"status": "error", "error": error or "worker printed nothing"}
+
+
 def new_results(args: argparse.Namespace, machine: dict, source, stats: dict) -> dict:
     return {
         "schema": SCHEMA,
@@ -175,7 +203,7 @@ def new_results(args: argparse.Namespace, machine: dict, source, stats: dict) ->
                      "cell_seconds": args.cell_seconds, "budget_seconds": args.budget_seconds,
                      "compile": not args.no_compile, "tile": DEFAULT_TILE,
                      "large_mpix": LARGE_MPIX, "rss_limit_mib": args.rss_limit_mib},
-        "gemm_peak": {}, "backends": {}, "cells": [],
+        "gemm_peak": {}, "backends": {}, "cells": [], "pairs": [],
         "quality": {"source": None, "input": None, "backends": {}},
         "targets": [],
     }
@@ -208,6 +236,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         validation, results["quality"]["source"] = write_validation(work, args.quality_images)
         results["gemm_peak"] = gemm_peaks(args.devices, args.threads, work)
         measure(args, results, source, work, validation, started)
+        measure_pairs(args, results, source, work, started)
         analysis.derive(results)
         analysis.add_fidelity(results, work)
         analysis.add_quality(results, work, validation)

@@ -5,6 +5,8 @@
 
 Lines (``event``): ``setup`` (ok / skipped / error, once), ``cell`` (one per size:
 latencies, memory, output file), ``quality`` (outputs on the validation images saved).
+With ``--pair-with OTHER`` the worker instead times the two backends in alternating
+calls, one ``pair`` line per size: a drift of the machine's speed then hits both alike.
 The parent (``benchmarks.run``) reads them; a crash or a time-out loses only the
 lines not printed yet. Outputs are saved as ``<backend>_<WxH>.npy`` for the
 parent's fidelity metrics.
@@ -60,6 +62,53 @@ def time_runs(runner: Runner, image: np.ndarray, runs: int, warmup: int,
         if sum(latencies) > cell_seconds and len(latencies) >= min(3, runs):
             break
     return latencies, first, out
+
+
+def time_pair(runners: Tuple[Runner, Runner], image: np.ndarray, rounds: int,
+              seconds: float) -> Tuple[List[float], List[float]]:
+    """One warm-up call each, then rounds of one call each, the order alternating
+    (ab, ba, ab, ...); stop after ``rounds``, or once ``seconds`` are spent after 3.
+
+    Returns:
+        (latencies of the first runner, of the second) in seconds.
+    """
+    for runner in runners:
+        runner(image)
+    times: Tuple[List[float], List[float]] = ([], [])
+    while len(times[0]) < rounds:
+        for k in ((0, 1) if len(times[0]) % 2 == 0 else (1, 0)):
+            start = time.perf_counter()
+            runners[k](image)
+            times[k].append(time.perf_counter() - start)
+        if sum(times[0]) + sum(times[1]) > seconds and len(times[0]) >= min(3, rounds):
+            break
+    return times
+
+
+def run_pair(args: argparse.Namespace) -> int:
+    """Time ``--backend`` against ``--pair-with`` in alternating calls at each size."""
+    specs = (BY_NAME[args.backend], BY_NAME[args.pair_with])
+    try:
+        runners = tuple(make_runner(spec, args.checkpoint, args.bundle, args.threads) for spec in specs)
+    except Exception as exc:  # any library's failure is a result to report, not a crash
+        emit("setup", status="error", error=one_line(exc))
+        return 0
+    emit("setup", status="ok")
+    for width, height in args.sizes:
+        label = size_label(width, height)
+        try:
+            for runner in runners:
+                runner.prepare(height, width)
+            image = np.load(input_path(args.inputs, width, height))
+            first, second = time_pair(runners, image, args.runs, 2 * args.cell_seconds)
+        except Exception as exc:
+            emit("pair", size=label, status="error", error=one_line(exc))
+            continue
+        ratios = [a / b for a, b in zip(first, second)]
+        emit("pair", size=label, status="ok", backends=[s.name for s in specs],
+             latencies_ms=[[1e3 * t for t in first], [1e3 * t for t in second]],
+             median_ratio=float(np.median(ratios)))
+    return 0
 
 
 def memory_guard(spec: BackendSpec, growth_per_pixel: Optional[float], pixels: int) -> Optional[str]:
@@ -159,6 +208,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--cell-seconds", type=float, default=60.0,
                         help="stop timing a size after this long (at least 3 runs)")
     parser.add_argument("--quality", type=Path, default=None, help="validation .npz (blurry images)")
+    parser.add_argument("--pair-with", choices=sorted(BY_NAME), default=None,
+                        help="time --backend against this one in alternating calls instead")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 1 or args.threads < 1:
         parser.error("--runs, --warmup and --threads must be >= 1")
@@ -170,4 +221,5 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    sys.exit(run_backend(parse_args()))
+    arguments = parse_args()
+    sys.exit(run_pair(arguments) if arguments.pair_with else run_backend(arguments))

@@ -13,6 +13,7 @@ from benchmarks.inputs import parse_size, parse_sizes, synthetic_image
 from benchmarks.machine import REPO, machine_slug
 from benchmarks.model_source import shown
 from benchmarks.run import Collector, main, sizes_for
+from benchmarks.worker import time_pair
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -204,6 +205,51 @@ def test_targets_missed_and_unmeasured():
         assert targets[name]["met"] is None and targets[name]["measured"] is None
 
 
+def _pair(median_ratio, status="ok"):
+    return {"tiled": "runtime", "whole": "runtime-whole", "size": "3840x2160", "status": status,
+            "backends": ["runtime", "runtime-whole"], "median_ratio": median_ratio,
+            "latencies_ms": [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]}
+
+
+@pytest.mark.parametrize("pairs, measured, note", [
+    ([], 900 / 800 - 1, "from separate cells"),
+    ([_pair(1.05)], 0.05, "median of 3 alternating-call rounds; separate cells: 12%"),
+    ([_pair(None, status="error")], 900 / 800 - 1, "from separate cells"),
+])
+def test_tiling_overhead_prefers_alternating_calls(pairs, measured, note):
+    results = _results([_cell("runtime", "3840x2160", 900.0), _cell("runtime-whole", "3840x2160", 800.0)])
+    assert analysis.tiling_pairs(results, tile=512) == [("runtime", "runtime-whole", "3840x2160")]
+    results["pairs"] = pairs
+    targets = {t["name"]: t for t in analysis.evaluate_targets(results, 2**30, tile=512)}
+    tiling = targets["runtime-tiling-overhead"]
+    assert tiling["measured"] == pytest.approx(measured) and tiling["note"] == note
+
+
+def test_no_tiling_pair_without_a_size_over_one_tile():
+    results = _results([_cell("runtime", "1024x1024", 90.0), _cell("runtime-whole", "1024x1024", 80.0)])
+    assert analysis.tiling_pairs(results, tile=1024) == []
+
+
+class _Counted:
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    def __call__(self, image):
+        self.calls.append(self.name)
+        return image
+
+
+@pytest.mark.parametrize("rounds, order", [
+    (1, "ab" + "ab"),
+    (4, "ab" + "ab" "ba" "ab" "ba"),
+])
+def test_time_pair_alternates_the_order(rounds, order):
+    calls = []
+    first, second = time_pair((_Counted("a", calls), _Counted("b", calls)), np.zeros(1), rounds, 1e9)
+    assert "".join(calls) == order   # one warm-up each, then ab, ba, ...
+    assert len(first) == len(second) == rounds
+
+
 def test_collector_records_a_dead_worker_as_errors():
     results = {"backends": {}, "cells": [], "quality": {"backends": {}}}
     collect = Collector(results, [(64, 64), (128, 128)])
@@ -332,6 +378,24 @@ def test_cli_bad_arguments(argv, fragment, capsys):
 
 def test_baseline_for_each_device():
     assert baseline_for("cpu").name == "torch-eager" and baseline_for("cuda").name == "torch-cuda-fp32"
+
+
+def test_tiling_overhead_is_timed_in_alternating_calls(tiny_checkpoint, tmp_path):
+    out = tmp_path / "report"
+    rc = main(["--model", str(tiny_checkpoint), "--backends", "runtime,runtime-whole",
+               "--sizes", "64x64,1100x64", "--runs", "3", "--quality-images", "2", "--threads", "1",
+               "--out", str(out)])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    (pair,) = results["pairs"]
+    assert (pair["tiled"], pair["whole"], pair["size"], pair["status"]) == (
+        "runtime", "runtime-whole", "1100x64", "ok")
+    tiled, whole = pair["latencies_ms"]
+    assert len(tiled) == len(whole) == 3
+    assert pair["median_ratio"] == pytest.approx(float(np.median(np.divide(tiled, whole))))
+    target = {t["name"]: t for t in results["targets"]}["runtime-tiling-overhead"]
+    assert target["measured"] == pytest.approx(pair["median_ratio"] - 1)
+    assert "1100x64" in target["description"] and "alternating-call rounds" in target["note"]
 
 
 def test_self_ensemble_backend_runs_the_ensemble(tiny_checkpoint, tmp_path):
