@@ -250,6 +250,36 @@ def test_time_pair_alternates_the_order(rounds, order):
     assert len(first) == len(second) == rounds
 
 
+def _guarded_cells(monkeypatch, capsys, growth_per_pixel, sizes):
+    """``runtime-whole``'s cell lines, with 4 GB available and a fake RSS growth per size."""
+    from benchmarks import worker
+
+    monkeypatch.setattr(worker, "make_runner", lambda *a: type("R", (), {"description": "fake"})())
+    monkeypatch.setattr(worker.memory, "available_bytes", lambda: 4 * 10**9)
+    monkeypatch.setattr(worker, "measure_size", lambda runner, spec, args, w, h: {
+        "rss_base_bytes": 0, "peak_rss_bytes": growth_per_pixel(w * h) * w * h})
+    worker.run_backend(worker.parse_args(["--backend", "runtime-whole", "--inputs", ".", "--out", ".",
+                                          "--sizes", sizes, "--threads", "1"]))
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    return {ln["size"]: ln for ln in lines if ln["event"] == "cell"}
+
+
+def test_memory_guard_predicts_from_the_largest_size_so_far(monkeypatch, capsys):
+    """4000 B/px at 100 px, then 1000 B/px at 400 px: 2 M pixels predict 2 GB, within
+    0.8 x 4 GB; the small size's rate would have predicted 8 GB."""
+    cells = _guarded_cells(monkeypatch, capsys, lambda pixels: 4000 if pixels == 100 else 1000,
+                           "10x10,20x20,2000x1000")
+    assert [cell.get("reason") for cell in cells.values()] == [None, None, None]
+
+
+def test_memory_guard_skips_what_would_not_fit(monkeypatch, capsys):
+    cells = _guarded_cells(monkeypatch, capsys, lambda pixels: 1000, "20x20,2000x1000,4000x1000")
+    assert "reason" not in cells["2000x1000"]           # 2 GB predicted
+    assert cells["4000x1000"]["status"] == "skipped"    # 4 GB
+    assert cells["4000x1000"]["reason"] == ("predicted peak RSS growth 3.7 GiB exceeds 80% of "
+                                            "the 3.7 GiB available")
+
+
 def test_collector_records_a_dead_worker_as_errors():
     results = {"backends": {}, "cells": [], "quality": {"backends": {}}}
     collect = Collector(results, [(64, 64), (128, 128)])
