@@ -14,7 +14,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -126,6 +126,15 @@ class Collector:
                 self.add_cell(spec, size, status="error", error=error or "not measured")
 
 
+def budget_left(args: argparse.Namespace, started: float) -> Tuple[Optional[float], Optional[str]]:
+    """Seconds of ``--budget-seconds`` left (None without a budget), and once none are
+    left, the reason to skip what comes next."""
+    if args.budget_seconds is None:
+        return None, None
+    left = args.budget_seconds - (time.monotonic() - started)
+    return left, f"budget of {args.budget_seconds:.0f} s spent" if left <= 0 else None
+
+
 def measure(args: argparse.Namespace, results: dict, source, work: Path, validation: Optional[Path],
             started: float) -> None:
     """Run every backend's worker in turn, within the budget."""
@@ -138,15 +147,13 @@ def measure(args: argparse.Namespace, results: dict, source, work: Path, validat
                                           "precision": spec.precision, "family": spec.family,
                                           "tiled": spec.tiled, "self_ensemble": spec.self_ensemble,
                                           "status": "ok"}
-        remaining = None if args.budget_seconds is None else args.budget_seconds - (time.monotonic() - started)
+        remaining, spent = budget_left(args, started)
         if args.unusable.get(spec.name):
             lines, error = [{"event": "setup", "status": "skipped", "reason": args.unusable[spec.name]}], None
         elif spec.family != "torch" and source.bundle is None:
             lines, error = [{"event": "setup", "status": "error", "error": source.bundle_error}], None
-        elif remaining is not None and remaining <= 0:
-            lines = [{"event": "setup", "status": "skipped",
-                      "reason": f"budget of {args.budget_seconds:.0f} s spent"}]
-            error = None
+        elif spent:
+            lines, error = [{"event": "setup", "status": "skipped", "reason": spent}], None
         else:
             bar.set_postfix_str(spec.name)
             lines, error = launch.run_module(
@@ -166,9 +173,9 @@ def measure_pairs(args: argparse.Namespace, results: dict, source, work: Path,
     """Time each tiled path against its whole-image twin in alternating calls, at the
     size where its tiling overhead is judged: the separate cells ran minutes apart."""
     for tiled, whole, size in analysis.tiling_pairs(results, DEFAULT_TILE):
-        remaining = None if args.budget_seconds is None else args.budget_seconds - (time.monotonic() - started)
-        if remaining is not None and remaining <= 0:
-            entry = {"status": "skipped", "reason": f"budget of {args.budget_seconds:.0f} s spent"}
+        remaining, spent = budget_left(args, started)
+        if spent:
+            entry = {"status": "skipped", "reason": spent}
         else:
             worker = launch.worker_args(BY_NAME[tiled], [size], source.checkpoint, source.bundle, work,
                                         results["settings"], None) + ["--pair-with", whole]
