@@ -61,7 +61,7 @@ def random_checkpoint(folder: Path, preset: str = STANDIN_PRESET, seed: int = 0)
 
 def _bundle_matches(checkpoint: Path) -> bool:
     """True where ``checkpoint`` holds a manifest made from these very weights."""
-    from export.bundle import sha256_file
+    from common.hashing import sha256_file
 
     manifest = checkpoint / "manifest.json"
     if not manifest.is_file():

@@ -6,7 +6,7 @@ from typing import Callable, List, Optional
 from benchmarks.analysis import cell_index
 from benchmarks.backends import baseline_for
 from benchmarks.plots import plot_latency, plot_quality
-from training.checkpoint import atomic_write
+from common.atomic import atomic_write
 
 RESULTS = "results.json"
 README = "README.md"

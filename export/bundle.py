@@ -3,7 +3,6 @@
 Nothing here imports torch or TensorRT: the engine builder and the runtime read
 bundles with it too.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -14,9 +13,9 @@ from typing import Any, Dict, Iterator, List
 
 import onnx
 
-from runtime.atomic import atomic_write
+from common.atomic import atomic_write
+from common.jsonfile import read_versioned_json
 from runtime.bundle import FORMAT
-from runtime.jsonfile import read_versioned_json
 
 MANIFEST = "manifest.json"
 GRAPH_ORDER = ("estimate", "condition", "restore")
@@ -34,15 +33,6 @@ def onnx_file(graph: str, precision: str) -> str:
 def engine_file(graph: str, precision: str = "fp16") -> str:
     """File name of a graph's TensorRT engine, e.g. ``estimate.fp16.engine``."""
     return f"{graph}.{precision}.engine"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> List[Any]:

@@ -14,11 +14,12 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
-from export.bundle import GRAPH_ORDER, BundleError, engine_file, read_manifest, sha256_file, write_manifest
+from common.atomic import atomic_write_bytes
+from common.hashing import sha256_file
+from export.bundle import GRAPH_ORDER, BundleError, engine_file, read_manifest, write_manifest
 from export.engine_plan import (HARDWARE_COMPATIBILITY, MissingDependency, Profile, compute_profile,
                                 cuda_gpus, engine_key, engines_section, input_shapes, reusable,
                                 tensorrt_installed, tensorrt_missing_message)
-from runtime.atomic import atomic_write_bytes
 
 EXIT_MISSING = 3
 TIMING_CACHE = "trt_timing.cache"

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from export.bundle import engine_file, sha256_file
+from common.hashing import sha256_file
+from export.bundle import engine_file
 
 Shape = Tuple[int, ...]
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")

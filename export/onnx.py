@@ -19,8 +19,8 @@ import onnxslim
 from tqdm import tqdm
 
 from export import fp16 as fp16_check
-from export.bundle import (FORMAT, BundleError, io_spec, onnx_file, set_metadata,
-                           sha256_file, staged_bundle, write_manifest)
+from common.hashing import sha256_file
+from export.bundle import FORMAT, BundleError, io_spec, onnx_file, set_metadata, staged_bundle, write_manifest
 from export.graphs import IR_VERSION, export_graph, graph_specs
 from export.parity import PARITY_MIN_PSNR_DB, check_parity
 from export.trt_lint import LintError, check_model

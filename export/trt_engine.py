@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple
 
 import tensorrt as trt
 
-from runtime.atomic import atomic_write_bytes
+from common.atomic import atomic_write_bytes
 
 Shape = Tuple[int, ...]
 

@@ -10,14 +10,14 @@ A bundle is a folder::
 
 Nothing here imports torch, onnxruntime or TensorRT.
 """
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from common.hashing import sha256_file
+from common.jsonfile import read_versioned_json
 from runtime.errors import BundleError
-from runtime.jsonfile import read_versioned_json
 
 FORMAT = "defocus-deblur-bundle/1"
 GRAPH_NAMES = ("estimate", "condition", "restore")
@@ -122,14 +122,6 @@ class Bundle:
     def graph_sha256(self, precision: str) -> Dict[str, str]:
         """Graph name -> sha256 of its ONNX file at ``precision``."""
         return {name: g.sha256[precision] for name, g in self.graphs.items() if precision in g.sha256}
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _manifest_path(path: Path) -> Tuple[Path, Optional[Path]]:

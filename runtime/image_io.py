@@ -26,7 +26,7 @@ MAX_SIDE = 30_000
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 import cv2  # noqa: E402
 
-from runtime import atomic  # noqa: E402
+from common import atomic  # noqa: E402
 from runtime.errors import ImageError  # noqa: E402
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")

@@ -11,9 +11,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import tensorrt as trt  # type: ignore[import-untyped, unused-ignore]
 
+from common.hashing import sha256_file
 from runtime import cuda_buffers as cb
 from runtime.backend import Backend
-from runtime.bundle import Bundle, BundleError, GraphEntry, check_engine_entry, check_profile, sha256_file
+from runtime.bundle import Bundle, BundleError, GraphEntry, check_engine_entry, check_profile
 from runtime.device_arrays import cupy_module, is_device_array, to_cupy
 from runtime.errors import BackendError
 

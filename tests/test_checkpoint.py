@@ -9,7 +9,7 @@ import torch
 
 from training.archs import DefocusDeblurNet
 from training.archs.deblur_arch import VARIANTS
-from runtime.atomic import atomic_write
+from common.atomic import atomic_write
 from training.checkpoint import (CONFIG, FORMAT, WEIGHTS, CheckpointError, load_checkpoint,
                                  load_state, read_config, save_checkpoint)
 from training.presets import MAP_RADIUS_SCALE_PX, MAP_UNITS, get_config

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from export import engine as export_engine
-from export.bundle import FORMAT, engine_file, read_manifest, sha256_file, write_manifest
+from common.hashing import sha256_file
+from export.bundle import FORMAT, engine_file, read_manifest, write_manifest
 from export.engine_plan import (EngineMismatch, GpuInfo, MissingDependency, Profile, check_engine,
                                 compute_profile, cuda_gpus, engine_key, engines_section, input_shapes,
                                 mismatch, reusable, tensorrt_installed, tensorrt_missing_message)

@@ -37,7 +37,8 @@ def build_bundle(root: Path, variant: str = "sft_dec"):
     from torch import nn
 
     from export.graphs import export_graph, graph_specs
-    from runtime.bundle import FORMAT, sha256_file
+    from common.hashing import sha256_file
+    from runtime.bundle import FORMAT
     from training.archs import DefocusDeblurNet
     from training.model_info import receptive_fields
     from training.presets import MAP_RADIUS_SCALE_PX, MAP_UNITS, get_config

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.hashing import sha256_file
 from runtime import Deblurrer, load_bundle
 from runtime.backend import import_tensorrt
-from runtime.bundle import sha256_file
 from runtime.cuda_buffers import CudaError, device_count, nbytes, plan_buffers, selftest
 from test_runtime_fixtures import tiny_bundle  # noqa: F401  (fixture)
 

@@ -13,8 +13,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from runtime.atomic import atomic_write
-from runtime.jsonfile import read_versioned_json
+from common.atomic import atomic_write
+from common.jsonfile import read_versioned_json
 from training.archs import DefocusDeblurNet
 from training.archs.dme_arch import dme_dilations
 from training.presets import INPUT_NORMALISATION, MAP_RADIUS_SCALE_PX, MAP_UNITS, NetConfig

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from runtime.atomic import atomic_write
+from common.atomic import atomic_write
 from training.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 
 KEEP_CHECKPOINTS = 2
