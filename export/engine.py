@@ -16,10 +16,12 @@ from tqdm import tqdm
 
 from common.atomic import atomic_write_bytes
 from common.hashing import sha256_file
-from export.bundle import GRAPH_ORDER, BundleError, engine_file, read_manifest, write_manifest
+from export.bundle_writer import engine_file, read_manifest, write_manifest
 from export.engine_plan import (HARDWARE_COMPATIBILITY, MissingDependency, Profile, compute_profile,
                                 cuda_gpus, engine_key, engines_section, input_shapes, reusable,
                                 tensorrt_installed, tensorrt_missing_message)
+from runtime.bundle import GRAPH_NAMES
+from runtime.errors import BundleError
 
 EXIT_MISSING = 3
 TIMING_CACHE = "trt_timing.cache"
@@ -63,7 +65,7 @@ def build_all(args: argparse.Namespace, manifest: dict, profile: Profile) -> dic
     gpu = cuda_gpus()[0]
     version = trt_engine.tensorrt_version()
     graphs = {}
-    names = [g for g in GRAPH_ORDER if g in manifest["graphs"]]
+    names = [g for g in GRAPH_NAMES if g in manifest["graphs"]]
     for name in tqdm(names, desc="engines", unit="graph", disable=None):
         onnx_path = args.bundle / manifest["graphs"][name]["files"]["fp16"]
         key = engine_key(sha256_file(onnx_path), version, gpu, profile, args.hardware_compatibility)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from common.hashing import sha256_file
-from export.bundle import engine_file
+from export.bundle_writer import engine_file
 
 Shape = Tuple[int, ...]
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")

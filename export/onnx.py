@@ -18,12 +18,14 @@ import onnx
 import onnxslim
 from tqdm import tqdm
 
-from export import fp16 as fp16_check
 from common.hashing import sha256_file
-from export.bundle import FORMAT, BundleError, io_spec, onnx_file, set_metadata, staged_bundle, write_manifest
+from export import fp16 as fp16_check
+from export.bundle_writer import io_spec, onnx_file, set_metadata, staged_bundle, write_manifest
 from export.graphs import IR_VERSION, export_graph, graph_specs
 from export.parity import PARITY_MIN_PSNR_DB, check_parity
 from export.trt_lint import LintError, check_model
+from runtime.bundle import FORMAT
+from runtime.errors import BundleError
 from training.checkpoint import WEIGHTS, CheckpointError, load_checkpoint
 from training.model_info import receptive_fields
 from training.presets import INPUT_NORMALISATION, MAP_RADIUS_SCALE_PX, MAP_UNITS

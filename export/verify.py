@@ -19,10 +19,12 @@ from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from polygraphy.comparator import Comparator, SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
-from export.bundle import GRAPH_ORDER, BundleError, read_manifest
+from export.bundle_writer import read_manifest
 from export.engine_plan import (EngineMismatch, MissingDependency, check_engine, cuda_gpus,
                                 tensorrt_installed, tensorrt_missing_message)
 from export.fp16 import graph_feeds, validation_images
+from runtime.bundle import GRAPH_NAMES
+from runtime.errors import BundleError
 
 #: FP16 (TensorRT engine or ONNX Runtime) vs ONNX Runtime FP32.
 ATOL = 1e-2
@@ -79,7 +81,7 @@ def verify(bundle: Path) -> bool:
     fp32 = {name: onnx.load(str(bundle / g["files"]["fp32"])) for name, g in manifest["graphs"].items()}
     feeds = graph_feeds(fp32, images)
     passed = True
-    for name in (g for g in GRAPH_ORDER if g in manifest["graphs"]):
+    for name in (g for g in GRAPH_NAMES if g in manifest["graphs"]):
         reference = _ort(bundle / manifest["graphs"][name]["files"]["fp32"])
         results = Comparator.run([runners[name], reference], data_loader=feeds[name])
         ok = bool(Comparator.compare_accuracy(

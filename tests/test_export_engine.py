@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from export import engine as export_engine
 from common.hashing import sha256_file
-from export.bundle import FORMAT, engine_file, read_manifest, write_manifest
+from export import engine as export_engine
+from export.bundle_writer import engine_file, read_manifest, write_manifest
 from export.engine_plan import (EngineMismatch, GpuInfo, MissingDependency, Profile, check_engine,
                                 compute_profile, cuda_gpus, engine_key, engines_section, input_shapes,
                                 mismatch, reusable, tensorrt_installed, tensorrt_missing_message)
 from export.typecheck import fix_stub
+from runtime.bundle import FORMAT
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")

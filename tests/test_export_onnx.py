@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from common.hashing import sha256_file
 from export import onnx as export_onnx
-from export.bundle import get_metadata, onnx_file, read_manifest
+from export.bundle_writer import get_metadata, onnx_file, read_manifest
 from export.engine_plan import tensorrt_installed
 from export.fp16 import (FP16_MAX, check_fp16, fp16_problem, max_activations, to_fp16,
                          validation_images)

@@ -1,7 +1,7 @@
-"""The deployment bundle: file names, manifest I/O and all-or-nothing writes.
+"""Writing a deployment bundle: file names, ONNX metadata, manifest I/O, all-or-nothing writes.
 
-Nothing here imports torch or TensorRT: the engine builder and the runtime read
-bundles with it too.
+The runtime reads bundles with ``runtime.bundle``; this is the export side's writer
+(and the raw-manifest reader of the engine builder). No torch or TensorRT import.
 """
 import json
 import os
@@ -16,13 +16,9 @@ import onnx
 from common.atomic import atomic_write
 from common.jsonfile import read_versioned_json
 from runtime.bundle import FORMAT
+from runtime.errors import BundleError
 
 MANIFEST = "manifest.json"
-GRAPH_ORDER = ("estimate", "condition", "restore")
-
-
-class BundleError(ValueError):
-    """A bundle is missing, incomplete or cannot be written (one-line message)."""
 
 
 def onnx_file(graph: str, precision: str) -> str:
