@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.runtime
 # The CPU wheel of torch that lies on this machine's disk; installed before the
 # project so pip never pulls a multi-GB CUDA build here.
 TORCH ?= torch==2.13.0
@@ -11,9 +12,16 @@ CONFIG ?= configs/small.toml
 
 .PHONY: install test typecheck demo train train-continue train-tiny train-gpu export engine verify-engine bench bench-gpu clean
 
-$(STAMP): pyproject.toml
+# Two install levels: the runtime alone (numpy, OpenCV, onnxruntime, tqdm: what `make
+# demo` needs) and everything (training, export, tests), which `make test` adds on top.
+$(RUNTIME_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	@echo "runtime installed in $(VENV): $$(du -sh $(VENV) | cut -f1)"
+	touch $@
+
+$(STAMP): $(RUNTIME_STAMP)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[train,dev]'
 	# tensorrt-stubs declares a dependency on tensorrt, which cannot install here.
@@ -30,7 +38,7 @@ typecheck: $(STAMP)
 	# mypy against the TensorRT 10.13 API stubs (export/typecheck.py explains the patching).
 	$(PY) -m export.typecheck export/trt_engine.py runtime/trt_backend.py runtime/cuda_buffers.py
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(PY) -m runtime.infer samples/ --output-dir out/demo --save-defocus-map
 
 train: $(STAMP)
