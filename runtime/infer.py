@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from runtime import image_io
@@ -83,18 +84,16 @@ def output_paths(src: Path, args: argparse.Namespace, ext: str) -> Tuple[Path, P
     return out, Path(f"{base}_defocus.png"), Path(f"{base}_defocus_raw.tif")
 
 
-def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace) -> None:
-    """Read, deblur and write one image (raises DeblurError)."""
+def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace,
+            user_map: Optional[np.ndarray] = None) -> Path:
+    """Read, deblur and write one image; returns the deblurred file (raises DeblurError)."""
     loaded = image_io.read_image(src)
     out, color_path, raw_path = output_paths(src, args, image_io.output_extension(loaded.rgb.dtype))
     image_io.check_output(out, loaded.rgb.dtype)
-    user_map = None
-    if args.defocus_map is not None:
-        user_map = image_io.read_defocus_map(args.defocus_map)
     height, width = loaded.rgb.shape[:2]
     tiles = deblurrer.count_tiles(height, width)
     with tqdm(total=tiles, desc=src.name, unit="tile", leave=False,
-              disable=tiles < _TILE_BAR_MIN) as bar:
+              disable=args.quiet or tiles < _TILE_BAR_MIN) as bar:
         deblurred, dmap = deblurrer.run(loaded.rgb, args.defocus_scale, user_map, progress=bar.update)
     image_io.write_image(out, image_io.compose(deblurred, loaded.alpha, loaded.grey))
     if args.save_defocus_map in ("color", "both"):
@@ -102,6 +101,16 @@ def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace) -> None:
         image_io.write_image(color_path, colored)
     if args.save_defocus_map in ("raw", "both"):
         image_io.write_defocus_map(raw_path, dmap)
+    return out
+
+
+def written_summary(outputs: Sequence[Path]) -> str:
+    """``wrote FILE`` for one output, else ``wrote N images to FOLDER`` (or to K folders)."""
+    if len(outputs) == 1:
+        return f"wrote {outputs[0]}"
+    folders = {out.parent for out in outputs}
+    where = f"to {folders.pop()}/" if len(folders) == 1 else f"into {len(folders)} folders"
+    return f"wrote {len(outputs)} images {where}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -121,16 +130,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             fail(f"cannot create --output-dir {args.output_dir}: {err.strerror}")
+    if args.defocus_scale < 0:
+        fail(f"--defocus-scale must be >= 0, got {args.defocus_scale}")
+    failures: List[Tuple[Path, str]] = []
+    # Paths that are not there fail now, not after the model has loaded.
+    for src in [p for p in inputs if not p.exists()]:
+        failures.append((src, "no such file"))
+        print(f"error: {src}: no such file", file=sys.stderr)
+    todo = [p for p in inputs if p.exists()]
+    user_map = None
+    try:
+        if args.defocus_map is not None:
+            user_map = image_io.read_defocus_map(args.defocus_map)
+    except DeblurError as err:
+        fail(str(err), code=1)
+    if not todo:
+        return _finish(inputs, failures, [])
     try:
         deblurrer = build_deblurrer(args)
     except DeblurError as err:
         fail(str(err))
-    if args.defocus_scale < 0:
-        fail(f"--defocus-scale must be >= 0, got {args.defocus_scale}")
-    failures: List[Tuple[Path, str]] = []
-    for src in tqdm(inputs, desc="images", unit="img", disable=len(inputs) < 2):
+    written: List[Path] = []
+    for src in tqdm(todo, desc="images", unit="img", disable=args.quiet or len(todo) < 2):
         try:
-            process(deblurrer, src, args)
+            written.append(process(deblurrer, src, args, user_map))
         except DeblurError as err:
             failures.append((src, str(err)))
             tqdm.write(f"error: {err}", file=sys.stderr)
@@ -138,14 +161,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             failures.append((src, "out of memory"))
             tqdm.write(f"error: {src}: out of memory (try a smaller --tile)", file=sys.stderr)
     deblurrer.close()
-    if failures and len(inputs) == 1:
-        return 1
-    if failures:
+    return _finish(inputs, failures, written)
+
+
+def _finish(inputs: Sequence[Path], failures: Sequence[Tuple[Path, str]], written: Sequence[Path]) -> int:
+    """Log what was written (last line) and return the exit status."""
+    if written:
+        log.info(written_summary(written))
+    if failures and len(inputs) > 1:
         names = ", ".join(str(p) for p, _ in failures)
         print(f"error: {len(failures)} of {len(inputs)} images failed: {names}", file=sys.stderr)
-        return 1
-    log.info("wrote %d image%s", len(inputs), "" if len(inputs) == 1 else "s")
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

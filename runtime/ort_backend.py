@@ -68,12 +68,16 @@ class OrtBackend(Backend):
             if threads < 1:
                 raise BackendError(f"--threads must be >= 1, got {threads}")
             options.intra_op_num_threads = threads
-        wanted = provider_list(provider, device_id)
+        # Providers this onnxruntime build lacks are not asked for: ONNX Runtime would warn
+        # about each (a UserWarning and C++ log lines) before the one warning below.
+        available = ort.get_available_providers()
+        wanted = [p for p in provider_list(provider, device_id)
+                  if (p if isinstance(p, str) else p[0]) in available]
         self.sessions = {name: self._session(bundle, name, options, wanted) for name in bundle.graphs}
         active = self.sessions["restore"].get_providers()
         if _PROVIDERS[provider] not in active:
             log.warning("ONNX Runtime fell back to %s: %s is not usable here (available: %s)",
-                        ", ".join(active), _PROVIDERS[provider], ", ".join(ort.get_available_providers()))
+                        ", ".join(active), _PROVIDERS[provider], ", ".join(available))
             self.device = "cpu"
         self.active_providers = active
 

@@ -256,3 +256,32 @@ def test_infer_end_to_end_subprocess(tiny_bundle, tmp_path):  # noqa: F811
     assert result.returncode == 0, result.stderr
     assert "backend: onnxruntime (CPUExecutionProvider), fp32" in result.stderr
     assert image_io.read_image(tmp_path / "e_deblurred.png").rgb.shape == (30, 44, 3)
+
+
+def test_missing_input_fails_before_the_model_loads(tiny_bundle, tmp_path, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.setattr("runtime.infer.build_deblurrer", lambda args: pytest.fail("model loaded"))
+    assert _infer([tmp_path / "nowhere", tmp_path / "gone.png"], tiny_bundle[0]) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert lines == [f"error: {tmp_path / 'nowhere'}: no such file",
+                     f"error: {tmp_path / 'gone.png'}: no such file",
+                     f"error: 2 of 2 images failed: {tmp_path / 'nowhere'}, {tmp_path / 'gone.png'}"]
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_last_log_line_names_the_output(tiny_bundle, tmp_path, caplog, many):  # noqa: F811
+    for name in ("a.png", "b.png")[:1 + many]:
+        _image(tmp_path / name)
+    args = [tmp_path, "--output-dir", tmp_path / "out"] if many else [tmp_path / "a.png"]
+    with caplog.at_level("INFO", logger="runtime"):
+        assert infer_main([*map(str, args), "--model", str(tiny_bundle[0]), "--device", "cpu"]) == 0
+    expected = f"wrote 2 images to {tmp_path / 'out'}/" if many else f"wrote {tmp_path / 'a_deblurred.png'}"
+    assert caplog.records[-1].getMessage() == expected
+
+
+def test_quiet_hides_the_progress_bars(tiny_bundle, tmp_path, capsys):  # noqa: F811
+    for name in ("a.png", "b.png"):
+        _image(tmp_path / name, shape=(64, 1200, 3))
+    # Enough tiles for the per-image bar too (runtime.infer shows it from 16 tiles).
+    assert Deblurrer(tiny_bundle[0], tile=128).count_tiles(64, 1200) >= 16
+    assert _infer([tmp_path, "--output-dir", tmp_path / "out", "--tile", "128"], tiny_bundle[0]) == 0
+    assert capsys.readouterr().err == ""

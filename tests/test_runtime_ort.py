@@ -1,5 +1,6 @@
 """ONNX Runtime backend against PyTorch, backend choice, and the ``Deblurrer`` API."""
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -36,12 +37,16 @@ def test_graphs_match_pytorch(tiny_bundle, backend, shape):  # noqa: F811
     np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-5)
 
 
-def test_cuda_request_without_gpu_warns_and_falls_back(tiny_bundle, caplog):  # noqa: F811
-    with caplog.at_level(logging.WARNING, logger="runtime"):
+def test_cuda_request_without_gpu_warns_and_falls_back(tiny_bundle, caplog, capfd):  # noqa: F811
+    with warnings.catch_warnings(record=True) as raised, caplog.at_level(logging.WARNING, logger="runtime"):
+        warnings.simplefilter("always")
         fallback = OrtBackend(load_bundle(tiny_bundle[0]), provider="cuda", threads=1)
     assert fallback.device == "cpu"
     assert fallback.active_providers == ["CPUExecutionProvider"]
     assert "fell back to CPUExecutionProvider" in caplog.text
+    # Only the project's own warning: no ONNX Runtime UserWarning, no C++ log lines.
+    assert [str(w.message) for w in raised] == []
+    assert "CUDAExecutionProvider" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("provider,expected", [
