@@ -184,7 +184,7 @@ class RuntimeRunner(Runner):
 
     def __init__(self, spec: BackendSpec, bundle: Path, threads: int):
         from runtime import load_bundle
-        from runtime.backend import import_tensorrt
+        from runtime.gpu import import_tensorrt
 
         self.spec, self.threads = spec, threads
         self.bundle = load_bundle(bundle, verify=False)
@@ -244,7 +244,7 @@ def precheck(spec: BackendSpec) -> Optional[str]:
         cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
     except ImportError:
         cuda_ep = False
-    from runtime.backend import import_tensorrt
+    from runtime.gpu import import_tensorrt
 
     trt = import_tensorrt() is not None
     if spec.family == "onnx" and not cuda_ep:

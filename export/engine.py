@@ -17,11 +17,11 @@ from tqdm import tqdm
 from common.atomic import atomic_write_bytes
 from common.hashing import sha256_file
 from export.bundle_writer import engine_file, read_manifest, write_manifest
-from export.engine_plan import (HARDWARE_COMPATIBILITY, MissingDependency, Profile, compute_profile,
-                                cuda_gpus, engine_key, engines_section, input_shapes, reusable,
-                                tensorrt_installed, tensorrt_missing_message)
+from export.engine_plan import (HARDWARE_COMPATIBILITY, Profile, compute_profile, engine_key,
+                                engines_section, input_shapes, reusable, tensorrt_missing_message)
 from runtime.bundle import GRAPH_NAMES
-from runtime.errors import BundleError
+from runtime.errors import BundleError, MissingDependency
+from runtime.gpu import cuda_gpus, import_tensorrt
 
 EXIT_MISSING = 3
 TIMING_CACHE = "trt_timing.cache"
@@ -91,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         manifest, profile = plan(args)
-        if not tensorrt_installed():
+        if import_tensorrt() is None:
             raise MissingDependency(tensorrt_missing_message(args.bundle))
         manifest = build_all(args, manifest, profile)
         write_manifest(args.bundle, manifest)

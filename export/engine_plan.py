@@ -1,38 +1,20 @@
 """Everything of the engine build that needs neither TensorRT nor a GPU.
 
-Optimisation profiles from the runtime's tile shape, the engine cache key, the
-refusal of stale or foreign engines, the manifest's ``engines`` section and the
-detection of what is missing (TensorRT, CUDA driver, GPU). No torch import:
-the runtime checks engines with ``check_engine`` before it loads one.
+Optimisation profiles from the runtime's tile shape, the engine cache key (when an
+engine is rebuilt) and the manifest's ``engines`` section. No torch import. Whether
+an engine fits this machine is the runtime's one check, ``runtime.bundle.check_engines``;
+TensorRT and the GPUs are found by ``runtime.gpu``.
 """
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from common.hashing import sha256_file
 from export.bundle_writer import engine_file
+from runtime.gpu import GpuInfo
 
 Shape = Tuple[int, ...]
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
-REBUILD = "rebuild with `make engine` or `python -m export.engine --bundle {bundle} --force`"
-
-
-class MissingDependency(RuntimeError):
-    """TensorRT, cuda-python, a driver or a GPU is missing (one-line message)."""
-
-
-class EngineMismatch(ValueError):
-    """An engine file does not belong to this bundle, TensorRT or GPU."""
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """Name and compute capability ("9.0") of a CUDA device."""
-
-    name: str
-    compute_capability: str
-
 
 @dataclass(frozen=True)
 class Profile:
@@ -114,46 +96,6 @@ def recorded_key(manifest: dict, graph: str) -> Optional[dict]:
             "profile": engines["profile"], "hardware_compatibility": engines["hardware_compatibility"]}
 
 
-def _gpu_fits(recorded: dict, gpu: GpuInfo) -> bool:
-    level = recorded["hardware_compatibility"]
-    if level == "ampere_plus":
-        return float(gpu.compute_capability) >= 8.0
-    if level == "same_compute_capability":
-        return recorded["compute_capability"] == gpu.compute_capability
-    return (recorded["gpu"], recorded["compute_capability"]) == (gpu.name, gpu.compute_capability)
-
-
-def mismatch(manifest: dict, bundle: Path, graph: str, tensorrt_version: str,
-             gpu: GpuInfo) -> str:
-    """Why ``graph``'s engine in ``bundle`` cannot run here; "" where it can."""
-    path = Path(bundle) / engine_file(graph)
-    recorded = recorded_key(manifest, graph)
-    if recorded is None or not path.is_file():
-        return f"{path}: no engine for this bundle"
-    entry = manifest["engines"]["fp16"]["graphs"][graph]
-    onnx_path = Path(bundle) / manifest["graphs"][graph]["files"]["fp16"]
-    if not onnx_path.is_file() or sha256_file(onnx_path) != recorded["onnx_sha256"]:
-        return f"{path}: stale, built from another {onnx_path.name}"
-    if sha256_file(path) != entry["engine_sha256"]:
-        return f"{path}: foreign, its bytes are not the engine the manifest records"
-    if recorded["tensorrt_version"] != tensorrt_version:
-        return (f"{path}: built with TensorRT {recorded['tensorrt_version']}, "
-                f"this is TensorRT {tensorrt_version}")
-    if not _gpu_fits(recorded, gpu):
-        return (f"{path}: built for {recorded['gpu']} (compute {recorded['compute_capability']}), "
-                f"this is {gpu.name} (compute {gpu.compute_capability})")
-    return ""
-
-
-def check_engine(manifest: dict, bundle: Path, graph: str, tensorrt_version: str,
-                 gpu: GpuInfo) -> Path:
-    """Path of ``graph``'s engine, or ``EngineMismatch`` saying how to rebuild it."""
-    reason = mismatch(manifest, bundle, graph, tensorrt_version, gpu)
-    if reason:
-        raise EngineMismatch(f"{reason}; {REBUILD.format(bundle=bundle)}")
-    return Path(bundle) / engine_file(graph)
-
-
 def reusable(manifest: dict, bundle: Path, graph: str, key: dict) -> bool:
     """True where ``graph``'s engine exists, is intact and was built under ``key``."""
     path = Path(bundle) / engine_file(graph)
@@ -173,41 +115,6 @@ def engines_section(key: dict, graphs: Dict[str, dict]) -> dict:
     return {**shared, "graphs": graphs}
 
 
-def tensorrt_installed() -> bool:
-    """True where the real TensorRT module is importable.
-
-    ``tensorrt-stubs`` installs a ``tensorrt`` folder of ``.pyi`` files only, which
-    Python imports as an empty namespace package: look for a module file instead.
-    """
-    spec = importlib.util.find_spec("tensorrt")
-    return spec is not None and spec.origin not in (None, "namespace")
-
-
 def tensorrt_missing_message(bundle: Path) -> str:
     return (f"tensorrt is not installed: pip install tensorrt-cu12 (needs an NVIDIA GPU and "
             f"driver); the ONNX bundle in {bundle} runs with onnxruntime meanwhile")
-
-
-def cuda_gpus() -> List[GpuInfo]:
-    """The CUDA devices, found with cuda-python's runtime API.
-
-    Raises:
-        MissingDependency: cuda-python missing, no driver, or no device.
-    """
-    try:
-        from cuda.bindings import runtime as cudart  # type: ignore[import-untyped]
-    except ImportError:
-        raise MissingDependency("cuda-python is not installed: pip install cuda-python") from None
-    err, count = cudart.cudaGetDeviceCount()
-    if err != cudart.cudaError_t.cudaSuccess or not count:
-        raise MissingDependency(f"no NVIDIA GPU found ({err.name}): install the NVIDIA driver "
-                                "on a machine with an NVIDIA GPU")
-    gpus = []
-    for index in range(count):
-        err, props = cudart.cudaGetDeviceProperties(index)
-        if err != cudart.cudaError_t.cudaSuccess:
-            raise MissingDependency(f"CUDA device {index} cannot be queried ({err.name})")
-        raw = props.name
-        name = (raw.split(b"\0", 1)[0].decode() if isinstance(raw, bytes) else str(raw)).strip()
-        gpus.append(GpuInfo(name, f"{props.major}.{props.minor}"))
-    return gpus

@@ -19,12 +19,11 @@ from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from polygraphy.comparator import Comparator, SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
-from export.bundle_writer import read_manifest
-from export.engine_plan import (EngineMismatch, MissingDependency, check_engine, cuda_gpus,
-                                tensorrt_installed, tensorrt_missing_message)
+from export.engine_plan import tensorrt_missing_message
 from export.fp16 import graph_feeds, validation_images
-from runtime.bundle import GRAPH_NAMES
-from runtime.errors import BundleError
+from runtime.bundle import Bundle, check_engines, load_bundle
+from runtime.errors import BundleError, MissingDependency
+from runtime.gpu import cuda_gpus, import_tensorrt
 
 #: FP16 (TensorRT engine or ONNX Runtime) vs ONNX Runtime FP32.
 ATOL = 1e-2
@@ -37,10 +36,10 @@ def _ort(path: Path) -> OnnxrtRunner:
     return OnnxrtRunner(SessionFromOnnx(str(path), providers=["CPUExecutionProvider"]))
 
 
-def fp16_runners(manifest: dict, bundle: Path) -> Tuple[str, dict, Optional[int]]:
+def fp16_runners(bundle: Bundle) -> Tuple[str, dict, Optional[int]]:
     """(description, graph -> runner under test, image side) for this machine."""
     reason = ""
-    if tensorrt_installed():
+    if import_tensorrt() is not None:
         try:
             gpu = cuda_gpus()[0]
         except MissingDependency as exc:
@@ -50,16 +49,15 @@ def fp16_runners(manifest: dict, bundle: Path) -> Tuple[str, dict, Optional[int]
 
             from export import trt_engine
             version = trt_engine.tensorrt_version()
-            runners = {name: TrtRunner(EngineFromBytes(
-                check_engine(manifest, bundle, name, version, gpu).read_bytes()))
-                for name in manifest["graphs"]}
-            profile = manifest["engines"]["fp16"]["profile"]
+            engines = check_engines(bundle, "fp16", version, gpu)
+            runners = {name: TrtRunner(EngineFromBytes(path.read_bytes())) for name, path in engines.items()}
+            profile = bundle.engines["fp16"]["profile"]
             side = min(max(TRT_SIDE, profile["min"][1]), profile["max"][1])
-            side -= side % manifest["size_multiple"]
+            side -= side % bundle.size_multiple
             return f"TensorRT {version} engines on {gpu.name}", runners, side
     else:
-        reason = tensorrt_missing_message(bundle)
-    runners = {name: _ort(bundle / g["files"]["fp16"]) for name, g in manifest["graphs"].items()}
+        reason = tensorrt_missing_message(bundle.root)
+    runners = {name: _ort(bundle.onnx_path(name, "fp16")) for name in bundle.graphs}
     return f"ONNX Runtime FP16 (no TensorRT run: {reason})", runners, None
 
 
@@ -73,16 +71,16 @@ def max_abs_error(results) -> float:
 def verify(bundle: Path) -> bool:
     """Run the comparison of every graph; True where all outputs are within tolerance."""
     G_LOGGER.module_severity = G_LOGGER.WARNING
-    manifest = read_manifest(bundle)
-    what, runners, side = fp16_runners(manifest, bundle)
+    loaded = load_bundle(bundle)
+    what, runners, side = fp16_runners(loaded)
     print(f"comparing {what} against ONNX Runtime FP32, atol {ATOL:g}, rtol {RTOL:g}")
     size = {"height": side, "width": side} if side else {}
-    images = validation_images(manifest["size_multiple"], **size)
-    fp32 = {name: onnx.load(str(bundle / g["files"]["fp32"])) for name, g in manifest["graphs"].items()}
+    images = validation_images(loaded.size_multiple, **size)
+    fp32 = {name: onnx.load(str(loaded.onnx_path(name, "fp32"))) for name in loaded.graphs}
     feeds = graph_feeds(fp32, images)
     passed = True
-    for name in (g for g in GRAPH_NAMES if g in manifest["graphs"]):
-        reference = _ort(bundle / manifest["graphs"][name]["files"]["fp32"])
+    for name in loaded.graphs:
+        reference = _ort(loaded.onnx_path(name, "fp32"))
         results = Comparator.run([runners[name], reference], data_loader=feeds[name])
         ok = bool(Comparator.compare_accuracy(
             results, compare_func=SimpleCompareFunc(atol=ATOL, rtol=RTOL)))
@@ -98,7 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         ok = verify(args.bundle)
-    except (BundleError, EngineMismatch, OSError) as exc:
+    except (BundleError, OSError) as exc:
         print(f"verify failed: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 1
     return 0 if ok else 1

@@ -1,12 +1,11 @@
 """The backend interface and the ``auto`` choice between TensorRT and ONNX Runtime."""
-import importlib
 import logging
 from abc import ABC, abstractmethod
-from types import ModuleType
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from runtime.bundle import Bundle, check_engine_entry
 from runtime.errors import BackendError, BundleError
+from runtime.gpu import gpu_info, import_tensorrt
 
 log = logging.getLogger("runtime")
 
@@ -58,38 +57,19 @@ class Backend(ABC):
         """Release device memory and sessions (also done at garbage collection)."""
 
 
-def import_tensorrt() -> Optional[ModuleType]:
-    """The ``tensorrt`` module, or None where only its type stubs (no library) are installed."""
-    try:
-        trt = importlib.import_module("tensorrt")
-    except Exception:  # a broken TensorRT install raises more than ImportError
-        return None
-    return trt if hasattr(trt, "Runtime") else None
-
-
-def gpu_info() -> Optional[Tuple[str, str]]:
-    """(name, compute capability) of CUDA device 0, or None without a usable GPU."""
-    try:
-        from runtime import cuda_buffers
-    except ImportError:
-        return None
-    return cuda_buffers.device_info(0) if cuda_buffers.device_count() > 0 else None
-
-
 def tensorrt_unusable(bundle: Bundle, precision: str) -> Optional[str]:
     """Why TensorRT cannot run this bundle here, or None when it can."""
     trt = import_tensorrt()
     if trt is None:
         return "tensorrt is not installed"
-    info = gpu_info()
-    if info is None:
+    gpu = gpu_info()
+    if gpu is None:
         return "no CUDA GPU (or cuda-python) found"
     entry = bundle.engines.get(precision)
     if entry is None:
         return f"the bundle has no {precision} engine (has: {', '.join(bundle.engines) or 'none'})"
     try:
-        check_engine_entry(entry, bundle.graph_sha256(precision), trt.__version__, info[0], info[1],
-                           str(bundle.root))
+        check_engine_entry(entry, bundle.graph_sha256(precision), trt.__version__, gpu, str(bundle.root))
     except BundleError as err:
         return str(err)
     return None

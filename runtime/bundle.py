@@ -18,6 +18,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from common.hashing import sha256_file
 from common.jsonfile import read_versioned_json
 from runtime.errors import BundleError
+from runtime.gpu import GpuInfo
 
 FORMAT = "defocus-deblur-bundle/1"
 GRAPH_NAMES = ("estimate", "condition", "restore")
@@ -25,6 +26,7 @@ PRECISIONS = ("fp32", "fp16")
 #: Repository / package root; the default bundle lives in ``models/default`` below it.
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = PACKAGE_ROOT / "models" / "default"
+#: The one "how to rebuild the engines" advice of every engine refusal.
 REBUILD_HINT = "rebuild it with `make engine` or `python -m export.engine --bundle {dir} --force`"
 
 _NUMPY_DTYPES = {"float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32"}
@@ -234,8 +236,9 @@ def _same_version(built: str, installed: str) -> bool:
     return bool(recorded) and recorded == re.findall(r"\d+", installed)[:len(recorded)]
 
 
-def _gpu_mismatch(entry: dict, gpu_name: str, compute_capability: str) -> Optional[str]:
+def _gpu_mismatch(entry: dict, gpu: GpuInfo) -> Optional[str]:
     """Why this GPU cannot run the engine, honouring its ``hardware_compatibility`` level."""
+    gpu_name, compute_capability = gpu.name, gpu.compute_capability
     level = entry.get("hardware_compatibility", "none")
     built_cc, built_gpu = str(entry.get("compute_capability")), entry.get("gpu")
     if level == "ampere_plus":
@@ -250,9 +253,13 @@ def _gpu_mismatch(entry: dict, gpu_name: str, compute_capability: str) -> Option
     return None
 
 
-def check_engine_entry(entry: dict, graph_sha256: Dict[str, str], trt_version: str, gpu_name: str,
-                       compute_capability: str, bundle_dir: str = "DIR") -> None:
+def check_engine_entry(entry: dict, graph_sha256: Dict[str, str], trt_version: str, gpu: GpuInfo,
+                       bundle_dir: str = "DIR") -> None:
     """Refuse a TensorRT engine entry that is stale or foreign to this machine.
+
+    The engine-fit check of the runtime and of ``export.verify``; ``check_engines``
+    adds the engine files themselves. The TensorRT version matches on as many
+    components as the manifest records, the GPU per ``hardware_compatibility``.
 
     Args:
         entry: ``manifest["engines"][precision]``: ``tensorrt_version``, ``gpu``,
@@ -261,8 +268,7 @@ def check_engine_entry(entry: dict, graph_sha256: Dict[str, str], trt_version: s
             {name: {file, onnx_sha256, engine_sha256}}.
         graph_sha256: Graph name -> sha256 of the ONNX file the engine must come from.
         trt_version: Installed TensorRT version (``tensorrt.__version__``).
-        gpu_name: This GPU's name, e.g. ``NVIDIA H100 80GB HBM3``.
-        compute_capability: This GPU's compute capability, e.g. ``9.0``.
+        gpu: This GPU (``runtime.gpu.cuda_gpus``).
         bundle_dir: Shown in the rebuild command of the error message.
 
     Raises:
@@ -272,7 +278,7 @@ def check_engine_entry(entry: dict, graph_sha256: Dict[str, str], trt_version: s
     built = str(entry.get("tensorrt_version", "?"))
     if not _same_version(built, trt_version):
         raise BundleError(f"engine built with TensorRT {built}, installed is {trt_version}: {hint}")
-    reason = _gpu_mismatch(entry, gpu_name, compute_capability)
+    reason = _gpu_mismatch(entry, gpu)
     if reason:
         raise BundleError(f"{reason}: {hint}")
     engine_graphs = entry.get("graphs", {})
@@ -282,6 +288,33 @@ def check_engine_entry(entry: dict, graph_sha256: Dict[str, str], trt_version: s
         if engine_graphs[name].get("onnx_sha256") != digest:
             raise BundleError(f"{engine_graphs[name].get('file', name)} is stale: its ONNX graph "
                               f"changed since it was built: {hint}")
+
+
+def check_engines(bundle: Bundle, precision: str, trt_version: str, gpu: GpuInfo) -> Dict[str, Path]:
+    """Graph name -> engine file of ``bundle``'s ``precision`` engines, once they fit here.
+
+    ``check_engine_entry``, then every engine file must exist and match the
+    ``engine_sha256`` the manifest records.
+
+    Raises:
+        BundleError: No such engines, a stale or foreign entry, a missing or altered
+            file; the message ends with ``REBUILD_HINT``.
+    """
+    hint = REBUILD_HINT.format(dir=bundle.root)
+    entry = bundle.engines.get(precision)
+    if entry is None:
+        raise BundleError(f"bundle {bundle.root} has no {precision} TensorRT engine "
+                          f"(has: {', '.join(bundle.engines) or 'none'}): {hint}")
+    check_engine_entry(entry, bundle.graph_sha256(precision), trt_version, gpu, str(bundle.root))
+    paths = {}
+    for name in bundle.graphs:
+        info = entry["graphs"][name]
+        path = paths[name] = bundle.root / info["file"]
+        if not path.is_file():
+            raise BundleError(f"{path} is missing: {hint}")
+        if "engine_sha256" in info and sha256_file(path) != info["engine_sha256"]:
+            raise BundleError(f"{path.name} does not match its sha256 in manifest.json: {hint}")
+    return paths
 
 
 def check_profile(profile: dict, batch: int, height: int, width: int) -> None:

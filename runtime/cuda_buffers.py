@@ -20,6 +20,7 @@ import numpy as np
 from cuda.bindings import runtime as cudart  # type: ignore[import-untyped, unused-ignore]
 
 from runtime.errors import BackendError
+from runtime.gpu import cuda_gpus
 
 
 class CudaError(BackendError):
@@ -58,13 +59,6 @@ def device_count() -> int:
     """Visible CUDA devices; 0 where there is no driver or no GPU."""
     err, count = cudart.cudaGetDeviceCount()
     return int(count) if err == cudart.cudaError_t.cudaSuccess else 0
-
-
-def device_info(device: int = 0) -> Tuple[str, str]:
-    """(name, compute capability ``major.minor``) of ``device``."""
-    prop = check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
-    return name.rstrip("\x00"), f"{prop.major}.{prop.minor}"
 
 
 class Stream:
@@ -193,7 +187,7 @@ def selftest(megabytes: float = 64.0, repeats: int = 5) -> SelftestResult:
     if device_count() == 0:
         err, _ = cudart.cudaGetDeviceCount()
         raise CudaError(f"no CUDA device: cudaGetDeviceCount says {check_name(err)}")
-    name, capability = device_info(0)
+    gpu = cuda_gpus()[0]
     size = int(megabytes * (1 << 20)) // 4 * 4
     data = np.random.default_rng(0).random(size // 4, dtype=np.float32)
     stream = Stream()
@@ -216,7 +210,7 @@ def selftest(megabytes: float = 64.0, repeats: int = 5) -> SelftestResult:
         for buf in (host_in, host_out, dev_a, dev_b):
             buf.free()
         stream.close()
-    return SelftestResult(f"{name} (cc {capability})", size / (1 << 20), exact, graph_exact,
+    return SelftestResult(f"{gpu.name} (cc {gpu.compute_capability})", size / (1 << 20), exact, graph_exact,
                           htod_gbps, dtoh_gbps)
 
 

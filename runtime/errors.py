@@ -15,3 +15,7 @@ class ImageError(DeblurError):
 
 class BackendError(DeblurError):
     """A backend that cannot be created or cannot run the requested shapes."""
+
+
+class MissingDependency(BackendError):
+    """TensorRT, cuda-python, a driver or a GPU is missing (one-line message)."""

@@ -6,17 +6,17 @@ and optionally one CUDA graph per input shape. Engines that are stale (their ONN
 changed) or foreign (other TensorRT, other GPU) are refused before deserialising.
 """
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import tensorrt as trt  # type: ignore[import-untyped, unused-ignore]
 
-from common.hashing import sha256_file
 from runtime import cuda_buffers as cb
 from runtime.backend import Backend
-from runtime.bundle import Bundle, BundleError, GraphEntry, check_engine_entry, check_profile
+from runtime.bundle import Bundle, GraphEntry, check_engines, check_profile
 from runtime.device_arrays import cupy_module, is_device_array, to_cupy
-from runtime.errors import BackendError
+from runtime.errors import BackendError, MissingDependency
+from runtime.gpu import cuda_gpus
 
 log = logging.getLogger("runtime")
 
@@ -158,27 +158,25 @@ class TrtBackend(Backend):
     def __init__(self, bundle: Bundle, precision: str = "fp16", cuda_graphs: bool = False,
                  device_id: int = 0):
         super().__init__(bundle, "cuda", precision)
-        entry = bundle.engines.get(precision)
-        if entry is None:
-            raise BundleError(f"bundle {bundle.root} has no {precision} TensorRT engine: build it with "
-                              f"`make engine` or `python -m export.engine --bundle {bundle.root}`")
         cb.check(cb.cudart.cudaSetDevice(device_id), "cudaSetDevice")
-        gpu, capability = cb.device_info(device_id)
-        check_engine_entry(entry, bundle.graph_sha256(precision), trt.__version__, gpu, capability,
-                           str(bundle.root))
-        self.profile = entry["profile"]
+        gpus = cuda_gpus()
+        if device_id >= len(gpus):
+            raise MissingDependency(f"no CUDA device {device_id} (this machine has {len(gpus)})")
+        gpu = gpus[device_id]
+        paths = check_engines(bundle, precision, trt.__version__, gpu)
+        self.profile = bundle.engines[precision]["profile"]
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.stream = cb.Stream()
         self.runners: Dict[str, _EngineRunner] = {}
         try:
             for name, graph in bundle.graphs.items():
-                path = _verified_engine(bundle, entry, name)
-                self.runners[name] = _EngineRunner(self.runtime, path, graph, self.stream, cuda_graphs)
+                self.runners[name] = _EngineRunner(self.runtime, str(paths[name]), graph, self.stream,
+                                                   cuda_graphs)
         except Exception:
             self.close()
             raise
-        self.gpu = gpu
+        self.gpu = gpu.name
 
     def describe(self) -> str:
         return f"tensorrt {trt.__version__} on {self.gpu}, {self.precision}"
@@ -203,18 +201,3 @@ def _dims(dims: trt.Dims) -> Tuple[int, ...]:
     """A ``trt.Dims`` as a tuple of ints (Dims supports ``len`` and indexing)."""
     return tuple(int(dims[i]) for i in range(len(dims)))
 
-
-def _verified_engine(bundle: Bundle, entry: dict, graph: str) -> str:
-    """Path of ``graph``'s engine file after checking it exists and matches its sha256."""
-    info: Optional[dict] = entry.get("graphs", {}).get(graph)
-    if info is None:
-        raise BundleError(f"engine set has no {graph!r} engine: rebuild with `make engine`")
-    path = bundle.root / info["file"]
-    if not path.is_file():
-        raise BundleError(f"{path} is missing: build it with `make engine` or "
-                          f"`python -m export.engine --bundle {bundle.root} --force`")
-    if "engine_sha256" in info and sha256_file(path) != info["engine_sha256"]:
-        raise BundleError(f"{path.name} does not match its sha256 in manifest.json: rebuild it with "
-                          f"`python -m export.engine --bundle {bundle.root} --force`")
-    log.debug("engine %s verified", path.name)
-    return str(path)

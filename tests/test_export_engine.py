@@ -10,11 +10,12 @@ import pytest
 from common.hashing import sha256_file
 from export import engine as export_engine
 from export.bundle_writer import engine_file, read_manifest, write_manifest
-from export.engine_plan import (EngineMismatch, GpuInfo, MissingDependency, Profile, check_engine,
-                                compute_profile, cuda_gpus, engine_key, engines_section, input_shapes,
-                                mismatch, reusable, tensorrt_installed, tensorrt_missing_message)
+from export.engine_plan import (Profile, compute_profile, engine_key, engines_section, input_shapes,
+                                reusable, tensorrt_missing_message)
 from export.typecheck import fix_stub
-from runtime.bundle import FORMAT
+from runtime.bundle import FORMAT, REBUILD_HINT, BundleError, check_engines, load_bundle
+from runtime.errors import MissingDependency
+from runtime.gpu import GpuInfo, cuda_gpus, import_tensorrt
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
@@ -34,7 +35,8 @@ def bundle(tmp_path):
             (tmp_path / file).write_bytes(f"onnx of {file}".encode())
         graphs[name] = {"inputs": inputs, "outputs": [], "files": files,
                         "sha256": {p: sha256_file(tmp_path / f) for p, f in files.items()}}
-    write_manifest(tmp_path, {"format": FORMAT, "size_multiple": 2, "graphs": graphs})
+    write_manifest(tmp_path, {"format": FORMAT, "size_multiple": 2, "map_radius_scale_px": 10.0,
+                              "receptive_field": {"estimate": 40, "restore": 30}, "graphs": graphs})
     return tmp_path
 
 
@@ -87,7 +89,8 @@ def test_matching_engine_is_reused(bundle):
     manifest = _with_engines(bundle)
     key = engine_key(sha256_file(bundle / "estimate.fp16.onnx"), "10.13.0", H100, PROFILE, "none")
     assert reusable(manifest, bundle, "estimate", key)
-    assert check_engine(manifest, bundle, "estimate", "10.13.0", H100) == bundle / "estimate.fp16.engine"
+    assert check_engines(load_bundle(bundle), "fp16", "10.13.0.35", H100) == {
+        name: bundle / f"{name}.fp16.engine" for name in ("estimate", "restore")}
 
 
 @pytest.mark.parametrize("change", [
@@ -106,49 +109,43 @@ def test_damaged_engine_is_not_reused(bundle):
     key = engine_key(sha256_file(bundle / "estimate.fp16.onnx"), "10.13.0", H100, PROFILE, "none")
     (bundle / "estimate.fp16.engine").write_bytes(b"truncated")
     assert not reusable(manifest, bundle, "estimate", key)
-    assert mismatch(manifest, bundle, "estimate", "10.13.0", H100) == (
-        f"{bundle / 'estimate.fp16.engine'}: foreign, its bytes are not the engine the manifest records")
-
-
-REBUILD = "; rebuild with `make engine` or `python -m export.engine --bundle {b} --force`"
+    with pytest.raises(BundleError) as info:
+        check_engines(load_bundle(bundle), "fp16", "10.13.0", H100)
+    assert str(info.value) == ("estimate.fp16.engine does not match its sha256 in manifest.json: "
+                               + REBUILD_HINT.format(dir=bundle))
 
 
 @pytest.mark.parametrize("version, gpu, reason", [
-    ("10.14.1", H100, "built with TensorRT 10.13.0, this is TensorRT 10.14.1"),
+    ("10.14.1", H100, "engine built with TensorRT 10.13.0, installed is 10.14.1"),
     ("10.13.0", GpuInfo("NVIDIA L4", "8.9"),
-     "built for NVIDIA H100 80GB HBM3 (compute 9.0), this is NVIDIA L4 (compute 8.9)"),
+     "engine built for compute capability 9.0 (NVIDIA H100 80GB HBM3), this GPU is 8.9 (NVIDIA L4)"),
 ])
 def test_foreign_engine_is_refused(bundle, version, gpu, reason):
-    manifest = _with_engines(bundle)
-    with pytest.raises(EngineMismatch) as info:
-        check_engine(manifest, bundle, "restore", version, gpu)
-    assert str(info.value) == f"{bundle / 'restore.fp16.engine'}: {reason}" + REBUILD.format(b=bundle)
+    """export.verify refuses engines with the runtime's check (was: a second, exact-version copy)."""
+    _with_engines(bundle)
+    with pytest.raises(BundleError) as info:
+        check_engines(load_bundle(bundle), "fp16", version, gpu)
+    assert str(info.value) == f"{reason}: " + REBUILD_HINT.format(dir=bundle)
 
 
 def test_stale_engine_is_refused(bundle):
     manifest = _with_engines(bundle)
     (bundle / "estimate.fp16.onnx").write_bytes(b"re-exported")
-    with pytest.raises(EngineMismatch) as info:
-        check_engine(manifest, bundle, "estimate", "10.13.0", H100)
-    assert str(info.value) == (f"{bundle / 'estimate.fp16.engine'}: stale, built from another "
-                               f"estimate.fp16.onnx" + REBUILD.format(b=bundle))
+    manifest["graphs"]["estimate"]["sha256"]["fp16"] = sha256_file(bundle / "estimate.fp16.onnx")
+    write_manifest(bundle, manifest)
+    with pytest.raises(BundleError) as info:
+        check_engines(load_bundle(bundle), "fp16", "10.13.0", H100)
+    assert str(info.value) == ("estimate.fp16.engine is stale: its ONNX graph changed since it was "
+                               "built: " + REBUILD_HINT.format(dir=bundle))
 
 
 def test_missing_engine_is_refused(bundle):
-    with pytest.raises(EngineMismatch, match="no engine for this bundle; rebuild with `make engine`"):
-        check_engine(read_manifest(bundle), bundle, "estimate", "10.13.0", H100)
-
-
-@pytest.mark.parametrize("level, gpu, fits", [
-    ("ampere_plus", GpuInfo("NVIDIA L4", "8.9"), True),
-    ("ampere_plus", GpuInfo("Tesla T4", "7.5"), False),
-    ("same_compute_capability", GpuInfo("NVIDIA H200", "9.0"), True),
-    ("same_compute_capability", GpuInfo("NVIDIA L4", "8.9"), False),
-    ("none", GpuInfo("NVIDIA H200", "9.0"), False),
-])
-def test_hardware_compatibility_levels(bundle, level, gpu, fits):
-    manifest = _with_engines(bundle, level=level)
-    assert (mismatch(manifest, bundle, "estimate", "10.13.0", gpu) == "") is fits
+    with pytest.raises(BundleError, match=r"no fp16 TensorRT engine \(has: none\): rebuild it with"):
+        check_engines(load_bundle(bundle), "fp16", "10.13.0", H100)
+    _with_engines(bundle)
+    (bundle / "restore.fp16.engine").unlink()
+    with pytest.raises(BundleError, match="restore.fp16.engine is missing: rebuild it with `make engine`"):
+        check_engines(load_bundle(bundle), "fp16", "10.13.0", H100)
 
 
 # --- CLI with TensorRT replaced by a recording stand-in --------------------------
@@ -167,7 +164,7 @@ def fake_trt(monkeypatch):
     module.build_engine = build_engine
     module.layer_precisions = lambda blob: {"fp16": 7, "fp32": 1}
     monkeypatch.setitem(sys.modules, "export.trt_engine", module)
-    monkeypatch.setattr(export_engine, "tensorrt_installed", lambda: True)
+    monkeypatch.setattr(export_engine, "import_tensorrt", lambda: types.ModuleType("tensorrt"))
     monkeypatch.setattr(export_engine, "cuda_gpus", lambda: [H100])
     return builds
 
@@ -186,7 +183,7 @@ def test_build_records_engines_then_reuses(bundle, fake_trt, capsys):
         entry = engines["graphs"][name]
         assert entry["engine_sha256"] == sha256_file(bundle / f"{name}.fp16.engine")
         assert entry["onnx_sha256"] == manifest["graphs"][name]["sha256"]["fp16"]
-        assert check_engine(manifest, bundle, name, "10.13.0", H100).is_file()
+        assert check_engines(load_bundle(bundle), "fp16", "10.13.0", H100)[name].is_file()
     assert export_engine.main(["--bundle", str(bundle)]) == 0
     assert len(fake_trt) == 2 and "estimate: engine matches, reused" in capsys.readouterr().out
     assert export_engine.main(["--bundle", str(bundle), "--force"]) == 0
@@ -231,7 +228,7 @@ def test_cli_bad_workspace_is_argparse_error(bundle):
     assert info.value.code == 2
 
 
-@pytest.mark.skipif(tensorrt_installed(), reason="TensorRT is installed here")
+@pytest.mark.skipif(import_tensorrt() is not None, reason="TensorRT is installed here")
 def test_missing_tensorrt_subprocess(bundle):
     proc = subprocess.run([sys.executable, "-m", "export.engine", "--bundle", str(bundle)],
                           cwd=REPO, capture_output=True, text=True)
@@ -242,11 +239,10 @@ def test_missing_tensorrt_subprocess(bundle):
 
 
 def test_stubs_namespace_is_not_tensorrt(monkeypatch):
-    spec = types.SimpleNamespace(origin=None)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: spec)
-    assert tensorrt_installed() is False
-    spec.origin = "/site-packages/tensorrt/__init__.py"
-    assert tensorrt_installed() is True
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    assert import_tensorrt() is None
+    monkeypatch.setattr(sys.modules["tensorrt"], "Runtime", object, raising=False)
+    assert import_tensorrt() is sys.modules["tensorrt"]
 
 
 def test_cuda_gpus_without_driver():

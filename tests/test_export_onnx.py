@@ -15,13 +15,13 @@ from onnx import TensorProto, helper
 from common.hashing import sha256_file
 from export import onnx as export_onnx
 from export.bundle_writer import get_metadata, onnx_file, read_manifest
-from export.engine_plan import tensorrt_installed
 from export.fp16 import (FP16_MAX, check_fp16, fp16_problem, max_activations, to_fp16,
                          validation_images)
 from export.graphs import IR_VERSION
 from export.parity import PARITY_MIN_PSNR_DB, psnr, session
 from export.trt_lint import LintError, check_model, lint_model
 from export import verify as export_verify
+from runtime.gpu import import_tensorrt
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.archs import DefocusDeblurNet
 from training.presets import get_config
@@ -341,7 +341,7 @@ def test_summary_table(bundle):
 
 # --- verify without TensorRT ----------------------------------------------------
 
-@pytest.mark.skipif(tensorrt_installed(), reason="the TensorRT path runs engines instead")
+@pytest.mark.skipif(import_tensorrt() is not None, reason="the TensorRT path runs engines instead")
 def test_verify_compares_fp16_onnx_without_tensorrt(bundle, capsys):
     assert export_verify.main(["--bundle", str(bundle)]) == 0
     out = capsys.readouterr().out
@@ -353,4 +353,4 @@ def test_verify_compares_fp16_onnx_without_tensorrt(bundle, capsys):
 def test_verify_missing_bundle(tmp_path, capsys):
     assert export_verify.main(["--bundle", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == f"verify failed: {tmp_path / 'none'}: no such bundle folder (run `make export` first)"
+    assert err == f"verify failed: model {tmp_path / 'none'} does not exist"

@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 from runtime.bundle import BundleError, check_engine_entry, check_profile, load_bundle
+from runtime.gpu import GpuInfo
 from test_runtime_fixtures import tiny_bundle  # noqa: F401  (fixture)
 
 
@@ -110,7 +111,8 @@ ENTRY = {"tensorrt_version": "10.13.0", "gpu": "NVIDIA H100 80GB HBM3", "compute
          "graphs": {"estimate": {"file": "estimate.fp16.engine", "onnx_sha256": "aa"},
                     "restore": {"file": "restore.fp16.engine", "onnx_sha256": "bb"}}}
 SHAS = {"estimate": "aa", "restore": "bb"}
-HERE = ("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
+H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
+HERE = ("10.13.0.35", H100)
 
 
 def test_check_engine_entry_accepts_matching_engine():
@@ -128,17 +130,17 @@ def test_check_engine_entry_accepts_matching_engine():
 def test_check_engine_entry_hardware_compatibility(level, gpu, capability, ok):
     entry = dict(ENTRY, hardware_compatibility=level)
     if ok:
-        check_engine_entry(entry, SHAS, "10.13.0.35", gpu, capability)
+        check_engine_entry(entry, SHAS, "10.13.0.35", GpuInfo(gpu, capability))
     else:
         with pytest.raises(BundleError, match="GPU|compute capability"):
-            check_engine_entry(entry, SHAS, "10.13.0.35", gpu, capability)
+            check_engine_entry(entry, SHAS, "10.13.0.35", GpuInfo(gpu, capability))
 
 
 @pytest.mark.parametrize("shas,here,message", [
-    (SHAS, ("10.14.1.48", HERE[1], HERE[2]), "built with TensorRT 10.13.0, installed is 10.14.1.48"),
-    (SHAS, ("10.1.3", HERE[1], HERE[2]), "built with TensorRT 10.13.0, installed is 10.1.3"),
-    (SHAS, ("10.13.0.35", "NVIDIA A100-SXM4-80GB", "8.0"), "compute capability 9.0"),
-    (SHAS, ("10.13.0.35", "NVIDIA H100 PCIe", "9.0"), "engine built on NVIDIA H100 80GB HBM3"),
+    (SHAS, ("10.14.1.48", H100), "built with TensorRT 10.13.0, installed is 10.14.1.48"),
+    (SHAS, ("10.1.3", H100), "built with TensorRT 10.13.0, installed is 10.1.3"),
+    (SHAS, ("10.13.0.35", GpuInfo("NVIDIA A100-SXM4-80GB", "8.0")), "compute capability 9.0"),
+    (SHAS, ("10.13.0.35", GpuInfo("NVIDIA H100 PCIe", "9.0")), "engine built on NVIDIA H100 80GB HBM3"),
     ({"estimate": "aa", "restore": "changed"}, HERE, "restore.fp16.engine is stale"),
     ({"estimate": "aa", "restore": "bb", "condition": "cc"}, HERE, "no 'condition' engine"),
 ])

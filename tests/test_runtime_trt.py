@@ -13,8 +13,8 @@ import pytest
 
 from common.hashing import sha256_file
 from runtime import Deblurrer, load_bundle
-from runtime.backend import import_tensorrt
 from runtime.cuda_buffers import CudaError, device_count, nbytes, plan_buffers, selftest
+from runtime.gpu import cuda_gpus, import_tensorrt
 from test_runtime_fixtures import tiny_bundle  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,11 +69,9 @@ def test_selftest_without_gpu_is_one_clear_line():
 
 def _build_engines(trt, bundle_dir: Path, profile: dict) -> None:
     """Build FP32 engines of every graph and record them in the manifest (as export does)."""
-    from runtime.cuda_buffers import device_info
-
     logger = trt.Logger(trt.Logger.WARNING)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    gpu, capability = device_info(0)
+    gpu = cuda_gpus()[0]
     graphs = {}
     for name, graph in manifest["graphs"].items():
         builder = trt.Builder(logger)
@@ -95,8 +93,8 @@ def _build_engines(trt, bundle_dir: Path, profile: dict) -> None:
         path.write_bytes(bytes(builder.build_serialized_network(network, config)))
         graphs[name] = {"file": path.name, "onnx_sha256": graph["sha256"]["fp32"],
                         "engine_sha256": sha256_file(path)}
-    manifest["engines"] = {"fp32": {"tensorrt_version": trt.__version__, "gpu": gpu,
-                                    "compute_capability": capability, "profile": profile,
+    manifest["engines"] = {"fp32": {"tensorrt_version": trt.__version__, "gpu": gpu.name,
+                                    "compute_capability": gpu.compute_capability, "profile": profile,
                                     "graphs": graphs}}
     (bundle_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
