@@ -6,7 +6,8 @@ Each graph is exported with dynamic batch/height/width, folded and simplified
 with onnxslim, pinned to ``export.graphs.IR_VERSION``, tagged with metadata,
 linted for TensorRT, checked against PyTorch (parity gate) and converted to FP16
 (FP16 gate). Everything is built in a temp folder beside ``--out`` and renamed
-in only when every gate passed: a failed export leaves nothing behind.
+in only when every gate passed and ``runtime.load_bundle`` reads the result: a
+failed export leaves nothing behind.
 """
 import argparse
 import sys
@@ -24,7 +25,7 @@ from export.bundle_writer import io_spec, onnx_file, set_metadata, staged_bundle
 from export.graphs import IR_VERSION, export_graph, graph_specs
 from export.parity import PARITY_MIN_PSNR_DB, check_parity
 from export.trt_lint import LintError, check_model
-from runtime.bundle import FORMAT
+from runtime.bundle import FORMAT, load_bundle
 from runtime.errors import BundleError
 from training.checkpoint import WEIGHTS, CheckpointError, load_checkpoint
 from training.model_info import receptive_fields
@@ -90,7 +91,8 @@ def export_bundle(checkpoint: Path, out: Path, preset: Optional[str] = None) -> 
         The manifest written to ``out/manifest.json``.
 
     Raises:
-        CheckpointError, BundleError, LintError, ExportError: one-line reasons.
+        CheckpointError, BundleError, LintError, ExportError: one-line reasons (BundleError
+            also where the runtime cannot load what was written).
     """
     model, config = load_checkpoint(checkpoint, preset)
     folder = Path(checkpoint).parent if Path(checkpoint).is_file() else Path(checkpoint)
@@ -129,6 +131,7 @@ def export_bundle(checkpoint: Path, out: Path, preset: Optional[str] = None) -> 
         manifest["parity_min_psnr_db"] = PARITY_MIN_PSNR_DB
         manifest["fp16_min_psnr_db"] = fp16_check.FP16_MIN_PSNR_DB
         write_manifest(stage, manifest)
+        load_bundle(stage)  # the runtime's reader is the contract: refuse what it cannot load
     return manifest
 
 

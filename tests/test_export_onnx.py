@@ -326,6 +326,20 @@ def test_failed_gate_leaves_nothing(checkpoint, tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_bundle_the_runtime_cannot_load_is_not_written(checkpoint, tmp_path, capsys, monkeypatch):
+    """The export ends with ``runtime.load_bundle`` on what it wrote, before renaming it in."""
+    real_write = export_onnx.write_manifest
+
+    def without_receptive_field(folder, manifest):
+        real_write(folder, {k: v for k, v in manifest.items() if k != "receptive_field"})
+
+    monkeypatch.setattr(export_onnx, "write_manifest", without_receptive_field)
+    out = tmp_path / "out"
+    err = _one_line_failure(capsys, ["--checkpoint", checkpoint, "--out", out])
+    assert err.startswith("export failed: ") and err.endswith("missing or bad key 'receptive_field'")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_subprocess_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "export.onnx", "--checkpoint", str(tmp_path / "x"),
                            "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True)
