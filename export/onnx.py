@@ -29,7 +29,7 @@ from runtime.bundle import FORMAT, load_bundle
 from runtime.errors import BundleError
 from training.checkpoint import WEIGHTS, CheckpointError, load_checkpoint
 from training.model_info import receptive_fields
-from training.presets import INPUT_NORMALISATION, MAP_RADIUS_SCALE_PX, MAP_UNITS
+from training.presets import INPUT_NORMALISATION, MAP_MAX, MAP_RADIUS_SCALE_PX, MAP_UNITS
 
 LAYOUT = "NCHW"
 PACKAGES = ("torch", "onnx", "onnxruntime", "onnxslim", "onnxconverter_common")
@@ -48,6 +48,8 @@ def model_facts(model, config: dict) -> dict:
         "variant": net.variant,
         "map_units": config.get("map_units", MAP_UNITS),
         "map_radius_scale_px": config.get("map_radius_scale_px", MAP_RADIUS_SCALE_PX),
+        # The estimate graph clamps its output to [0, map_max], the trained range.
+        "map_max": MAP_MAX,
         "input_normalisation": config.get("input_normalisation", INPUT_NORMALISATION),
         "layout": LAYOUT,
         "size_multiple": net.size_multiple,

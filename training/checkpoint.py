@@ -17,7 +17,7 @@ from common.atomic import atomic_write
 from common.jsonfile import read_versioned_json
 from training.archs import DefocusDeblurNet
 from training.archs.dme_arch import dme_dilations
-from training.presets import INPUT_NORMALISATION, MAP_RADIUS_SCALE_PX, MAP_UNITS, NetConfig
+from training.presets import INPUT_NORMALISATION, MAP_MAX, MAP_RADIUS_SCALE_PX, MAP_UNITS, NetConfig
 
 FORMAT = "defocus-deblur-checkpoint/1"
 WEIGHTS = "model.safetensors"
@@ -48,6 +48,7 @@ def save_checkpoint(folder: Path, model: DefocusDeblurNet, extra: Optional[dict]
         "net": model.config.to_dict(),
         "map_units": MAP_UNITS,
         "map_radius_scale_px": MAP_RADIUS_SCALE_PX,
+        "map_max": MAP_MAX,
         "input_normalisation": INPUT_NORMALISATION,
         "size_multiple": model.config.size_multiple,
         "git_commit": git_commit(),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from training.losses import STAGES
+from training.presets import MAP_MAX, MAP_RADIUS_SCALE_PX
 
 
 class ConfigError(ValueError):
@@ -52,6 +53,8 @@ class TrainSection:
     #: after every step with this decay (BasicSR uses 0.999). 0 ships the raw weights.
     ema_decay: float = 0.0
     seed: int = 0
+    #: bf16 autocast: always on CUDA; on a CPU only where it has bf16 instructions
+    #: (``training.amp.cpu_has_bf16``), else the run trains in FP32 and says so.
     amp: bool = True
     channels_last: bool = True
     #: torch.compile the network: its many small element-wise ops fused into few
@@ -153,6 +156,10 @@ def from_dict(raw: dict) -> TrainConfig:
                          _section(TrainSection, raw.get("train", {}), "train"), stages)
     if config.train.batch < 1 or config.data.crop < 16 or config.train.log_every < 1:
         raise ConfigError("batch and log_every must be >= 1 and crop >= 16")
+    top_px = MAP_MAX * MAP_RADIUS_SCALE_PX
+    if not 0 < config.data.max_radius_px <= top_px:
+        raise ConfigError(f"max_radius_px {config.data.max_radius_px:g} must be in (0, {top_px:g}]: "
+                          "the estimator's output is clamped to that trained range")
     if not 0 <= config.train.ema_decay < 1:
         raise ConfigError(f"ema_decay {config.train.ema_decay} must be in [0, 1)")
     return config

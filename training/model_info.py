@@ -53,9 +53,19 @@ def receptive_fields(model: DefocusDeblurNet, size: int = 160) -> dict:
     statistics. ``total``: image -> output through the estimated map. The runtime
     overlaps tiles by at least half of the graph's field on each side. A field that
     fills the ``size`` x ``size`` probe is measured again on one twice as large.
+    The model is probed in training mode, where the map's clamp passes gradients
+    straight through: the clamp bounds values, it does not shrink what a cell sees
+    (the nets have no layer that behaves otherwise in training mode).
     """
+    was_training = model.training
+    try:
+        return _fields(model.train(), size)
+    finally:
+        model.train(was_training)
+
+
+def _fields(model: DefocusDeblurNet, size: int) -> dict:
     scale = model.config.scale
-    model = model.eval()
     image = torch.rand(1, 3, size, size)
     dmap = torch.rand(1, 1, size, size)
     cond_mean = None
@@ -69,7 +79,7 @@ def receptive_fields(model: DefocusDeblurNet, size: int = 160) -> dict:
                                   [image.clone()], size, scale),
     }
     if max(fields.values()) >= size - scale:
-        return receptive_fields(model, 2 * size)
+        return _fields(model, 2 * size)
     return fields
 
 

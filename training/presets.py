@@ -9,6 +9,9 @@ from dataclasses import asdict, dataclass, replace
 MAP_RADIUS_SCALE_PX = 10.0
 
 MAP_UNITS = f"circle-of-confusion radius in pixels / {MAP_RADIUS_SCALE_PX:g}"
+#: The trained range of the map is [0, MAP_MAX]: training renders blur radii up to
+#: MAP_MAX * MAP_RADIUS_SCALE_PX = 10 px, and the estimator's output is clamped to it.
+MAP_MAX = 1.0
 INPUT_NORMALISATION = "RGB, float32 in [0, 1] (8-bit / 255, 16-bit / 65535), NCHW"
 
 

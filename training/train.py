@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from training import amp
 from training.archs import DefocusDeblurNet
 from training.checkpoint import CheckpointError, init_from
 from training.config import ConfigError, TrainConfig, load_config, resume_conflict
@@ -84,7 +85,9 @@ class Trainer:
             unused = any(s.kind == "dme" for s in config.stages)
             self.net = DistributedDataParallel(self.model, device_ids=ids,
                                                find_unused_parameters=unused)
-        self.amp = tc.amp and device.type == "cuda"
+        self.bf16 = amp.use_bf16(device, tc.amp, amp.cpu_flags())
+        if self.files:
+            tqdm.write(amp.describe(device, tc.amp, self.bf16))
 
     def lr_factor(self, step: int) -> float:
         """Linear warm-up, then cosine decay from ``lr`` to ``lr_min`` over the run."""
@@ -147,7 +150,7 @@ class Trainer:
     def _forward(self, net, stage: str, batch: dict) -> tuple:
         """(deblurred or None, estimated map) of ``net`` on a batch, as ``stage`` calls it."""
         call = _CALLS[stage]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             guide = batch["defocus_map"] if call == "gt_map" else None
             deblurred, estimated = net(batch["blurry"], guide, estimate_only=call == "dme")
         return None if deblurred is None else deblurred.float(), estimated.float()

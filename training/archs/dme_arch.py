@@ -1,10 +1,24 @@
 """Defocus map estimation network (DID-ANet's DME branch)."""
 from typing import List
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.archs.blocks import ResBlock, conv3x3
+from training.presets import MAP_MAX
+
+
+def clamp_map(x: Tensor, high: float = MAP_MAX, straight_through: bool = False) -> Tensor:
+    """Clamp a map to the trained range [0, ``high``].
+
+    With ``straight_through`` the value is clamped but the gradient passes as if it
+    were not (Bengio et al.'s estimator): a pixel that lies below 0 while its target
+    is above still learns its way back, which a plain clamp's zero gradient forbids.
+    The exported graph sees the plain clamp (one ``Clip``), the same values.
+    """
+    clamped = x.clamp(0.0, high)
+    return x + (clamped - x).detach() if straight_through else clamped
 
 
 def dme_dilations(num_blocks: int, dilated_blocks: int) -> List[int]:
@@ -27,7 +41,8 @@ class DefocusMapEstimator(nn.Module):
     region, only at the edges around it, so the map there needs that context.
 
     The map is the circle-of-confusion radius in pixels divided by
-    ``training.presets.MAP_RADIUS_SCALE_PX`` (0 = in focus). It is not clamped.
+    ``training.presets.MAP_RADIUS_SCALE_PX`` (0 = in focus), clamped to the trained
+    range [0, ``MAP_MAX``] so that no input, flipped or not, gets a map outside it.
 
     Args:
         channels: Feature channels C. Default: 64.
@@ -36,7 +51,7 @@ class DefocusMapEstimator(nn.Module):
         dilated_blocks: Dilated residual blocks after the plain ones. Default: 0.
 
     Shape:
-        image (N, 3, H, W) in [0, 1] -> map (N, 1, H, W).
+        image (N, 3, H, W) in [0, 1] -> map (N, 1, H, W) in [0, MAP_MAX].
     """
 
     def __init__(self, channels: int = 64, num_blocks: int = 4, scale: int = 1,
@@ -53,4 +68,5 @@ class DefocusMapEstimator(nn.Module):
         x = F.pixel_unshuffle(image, self.scale) if self.scale > 1 else image
         x = self.conv_body(self.body(self.conv_first(x)))
         x = self.conv_last(x)
-        return F.pixel_shuffle(x, self.scale) if self.scale > 1 else x
+        x = F.pixel_shuffle(x, self.scale) if self.scale > 1 else x
+        return clamp_map(x, straight_through=self.training and torch.is_grad_enabled())
