@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnxconverter_common import float16
 
-from export.parity import psnr, session
+from export.parity import session
+from training.metrics import psnr
 
 #: FP16 vs FP32 output PSNR (dB) below which the FP16 graph is rejected.
 FP16_MIN_PSNR_DB = 45.0
@@ -188,7 +189,7 @@ def check_fp16(fp32: onnx.ModelProto, fp16: onnx.ModelProto, feeds: Sequence[dic
         (want,), (got,) = ref.run(None, feed), half.run(None, feed)
         bad = bad or not bool(np.isfinite(got).all())
         errors.append(float(np.abs(got - want).max()))
-        psnrs.append(psnr(want, got))
+        psnrs.append(psnr(got, want, data_range=None))
     return {"psnr_db_vs_fp32": min(psnrs), "max_abs_error": max(errors), "nan_or_inf": bad,
             "max_activation": max_activations(fp32, feeds)}
 

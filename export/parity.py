@@ -1,32 +1,18 @@
 """ONNX Runtime against PyTorch: the parity gate of the export."""
-import math
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from skimage.metrics import peak_signal_noise_ratio
+
+from training.metrics import psnr
 
 #: Below this PSNR (dB) of ONNX Runtime vs PyTorch on any size, the export fails.
 PARITY_MIN_PSNR_DB = 60.0
 #: (batch, height, width) in units of ``size_multiple``: odd multiples, a batch of 2
 #: and a strongly non-square shape, so dynamic axes and padding paths are exercised.
 PARITY_SIZES = ((2, 17, 23), (1, 32, 24), (1, 9, 41))
-
-
-def psnr(reference: np.ndarray, test: np.ndarray) -> float:
-    """PSNR in dB with the reference's value range as peak; ``inf`` when identical.
-
-    The peak is ``max - min`` of the reference (at least 1e-12): 1 for images that
-    span [0, 1], the map's own range for a defocus map or condition vector.
-    """
-    reference = np.asarray(reference, np.float64)
-    test = np.asarray(test, np.float64)
-    if np.array_equal(reference, test):
-        return math.inf
-    data_range = max(float(reference.max() - reference.min()), 1e-12)
-    return float(peak_signal_noise_ratio(reference, test, data_range=data_range))
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -83,6 +69,6 @@ def check_parity(graph: str, spec: dict, onnx_model: onnx.ModelProto, model,
         if got.shape != want.shape:
             raise ValueError(f"{graph}: ONNX output shape {got.shape} != PyTorch {want.shape}")
         errors.append(float(np.abs(got - want).max()))
-        psnrs.append(psnr(want, got))
+        psnrs.append(psnr(got, want, data_range=None))
     return {"sizes": [[h * m, w * m] for _, h, w in sizes], "batches": [b for b, _, _ in sizes],
             "max_abs_error": max(errors), "psnr_db": min(psnrs)}

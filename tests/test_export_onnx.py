@@ -18,12 +18,13 @@ from export.bundle_writer import get_metadata, onnx_file, read_manifest
 from export.fp16 import (FP16_MAX, check_fp16, fp16_problem, max_activations, to_fp16,
                          validation_images)
 from export.graphs import IR_VERSION
-from export.parity import PARITY_MIN_PSNR_DB, psnr, session
+from export.parity import PARITY_MIN_PSNR_DB, session
 from export.trt_lint import LintError, check_model, lint_model
 from export import verify as export_verify
 from runtime.gpu import import_tensorrt
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.archs import DefocusDeblurNet
+from training.metrics import psnr
 from training.presets import get_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,12 +146,14 @@ def test_manifest_parity_figures(bundle):
 @pytest.mark.parametrize("offset, expected", [(0.1, 20.0), (0.01, 40.0), (0.001, 60.0)])
 def test_psnr_against_closed_form(offset, expected):
     ref = np.array([0.0, 1.0, 0.5, 0.25])
-    assert psnr(ref, ref + offset) == pytest.approx(expected, abs=1e-6)
+    assert psnr(ref + offset, ref, data_range=None) == pytest.approx(expected, abs=1e-6)
+    assert psnr(ref + offset, ref) == pytest.approx(expected, abs=1e-6)  # ref spans [0, 1]
+    assert psnr(2 * (ref + offset), 2 * ref, data_range=None) == pytest.approx(expected, abs=1e-6)
 
 
 def test_psnr_identical_is_inf():
     ref = np.linspace(0, 1, 10)
-    assert psnr(ref, ref.copy()) == math.inf
+    assert psnr(ref.copy(), ref) == psnr(ref, ref, data_range=None) == math.inf
 
 
 # --- TensorRT lint --------------------------------------------------------------
@@ -230,7 +233,7 @@ def test_fp16_close_to_fp32_on_smooth_images(bundle):
     ref = session(onnx.load(str(bundle / "estimate.onnx"))).run(None, {"image": image})[0]
     half = session(onnx.load(str(bundle / "estimate.fp16.onnx"))).run(None, {"image": image})[0]
     assert image.shape == (1, 3, 40, 30)
-    assert np.isfinite(half).all() and psnr(ref, half) >= 45
+    assert np.isfinite(half).all() and psnr(half, ref, data_range=None) >= 45
     for report in read_manifest(bundle)["fp16"].values():
         assert report["psnr_db_vs_fp32"] >= 45 and report["nan_or_inf"] is False
 

@@ -5,16 +5,11 @@ import torch
 
 from runtime.bundle import load_bundle
 from runtime.ort_backend import OrtBackend
+from training.metrics import psnr
 from runtime.tiling import (TiledPipeline, axis_weights, balanced_tile, chunk_bounds,
                             default_overlap, estimate_tile_for, make_grid, margin_for, min_overlap,
                             pad_to, padded_size, tile_starts)
 from test_runtime_fixtures import concat_bundle, tiny_bundle  # noqa: F401  (fixtures)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB for data range 1 (inf when identical)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
 @pytest.mark.parametrize("length,tile,overlap,multiple", [

@@ -20,6 +20,7 @@ from training.checkpoint import CheckpointError, init_from, save_checkpoint
 from training.config import ConfigError, from_dict, load_config
 from training.data import build_validation_set
 from training.losses import LAMBDA_DF, LAMBDA_DME, LAMBDA_WD, STAGES, stage_loss, weighted_l2
+from training.metrics import psnr
 from training.presets import get_config
 from training.train import Trainer
 from training.validate import evaluate
@@ -170,17 +171,14 @@ def test_evaluate_against_numpy():
     samples = build_validation_set(seed=0, size=32)
     metrics = evaluate(MapEcho(), samples, torch.device("cpu"))
 
-    def psnr(x, ref):
-        return 10 * np.log10(1 / np.mean((np.clip(x, 0, 1) - ref) ** 2))
-
     blurry = [s["blurry"].numpy().astype(np.float64) for s in samples]
     sharp = [s["sharp"].numpy().astype(np.float64) for s in samples]
     maps = [s["defocus_map"].numpy().astype(np.float64) for s in samples]
-    psnr_in = np.mean([psnr(b, t) for b, t in zip(blurry, sharp)])
+    psnr_in = np.mean([psnr(np.clip(b, 0, 1), t) for b, t in zip(blurry, sharp)])
     assert metrics["psnr_in"] == pytest.approx(psnr_in, rel=1e-5)
     assert metrics["psnr_out"] == pytest.approx(psnr_in, rel=1e-5)
     assert metrics["psnr_true_map"] == pytest.approx(
-        np.mean([psnr(b + 0.1 * m, t) for b, m, t in zip(blurry, maps, sharp)]), rel=1e-5)
+        np.mean([psnr(np.clip(b + 0.1 * m, 0, 1), t) for b, m, t in zip(blurry, maps, sharp)]), rel=1e-5)
     assert metrics["psnr_true_map"] < metrics["psnr_out"]  # the echo only adds error
     assert metrics["map_mae"] == pytest.approx(np.mean([np.abs(m).mean() for m in maps]), rel=1e-5)
     assert metrics["images"] == len(samples) == 12
