@@ -112,6 +112,8 @@ def create_backend(bundle: Bundle, backend: str = "auto", device: str = "cpu", p
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if device not in DEVICES:
         raise BackendError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    # An explicit GPU request is refused where it cannot be met, as TensorRT's is.
+    strict = device == "cuda" or backend == "onnxruntime-trt"
     device = _resolve_device(device)
     if backend == "auto":
         backend = _auto_backend(bundle, device, precision)
@@ -127,7 +129,7 @@ def create_backend(bundle: Bundle, backend: str = "auto", device: str = "cpu", p
     else:
         from runtime.ort_backend import OrtBackend
         provider = "tensorrt" if backend == "onnxruntime-trt" else device
-        chosen = OrtBackend(bundle, precision, provider=provider, threads=threads)
+        chosen = OrtBackend(bundle, precision, provider=provider, threads=threads, strict=strict)
     log.info("backend: %s", chosen.describe())
     return chosen
 

@@ -19,6 +19,7 @@ from common.hashing import sha256_file
 from common.jsonfile import read_versioned_json
 from runtime.errors import BundleError
 from runtime.gpu import GpuInfo
+from runtime.validate import DEFAULT_MAP_MAX, check_bundle_fields
 
 FORMAT = "defocus-deblur-bundle/1"
 GRAPH_NAMES = ("estimate", "condition", "restore")
@@ -91,6 +92,8 @@ class Bundle:
         size_multiple: H and W of every graph input must be multiples of this.
         map_radius_scale_px: Map value 1.0 means a blur disc of this radius (px).
         receptive_field: ``estimate``, ``restore`` (and ``total``) in pixels.
+        map_max: The trained map range is [0, map_max] map units (manifest ``map_max``;
+            ``validate.DEFAULT_MAP_MAX`` = 1.0 where it has none).
         engines: Precision -> engine entry (see ``check_engine_entry``).
         hint_backend, hint_precision: Set when ``--model`` named one .onnx / .engine file.
     """
@@ -101,6 +104,7 @@ class Bundle:
     size_multiple: int
     map_radius_scale_px: float
     receptive_field: Dict[str, int]
+    map_max: float = DEFAULT_MAP_MAX
     engines: Dict[str, dict] = field(default_factory=dict)
     hint_backend: Optional[str] = None
     hint_precision: Optional[str] = None
@@ -220,13 +224,17 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True) -> Bun
     engines = data.get("engines") or {}
     hint_backend, hint_precision = _hints(graphs, engines, named) if named else (None, None)
     try:
-        return Bundle(root=root, manifest=data, graphs=graphs,
-                      size_multiple=int(data["size_multiple"]),
-                      map_radius_scale_px=float(data["map_radius_scale_px"]),
-                      receptive_field={k: int(v) for k, v in data["receptive_field"].items()},
-                      engines=engines, hint_backend=hint_backend, hint_precision=hint_precision)
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        size_multiple = int(data["size_multiple"])
+        radius_scale_px = float(data["map_radius_scale_px"])
+        receptive_field = {k: int(v) for k, v in data["receptive_field"].items()}
+        map_max = float(data.get("map_max", DEFAULT_MAP_MAX))
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
         raise BundleError(f"{manifest_path}: missing or bad key {err}") from None
+    check_bundle_fields(size_multiple, radius_scale_px, receptive_field, map_max, str(manifest_path))
+    return Bundle(root=root, manifest=data, graphs=graphs, size_multiple=size_multiple,
+                  map_radius_scale_px=radius_scale_px, receptive_field=receptive_field,
+                  map_max=map_max, engines=engines, hint_backend=hint_backend,
+                  hint_precision=hint_precision)
 
 
 def _same_version(built: str, installed: str) -> bool:

@@ -9,6 +9,7 @@ from runtime.backend import Backend, create_backend
 from runtime.bundle import Bundle, load_bundle
 from runtime.device_arrays import is_device_array, to_cupy
 from runtime.ensemble import SIZES, TRANSFORMS, Transform
+from runtime import validate
 from runtime.errors import BackendError
 from runtime.tiling import (TiledPipeline, default_overlap, estimate_tile_for, min_overlap, pad_to,
                             padded_size, round_up)
@@ -55,6 +56,7 @@ class Deblurrer:
             raise BackendError(f"self-ensemble must be one of {', '.join(map(str, SIZES))}, "
                                f"got {self_ensemble}")
         self.transforms = TRANSFORMS[:self_ensemble]
+        validate.check_tiling(tile, overlap, tile_batch)
         self.bundle = model if isinstance(model, Bundle) else load_bundle(model)
         if self.bundle.hint_backend and backend == "auto":
             backend = self.bundle.hint_backend
@@ -63,8 +65,8 @@ class Deblurrer:
         self.backend: Backend = create_backend(self.bundle, backend, device, precision, threads,
                                                cuda_graphs)
         default_tile, default_batch = GPU_TILING if self.backend.device_io else CPU_TILING
-        self.tile, self.tile_batch = self._fit_profile(tile or default_tile,
-                                                       tile_batch or default_batch)
+        self.tile, self.tile_batch = self._fit_profile(
+            default_tile if tile is None else tile, default_batch if tile_batch is None else tile_batch)
         profile = self.backend.profile
         self.estimate_tile = estimate_tile_for(self.tile, self.bundle.size_multiple,
                                                None if profile is None else min(profile["max"][1:]))
@@ -74,6 +76,7 @@ class Deblurrer:
                                       self.bundle.size_multiple, self.bundle.uses_pooling,
                                       self.tile, overlap, self.tile_batch,
                                       estimate_tile=self.estimate_tile)
+        self._map_warned = False
 
     def _fit_profile(self, tile: int, tile_batch: int) -> Tuple[int, int]:
         """Check the tile against a TensorRT profile; cap the batch at its maximum."""
@@ -118,16 +121,23 @@ class Deblurrer:
             image: (H, W, 3) RGB, uint8, uint16 or float32 in [0, 1]; a NumPy array, or a
                 GPU array (CuPy, torch CUDA tensor: anything with ``__cuda_array_interface__``
                 or CUDA DLPack) for the GPU backends.
-            defocus_scale: Multiplies the defocus map (deblurring strength). Default: 1.0.
+            defocus_scale: Multiplies the defocus map (deblurring strength), in [0, 10].
+                Default: 1.0.
             defocus_map: (H, W) float32 map to use instead of the estimate, in the
-                manifest's units (blur-disc radius px / ``map_radius_scale_px``); it is
-                multiplied by ``defocus_scale`` too.
+                manifest's units (blur-disc radius px / ``map_radius_scale_px``), finite
+                and >= 0; it is multiplied by ``defocus_scale`` too. A map as used beyond
+                the trained range (``bundle.map_max``) logs a warning, beyond 10 times
+                that it is refused (``runtime.validate``).
             progress: Called with the number of tiles finished.
 
         Returns:
             (deblurred (H, W, 3) in the input's dtype (float32 clipped to [0, 1]),
             defocus map (H, W) float32 as used, averaged over the self-ensemble). CuPy
             arrays for GPU input, else NumPy.
+
+        Raises:
+            ImageError: Non-finite or out-of-range float32 samples, a bad map.
+            BackendError: A bad shape, dtype or scale; non-finite model output.
         """
         on_device = is_device_array(image)
         if on_device:
@@ -140,11 +150,15 @@ class Deblurrer:
         elif defocus_map is not None and is_device_array(defocus_map):
             raise BackendError("defocus_map is a GPU array but the image is not: pass both on one side")
         _check_image(image)
+        image = validate.check_samples(image)
+        defocus_scale = validate.check_defocus_scale(defocus_scale)
         height, width = image.shape[:2]
         ph, pw = self._padded_size(height, width)
         padded = pad_to(image, ph, pw)
         if defocus_map is not None:
-            defocus_map = pad_to(_check_map(defocus_map, height, width), ph, pw)
+            defocus_map = _check_map(defocus_map, height, width)
+            validate.check_map(defocus_map, defocus_scale, self.bundle.map_max)
+            defocus_map = pad_to(defocus_map, ph, pw)
         self.pipeline.progress = progress
         restored, dmap = self._pass(padded, defocus_map, defocus_scale, self.transforms[0])
         for transform in self.transforms[1:]:
@@ -154,7 +168,15 @@ class Deblurrer:
         if len(self.transforms) > 1:
             restored /= len(self.transforms)
             dmap /= len(self.transforms)
-        return _to_image(restored, height, width, image.dtype), dmap[:height, :width]
+        dmap = dmap[:height, :width]
+        if not self._map_warned and (defocus_map is not None or defocus_scale > 1.0):
+            # Once per Deblurrer: a stream would repeat it every frame.
+            warning = validate.map_range_warning(dmap, self.bundle.map_max,
+                                                 self.bundle.map_radius_scale_px)
+            if warning is not None:
+                log.warning(warning)
+                self._map_warned = True
+        return _to_image(restored, height, width, image.dtype), dmap
 
     def _pass(self, padded: Any, defocus_map: Optional[Any], defocus_scale: float,
               transform: Transform) -> Tuple[Any, Any]:
@@ -210,6 +232,7 @@ def _to_image(restored: Any, height: int, width: int, dtype: Any) -> Any:
     top = _MAX_VALUE.get(dtype, 1.0)
     for y in range(0, height, _BAND_ROWS):
         band = restored[:, y:min(y + _BAND_ROWS, height), :width].transpose(1, 2, 0)
+        validate.check_output(band)
         band = xp.clip(band, 0.0, 1.0)
         if dtype != np.float32:
             band = band * np.float32(top) + np.float32(0.5)

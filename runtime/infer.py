@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
-from runtime import image_io
+from runtime import image_io, validate
 from runtime.cli_common import add_model_options, build_deblurrer, fail, setup_logging
 from runtime.deblurrer import Deblurrer
 from runtime.errors import DeblurError
@@ -94,7 +94,11 @@ def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace,
     tiles = deblurrer.count_tiles(height, width)
     with tqdm(total=tiles, desc=src.name, unit="tile", leave=False,
               disable=args.quiet or tiles < _TILE_BAR_MIN) as bar:
-        deblurred, dmap = deblurrer.run(loaded.rgb, args.defocus_scale, user_map, progress=bar.update)
+        try:
+            deblurred, dmap = deblurrer.run(loaded.rgb, args.defocus_scale, user_map,
+                                            progress=bar.update)
+        except DeblurError as err:
+            raise type(err)(f"{src}: {err}") from None
     image_io.write_image(out, image_io.compose(deblurred, loaded.alpha, loaded.grey))
     if args.save_defocus_map in ("color", "both"):
         colored = image_io.colorize_defocus_map(dmap, deblurrer.bundle.map_radius_scale_px)
@@ -130,8 +134,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             fail(f"cannot create --output-dir {args.output_dir}: {err.strerror}")
-    if args.defocus_scale < 0:
-        fail(f"--defocus-scale must be >= 0, got {args.defocus_scale}")
+    try:
+        validate.check_defocus_scale(args.defocus_scale)
+    except DeblurError as err:
+        fail(str(err))
     failures: List[Tuple[Path, str]] = []
     # Paths that are not there fail now, not after the model has loaded.
     for src in [p for p in inputs if not p.exists()]:

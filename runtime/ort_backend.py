@@ -50,12 +50,14 @@ class OrtBackend(Backend):
         provider: ``cpu``, ``cuda`` or ``tensorrt``. Default: ``cpu``.
         threads: Intra-op threads; None lets ONNX Runtime use all cores.
         device_id: CUDA device. Default: 0.
+        strict: Refuse (``BackendError``) instead of falling back to the CPU with a
+            warning when ``provider`` is not usable here. Default: False.
     """
 
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", provider: str = "cpu",
-                 threads: Optional[int] = None, device_id: int = 0):
+                 threads: Optional[int] = None, device_id: int = 0, strict: bool = False):
         super().__init__(bundle, "cpu" if provider == "cpu" else "cuda", precision)
         self.provider = provider
         self.device_id = device_id
@@ -71,11 +73,17 @@ class OrtBackend(Backend):
         # Providers this onnxruntime build lacks are not asked for: ONNX Runtime would warn
         # about each (a UserWarning and C++ log lines) before the one warning below.
         available = ort.get_available_providers()
+        if strict and _PROVIDERS[provider] not in available:
+            raise BackendError(f"ONNX Runtime has no {_PROVIDERS[provider]} here (available: "
+                               f"{', '.join(available)}): use --device cpu or auto")
         wanted = [p for p in provider_list(provider, device_id)
                   if (p if isinstance(p, str) else p[0]) in available]
         self.sessions = {name: self._session(bundle, name, options, wanted) for name in bundle.graphs}
         active = self.sessions["restore"].get_providers()
         if _PROVIDERS[provider] not in active:
+            if strict:
+                raise BackendError(f"ONNX Runtime cannot use {_PROVIDERS[provider]} here (no usable "
+                                   "GPU?): use --device cpu or auto")
             log.warning("ONNX Runtime fell back to %s: %s is not usable here (available: %s)",
                         ", ".join(active), _PROVIDERS[provider], ", ".join(available))
             self.device = "cpu"

@@ -6,7 +6,8 @@
 
 Frames are packed RGB, ``rgb24`` (8-bit) or ``rgb48le`` (16-bit little-endian);
 output frames have the input's format and are flushed one by one. Logs go to
-stderr. A stream that ends inside a frame is an error (exit 1).
+stderr. Exit status as ``runtime.infer``: 1 when the stream fails (it ends inside a
+frame, stdout closes), 2 for bad options or model.
 """
 import argparse
 import logging
@@ -15,6 +16,7 @@ from typing import BinaryIO, Dict, Optional, Sequence
 
 import numpy as np
 
+from runtime import validate
 from runtime.cli_common import add_model_options, build_deblurrer, fail, setup_logging
 from runtime.deblurrer import Deblurrer
 from runtime.errors import DeblurError
@@ -82,7 +84,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fail(f"{args.width}x{args.height} frames are too large (limit {MAX_SIDE} px a side, "
              f"{MAX_PIXELS // 1_000_000} MP)")
     try:
+        validate.check_defocus_scale(args.defocus_scale)
         deblurrer = build_deblurrer(args)
+    except DeblurError as err:
+        fail(str(err))
+    try:
         frames = run_stream(deblurrer, sys.stdin.buffer, sys.stdout.buffer, args.width, args.height,
                             PIX_FMTS[args.pix_fmt], args.defocus_scale)
     except DeblurError as err:

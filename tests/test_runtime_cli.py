@@ -139,7 +139,7 @@ def _bad_case(tmp_path: Path, case: str):
     if case == "two_inputs_one_output":
         return [good, good, "-o", tmp_path / "o.png"], "-o names one output"
     if case == "bad_scale":
-        return [good, "--defocus-scale", "-1"], "--defocus-scale must be >= 0"
+        return [good, "--defocus-scale", "-1"], "--defocus-scale must be in [0, 10], got -1.0"
     if case == "bad_ensemble":
         return [good, "--self-ensemble", "3"], "self-ensemble must be one of 1, 2, 4, 8, got 3"
     raise AssertionError(case)

@@ -60,10 +60,9 @@ def test_provider_list(provider, expected):
 
 def test_auto_backend_without_tensorrt_picks_onnxruntime(tiny_bundle, caplog):  # noqa: F811
     with caplog.at_level(logging.INFO, logger="runtime"):
-        chosen = create_backend(load_bundle(tiny_bundle[0]), "auto", "cuda", "fp32", threads=1)
-    assert chosen.name == "onnxruntime"
+        with pytest.raises(BackendError, match="no CUDAExecutionProvider here"):
+            create_backend(load_bundle(tiny_bundle[0]), "auto", "cuda", "fp32", threads=1)
     assert "not tensorrt: tensorrt is not installed" in caplog.text
-    assert "backend: onnxruntime (CPUExecutionProvider), fp32" in caplog.text
 
 
 def test_tensorrt_backend_needs_cuda_device(tiny_bundle):  # noqa: F811
