@@ -61,7 +61,8 @@ def cuda_peak(n: int = CUDA_N, repeats: int = 10) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gemm",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (BLAS: from env)")
     parser.add_argument("--n", type=int, default=None, help="matrix size")

@@ -32,7 +32,8 @@ DEFAULT_RSS_LIMIT_MIB = 2048
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None,
                         help="checkpoint folder (default: models/default, else a random small model)")
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="cpu")

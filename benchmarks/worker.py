@@ -197,7 +197,8 @@ def run_backend(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.worker",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--backend", required=True, choices=sorted(BY_NAME))
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--bundle", type=Path, default=None)

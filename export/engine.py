@@ -28,18 +28,23 @@ TIMING_CACHE = "trt_timing.cache"
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m export.engine",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True, help="bundle folder (make export)")
     parser.add_argument("--force", action="store_true", help="rebuild engines that match")
     parser.add_argument("--tile", type=int, default=512, help="runtime tile side: opt H, W")
     parser.add_argument("--batch", type=int, default=4, help="opt batch")
-    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=8,
+                        help="largest tiles per call the engines accept (profile max batch)")
     parser.add_argument("--min-size", type=int, default=64, help="smallest H, W")
     parser.add_argument("--max-size", type=int, default=1024, help="largest H, W")
     parser.add_argument("--workspace-gib", type=float, default=4.0, help="workspace pool limit")
     parser.add_argument("--opt-level", type=int, default=3, choices=range(6),
                         help="builder_optimization_level")
-    parser.add_argument("--hardware-compatibility", default="none", choices=HARDWARE_COMPATIBILITY)
+    parser.add_argument("--hardware-compatibility", default="none", choices=HARDWARE_COMPATIBILITY,
+                        help="none: engines run on this GPU model only (fastest); ampere_plus: on any "
+                             "Ampere or newer GPU; same_compute_capability: on GPUs of this one's "
+                             "compute capability")
     args = parser.parse_args(argv)
     if args.workspace_gib <= 0:
         parser.error(f"--workspace-gib must be > 0, got {args.workspace_gib}")

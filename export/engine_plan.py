@@ -15,6 +15,8 @@ from runtime.gpu import GpuInfo
 
 Shape = Tuple[int, ...]
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
+#: How to install TensorRT, cuda-python and onnxruntime-gpu (the README quotes it).
+GPU_INSTALL = "pip uninstall -y onnxruntime && pip install -e '.[gpu]'"
 
 @dataclass(frozen=True)
 class Profile:
@@ -116,5 +118,5 @@ def engines_section(key: dict, graphs: Dict[str, dict]) -> dict:
 
 
 def tensorrt_missing_message(bundle: Path) -> str:
-    return (f"tensorrt is not installed: pip install tensorrt-cu12 (needs an NVIDIA GPU and "
-            f"driver); the ONNX bundle in {bundle} runs with onnxruntime meanwhile")
+    return (f"tensorrt is not installed: {GPU_INSTALL} (needs an NVIDIA GPU and driver); "
+            f"the ONNX bundle in {bundle} runs with onnxruntime meanwhile")

@@ -158,7 +158,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m export.onnx",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder")
     parser.add_argument("--out", type=Path, required=True, help="bundle folder")
     parser.add_argument("--preset", default=None, help="refuse a checkpoint of another preset")

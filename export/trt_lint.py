@@ -147,7 +147,8 @@ def check_model(model: onnx.ModelProto, name: str) -> None:
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m export.trt_lint",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="ONNX files")
     args = parser.parse_args(argv)
     status = 0

@@ -91,7 +91,8 @@ def verify(bundle: Path) -> bool:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m export.verify",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True)
     args = parser.parse_args(argv)
     try:

@@ -231,7 +231,8 @@ def _timed(copy: Callable[[], None], stream: Stream, size: int, repeats: int) ->
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="CUDA buffer self-check (cuda-python, no TensorRT).")
+    parser = argparse.ArgumentParser(prog="python -m runtime.cuda_buffers",
+                                     description="CUDA buffer self-check (cuda-python, no TensorRT).")
     parser.add_argument("--selftest", action="store_true", help="run the host/device round trip")
     parser.add_argument("--megabytes", type=float, default=64.0, help="transfer size (default 64)")
     args = parser.parse_args(argv)

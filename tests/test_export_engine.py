@@ -234,7 +234,8 @@ def test_missing_tensorrt_subprocess(bundle):
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == export_engine.EXIT_MISSING
     assert proc.stderr == tensorrt_missing_message(bundle) + "\n"
-    assert proc.stderr.startswith("tensorrt is not installed: pip install tensorrt-cu12")
+    assert proc.stderr.startswith("tensorrt is not installed: pip uninstall -y onnxruntime && "
+                                  "pip install -e '.[gpu]'")
     assert "engines" not in read_manifest(bundle)
 
 

@@ -97,7 +97,8 @@ def model_stats(config: NetConfig) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.model_info",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="sft_dec")
     args = parser.parse_args()
     print(f"{'preset':8} {'variant':9} {'params':>10} {'KMAC/px':>9} "

@@ -271,7 +271,8 @@ def init_distributed(device: torch.device) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Train the defocus deblurring network.")
+    parser = argparse.ArgumentParser(prog="python -m training.train",
+                                     description="Train the defocus deblurring network.")
     parser.add_argument("--config", required=True, type=Path, help="TOML config (configs/*.toml)")
     parser.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
