@@ -47,6 +47,14 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, dw, 0, dh), mode=mode)
 
 
+def _tolerance(dtype: torch.dtype, expected: np.ndarray) -> dict:
+    """assert_allclose tolerances: float32 rounding, or float16's (~1e-3 per operation)
+    relative to the largest value."""
+    if dtype == torch.float16:
+        return {"rtol": 2e-2, "atol": 2e-2 * float(np.abs(expected).max())}
+    return {"rtol": 1e-4, "atol": 1e-5}
+
+
 # ----------------------------------------------------------------------------- numpy reference
 def np_conv1x1(x: np.ndarray, conv: torch.nn.Conv2d) -> np.ndarray:
     """1x1 convolution of (N, Cin, H, W) in float64."""
@@ -94,22 +102,22 @@ def np_condition_mean(net: ConditionNet, dmap: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- shapes
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("batch,height,width", [(1, 2, 2), (2, 2, 6), (1, 6, 4), (2, 16, 10)])
-def test_forward_shapes_multiples(variant, batch, height, width):
-    model = tiny_model(variant)
-    image = torch.rand(batch, 3, height, width)
+def test_forward_shapes_multiples(variant, batch, height, width, device, dtype):
+    model = tiny_model(variant).to(device, dtype)
+    image = torch.rand(batch, 3, height, width, device=device, dtype=dtype)
     with torch.no_grad():
         out, dmap = model(image)
-    assert out.shape == (batch, 3, height, width)
-    assert dmap.shape == (batch, 1, height, width)
+    assert out.shape == (batch, 3, height, width) and out.dtype == dtype
+    assert dmap.shape == (batch, 1, height, width) and dmap.device.type == device.type
     assert torch.isfinite(out).all() and torch.isfinite(dmap).all()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("height,width", [(1, 1), (3, 5), (7, 2), (13, 1), (9, 11)])
-def test_forward_odd_sizes_via_padding(variant, height, width):
-    model = tiny_model(variant)
+def test_forward_odd_sizes_via_padding(variant, height, width, device):
+    model = tiny_model(variant).to(device)
     multiple = model.config.size_multiple
-    image = torch.rand(1, 3, height, width)
+    image = torch.rand(1, 3, height, width, device=device)
     padded = pad_to_multiple(image, multiple)
     assert padded.shape[-2] % multiple == 0 and padded.shape[-1] % multiple == 0
     assert torch.equal(padded[..., :height, :width], image)
@@ -172,15 +180,17 @@ def test_bad_variant_and_mode_raise():
 @pytest.mark.parametrize("mode", ["full", "dec", "fdec"])
 @pytest.mark.parametrize("batch,channels,cond_channels,height,width",
                          [(1, 6, 4, 5, 7), (2, 3, 5, 1, 1), (3, 8, 2, 4, 1)])
-def test_sft_layer_matches_reference(mode, batch, channels, cond_channels, height, width):
+def test_sft_layer_matches_reference(mode, batch, channels, cond_channels, height, width, device, dtype):
     layer = SFTLayer(channels, cond_channels, mode)
     randomize_(layer, seed=1)
-    x = torch.randn(batch, channels, height, width)
-    cond = torch.randn(batch, cond_channels, height, width)
-    pooled = torch.randn(batch, cond_channels, 1, 1)
+    layer.to(dtype)  # the float64 reference reads the weights as rounded to dtype
+    x = torch.randn(batch, channels, height, width).to(dtype)
+    cond = torch.randn(batch, cond_channels, height, width).to(dtype)
+    pooled = torch.randn(batch, cond_channels, 1, 1).to(dtype)
     expected = np_sft(layer, x.double().numpy(), cond.double().numpy(), pooled.double().numpy())
-    actual = layer(x, cond, pooled if mode != "full" else None)
-    np.testing.assert_allclose(actual.detach().double().numpy(), expected, rtol=1e-4, atol=1e-5)
+    layer.to(device)
+    actual = layer(x.to(device), cond.to(device), pooled.to(device) if mode != "full" else None)
+    np.testing.assert_allclose(actual.detach().cpu().double().numpy(), expected, **_tolerance(dtype, expected))
 
 
 @pytest.mark.parametrize("mode", ["dec", "fdec"])
@@ -213,14 +223,15 @@ def test_untrained_sft_is_near_identity():
 
 @pytest.mark.parametrize("scale", [1, 2, 3])
 @pytest.mark.parametrize("height,width", [(6, 6), (12, 6), (6, 18)])
-def test_condition_mean_matches_reference(scale, height, width):
+def test_condition_mean_matches_reference(scale, height, width, device, dtype):
     model = tiny_model("sft_dec", scale=scale)
     randomize_(model.condition, seed=3)
-    dmap = torch.rand(2, 1, height, width)
+    model.to(dtype)
+    dmap = torch.rand(2, 1, height, width).to(dtype)
     expected = np_condition_mean(model.condition, dmap.double().numpy())
-    actual = model.condition_mean(dmap).detach().double().numpy()
+    actual = model.to(device).condition_mean(dmap.to(device)).detach().cpu().double().numpy()
     assert actual.shape == (2, model.config.cond_channels)
-    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(actual, expected, **_tolerance(dtype, expected))
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -274,10 +285,11 @@ def test_different_seed_different_weights():
 # ----------------------------------------------------------------------------- pooled statistics
 @pytest.mark.parametrize("variant", VARIANTS[1:])
 @pytest.mark.parametrize("scale", [1, 2])
-def test_external_cond_mean_equals_internal_pooling(variant, scale):
+def test_external_cond_mean_equals_internal_pooling(variant, scale, device):
     model = tiny_model(variant, scale=scale)
     randomize_(model, seed=4, std=0.2)  # large enough modulations to see the statistics act
-    image, dmap = torch.rand(2, 3, 8, 6), torch.rand(2, 1, 8, 6)
+    model.to(device)
+    image, dmap = torch.rand(2, 3, 8, 6, device=device), torch.rand(2, 1, 8, 6, device=device)
     with torch.no_grad():
         internal = model.restore(image, dmap)
         cond_mean = model.condition_mean(dmap)
@@ -291,9 +303,9 @@ def test_external_cond_mean_equals_internal_pooling(variant, scale):
 
 
 @pytest.mark.parametrize("variant", POOLING_VARIANTS)
-def test_pooling_does_not_mix_batch_items(variant):
-    model = tiny_model(variant)
-    image, dmap = torch.rand(3, 3, 6, 8), torch.rand(3, 1, 6, 8)
+def test_pooling_does_not_mix_batch_items(variant, device):
+    model = tiny_model(variant).to(device)
+    image, dmap = torch.rand(3, 3, 6, 8, device=device), torch.rand(3, 1, 6, 8, device=device)
     with torch.no_grad():
         batched = model.restore(image, dmap)
         single = torch.cat([model.restore(image[i:i + 1], dmap[i:i + 1]) for i in range(3)])
@@ -321,11 +333,11 @@ def test_condition_mean_is_pixel_weighted_mean_over_aligned_tiles(scale, row_cut
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_restore_tile_with_global_statistics_matches_whole_image(variant):
+def test_restore_tile_with_global_statistics_matches_whole_image(variant, device):
     """A tile plus a margin of half the receptive field, fed the whole image's pooled statistics,
     reproduces the whole-image output in its interior exactly (up to float rounding)."""
-    model = tiny_model(variant, scale=2, num_blocks=1)
-    image, dmap = torch.rand(1, 3, 32, 32), torch.rand(1, 1, 32, 32)
+    model = tiny_model(variant, scale=2, num_blocks=1).to(device)
+    image, dmap = torch.rand(1, 3, 32, 32, device=device), torch.rand(1, 1, 32, 32, device=device)
     margin = 12  # restore RF at scale 2 with 1 block: 2 * (1 + 2 * 5) = 22 px, half = 11
     r0, r1, c0, c1 = 12, 20, 14, 20
     with torch.no_grad():

@@ -6,11 +6,10 @@ import pytest
 
 from runtime.bundle import BundleError, check_engine_entry, check_profile, load_bundle
 from runtime.gpu import GpuInfo
-from test_runtime_fixtures import tiny_bundle  # noqa: F401  (fixture)
 
 
 @pytest.fixture
-def bundle_copy(tiny_bundle, tmp_path):  # noqa: F811
+def bundle_copy(tiny_bundle, tmp_path):
     folder = tmp_path / "bundle"
     shutil.copytree(tiny_bundle[0], folder)
     return folder
@@ -23,7 +22,7 @@ def _edit_manifest(folder, edit):
     path.write_text(json.dumps(data))
 
 
-def test_load_bundle_reads_manifest(tiny_bundle):  # noqa: F811
+def test_load_bundle_reads_manifest(tiny_bundle):
     bundle = load_bundle(tiny_bundle[0])
     assert bundle.uses_pooling and set(bundle.graphs) == {"estimate", "condition", "restore"}
     assert bundle.size_multiple == 2 and bundle.map_radius_scale_px == 10.0
@@ -34,7 +33,7 @@ def test_load_bundle_reads_manifest(tiny_bundle):  # noqa: F811
 
 @pytest.mark.parametrize("name,backend,precision", [("manifest.json", None, None),
                                                     ("restore.onnx", "onnxruntime", "fp32")])
-def test_load_bundle_accepts_manifest_and_graph_paths(tiny_bundle, name, backend, precision):  # noqa: F811
+def test_load_bundle_accepts_manifest_and_graph_paths(tiny_bundle, name, backend, precision):
     bundle = load_bundle(tiny_bundle[0] / name)
     assert (bundle.hint_backend, bundle.hint_precision) == (backend, precision)
 
@@ -96,7 +95,7 @@ def test_default_bundle_missing_says_how_to_get_it(monkeypatch, tmp_path):
         load_bundle(None)
 
 
-def test_output_shape_resolves_symbolic_dims(tiny_bundle):  # noqa: F811
+def test_output_shape_resolves_symbolic_dims(tiny_bundle):
     bundle = load_bundle(tiny_bundle[0])
     restore = bundle.graphs["restore"]
     shapes = {"image": (4, 3, 64, 96), "defocus_map": (4, 1, 64, 96), "cond_mean": (4, 8)}

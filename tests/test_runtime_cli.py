@@ -10,7 +10,6 @@ import pytest
 
 from runtime import Deblurrer, image_io
 from runtime.infer import main as infer_main
-from test_runtime_fixtures import tiny_bundle  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(0)
@@ -40,7 +39,7 @@ def _error_lines(err: str):
     return [line for line in err.splitlines() if line.startswith("error:")]
 
 
-def test_default_output_name_and_depth(tiny_bundle, tmp_path):  # noqa: F811
+def test_default_output_name_and_depth(tiny_bundle, tmp_path):
     src = tmp_path / "photo.png"
     _image(src, dtype=np.uint16)
     assert _infer([src], tiny_bundle[0]) == 0
@@ -48,7 +47,7 @@ def test_default_output_name_and_depth(tiny_bundle, tmp_path):  # noqa: F811
     assert out.dtype == np.uint16 and out.shape == (30, 44, 3)
 
 
-def test_float32_tiff_keeps_its_sample_type(tiny_bundle, tmp_path):  # noqa: F811
+def test_float32_tiff_keeps_its_sample_type(tiny_bundle, tmp_path):
     src = tmp_path / "in" / "f.tif"
     src.parent.mkdir()
     cv2.imwrite(str(src), RNG.random((24, 30, 3), dtype=np.float32))
@@ -64,7 +63,7 @@ def test_float32_tiff_keeps_its_sample_type(tiny_bundle, tmp_path):  # noqa: F81
 @pytest.mark.parametrize("dtype,suffix,name", [(np.float32, ".tif", "x.png"),
                                                (np.uint16, ".png", "x.jpg")])
 def test_output_format_too_shallow_is_refused_before_the_work(
-        tiny_bundle, tmp_path, capsys, monkeypatch, dtype, suffix, name):  # noqa: F811
+        tiny_bundle, tmp_path, capsys, monkeypatch, dtype, suffix, name):
     src = tmp_path / f"in{suffix}"
     cv2.imwrite(str(src), np.zeros((20, 22, 3), dtype))
     monkeypatch.setattr(Deblurrer, "run", lambda *a, **k: pytest.fail("deblurred anyway"))
@@ -74,7 +73,7 @@ def test_output_format_too_shallow_is_refused_before_the_work(
     assert not (tmp_path / name).exists()
 
 
-def test_output_dir_with_maps_and_alpha(tiny_bundle, tmp_path):  # noqa: F811
+def test_output_dir_with_maps_and_alpha(tiny_bundle, tmp_path):
     src = tmp_path / "in" / "a.png"
     src.parent.mkdir()
     rgba = _image(src, shape=(26, 34, 4))
@@ -93,7 +92,7 @@ def test_output_dir_with_maps_and_alpha(tiny_bundle, tmp_path):  # noqa: F811
     assert cv2.imread(str(out_dir / "a_defocus_raw.tif"), cv2.IMREAD_UNCHANGED).dtype == np.float32
 
 
-def test_saved_raw_map_round_trips_through_defocus_map(tiny_bundle, tmp_path):  # noqa: F811
+def test_saved_raw_map_round_trips_through_defocus_map(tiny_bundle, tmp_path):
     src = tmp_path / "x.png"
     _image(src)
     assert _infer([src, "-o", tmp_path / "first.png", "--save-defocus-map", "raw",
@@ -105,7 +104,7 @@ def test_saved_raw_map_round_trips_through_defocus_map(tiny_bundle, tmp_path):  
     np.testing.assert_array_equal(first, second)
 
 
-def test_self_ensemble_option(tiny_bundle, tmp_path):  # noqa: F811
+def test_self_ensemble_option(tiny_bundle, tmp_path):
     src = tmp_path / "e.png"
     data = _image(src)
     assert _infer([src, "--self-ensemble", "4"], tiny_bundle[0]) == 0
@@ -147,7 +146,7 @@ def _bad_case(tmp_path: Path, case: str):
 
 @pytest.mark.parametrize("case", ["missing", "empty", "not_image", "truncated", "huge", "unwritable",
                                   "two_inputs_one_output", "bad_scale", "bad_ensemble"])
-def test_bad_input_gives_one_line_and_no_output(tiny_bundle, tmp_path, capsys, case):  # noqa: F811
+def test_bad_input_gives_one_line_and_no_output(tiny_bundle, tmp_path, capsys, case):
     argv, message = _bad_case(tmp_path, case)
     before = {p for p in tmp_path.rglob("*")}
     assert _infer(argv, tiny_bundle[0]) != 0
@@ -173,7 +172,7 @@ def test_bad_model_gives_one_line(tmp_path, capsys, model, message):
     assert not (tmp_path / "x_deblurred.png").exists()
 
 
-def test_batch_continues_past_bad_file(tiny_bundle, tmp_path, capsys):  # noqa: F811
+def test_batch_continues_past_bad_file(tiny_bundle, tmp_path, capsys):
     folder = tmp_path / "batch"
     folder.mkdir()
     _image(folder / "a.png")
@@ -186,7 +185,7 @@ def test_batch_continues_past_bad_file(tiny_bundle, tmp_path, capsys):  # noqa: 
     assert lines[-1] == f"error: 1 of 3 images failed: {folder / 'b.png'}"
 
 
-def test_runtime_never_imports_torch(tiny_bundle):  # noqa: F811
+def test_runtime_never_imports_torch(tiny_bundle):
     code = (
         "import sys, numpy as np\n"
         "import runtime, runtime.infer, runtime.stream, runtime.tiling, runtime.image_io\n"
@@ -207,7 +206,7 @@ def _stream(bundle, frames: bytes, width: int, height: int, pix_fmt: str = "rgb2
         input=frames, env=_env(), cwd=ROOT, capture_output=True, timeout=120)
 
 
-def test_stream_frames_and_short_last_frame(tiny_bundle):  # noqa: F811
+def test_stream_frames_and_short_last_frame(tiny_bundle):
     width, height = 22, 16
     frames = RNG.integers(0, 256, (3, height, width, 3)).astype(np.uint8)
     result = _stream(tiny_bundle[0], frames.tobytes(), width, height)
@@ -231,14 +230,14 @@ def test_stream_frames_and_short_last_frame(tiny_bundle):  # noqa: F811
     (30_001, 8, "30001x8 frames are too large (limit 30000 px a side, 400 MP)"),
     (25_000, 20_000, "25000x20000 frames are too large"),
 ])
-def test_stream_bad_frame_sizes(tiny_bundle, width, height, message):  # noqa: F811
+def test_stream_bad_frame_sizes(tiny_bundle, width, height, message):
     result = _stream(tiny_bundle[0], b"\0" * 1000, width, height)
     assert result.returncode == 2 and result.stdout == b""
     (line,) = _error_lines(result.stderr.decode())
     assert message in line
 
 
-def test_stream_rgb48le(tiny_bundle):  # noqa: F811
+def test_stream_rgb48le(tiny_bundle):
     frame = RNG.integers(0, 65536, (12, 18, 3)).astype("<u2")
     result = _stream(tiny_bundle[0], frame.tobytes(), 18, 12, "rgb48le")
     assert result.returncode == 0, result.stderr.decode()
@@ -247,7 +246,7 @@ def test_stream_rgb48le(tiny_bundle):  # noqa: F811
     assert np.abs(expected.astype(int) - got.astype(int)).max() <= 1
 
 
-def test_infer_end_to_end_subprocess(tiny_bundle, tmp_path):  # noqa: F811
+def test_infer_end_to_end_subprocess(tiny_bundle, tmp_path):
     src = tmp_path / "e.png"
     _image(src)
     result = subprocess.run([sys.executable, "-m", "runtime.infer", str(src), "--model",
@@ -258,7 +257,7 @@ def test_infer_end_to_end_subprocess(tiny_bundle, tmp_path):  # noqa: F811
     assert image_io.read_image(tmp_path / "e_deblurred.png").rgb.shape == (30, 44, 3)
 
 
-def test_missing_input_fails_before_the_model_loads(tiny_bundle, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_missing_input_fails_before_the_model_loads(tiny_bundle, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("runtime.infer.build_deblurrer", lambda args: pytest.fail("model loaded"))
     assert _infer([tmp_path / "nowhere", tmp_path / "gone.png"], tiny_bundle[0]) == 1
     lines = _error_lines(capsys.readouterr().err)
@@ -268,7 +267,7 @@ def test_missing_input_fails_before_the_model_loads(tiny_bundle, tmp_path, capsy
 
 
 @pytest.mark.parametrize("many", [False, True])
-def test_last_log_line_names_the_output(tiny_bundle, tmp_path, caplog, many):  # noqa: F811
+def test_last_log_line_names_the_output(tiny_bundle, tmp_path, caplog, many):
     for name in ("a.png", "b.png")[:1 + many]:
         _image(tmp_path / name)
     args = [tmp_path, "--output-dir", tmp_path / "out"] if many else [tmp_path / "a.png"]
@@ -278,7 +277,7 @@ def test_last_log_line_names_the_output(tiny_bundle, tmp_path, caplog, many):  #
     assert caplog.records[-1].getMessage() == expected
 
 
-def test_quiet_hides_the_progress_bars(tiny_bundle, tmp_path, capsys):  # noqa: F811
+def test_quiet_hides_the_progress_bars(tiny_bundle, tmp_path, capsys):
     for name in ("a.png", "b.png"):
         _image(tmp_path / name, shape=(64, 1200, 3))
     # Enough tiles for the per-image bar too (runtime.infer shows it from 16 tiles).

@@ -6,7 +6,6 @@ import torch
 from runtime import Deblurrer
 from runtime.ensemble import SIZES, TRANSFORMS
 from runtime.errors import BackendError
-from test_runtime_fixtures import tiny_bundle  # noqa: F401  (fixture)
 
 RNG = np.random.default_rng(5)
 
@@ -70,7 +69,7 @@ def _inverse(forward, array: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_ensemble_matches_pytorch(tiny_bundle, size):  # noqa: F811
+def test_ensemble_matches_pytorch(tiny_bundle, size):
     model = tiny_bundle[1]
     image = RNG.random((24, 40, 3), dtype=np.float32)
     expected, expected_map = _torch_ensemble(model, image, size)
@@ -83,7 +82,7 @@ def test_ensemble_matches_pytorch(tiny_bundle, size):  # noqa: F811
 
 
 @pytest.mark.parametrize("size", [2, 4, 8])
-def test_ensemble_is_equivariant_to_its_transforms(tiny_bundle, size):  # noqa: F811
+def test_ensemble_is_equivariant_to_its_transforms(tiny_bundle, size):
     deblurrer = Deblurrer(tiny_bundle[0], threads=1, self_ensemble=size)
     image = RNG.random((20, 28, 3), dtype=np.float32)
     out, dmap = deblurrer.run(image)
@@ -93,7 +92,7 @@ def test_ensemble_is_equivariant_to_its_transforms(tiny_bundle, size):  # noqa: 
         np.testing.assert_allclose(moved_map, forward(dmap), atol=1e-5)
 
 
-def test_ensemble_tiled_equals_whole_on_odd_sizes(tiny_bundle):  # noqa: F811
+def test_ensemble_tiled_equals_whole_on_odd_sizes(tiny_bundle):
     image = RNG.integers(0, 65536, (75, 131, 3)).astype(np.uint16)
     whole, whole_map = Deblurrer(tiny_bundle[0], threads=1, self_ensemble=8, tile=256).run(image)
     deblurrer = Deblurrer(tiny_bundle[0], threads=1, self_ensemble=8, tile=64)
@@ -107,7 +106,7 @@ def test_ensemble_tiled_equals_whole_on_odd_sizes(tiny_bundle):  # noqa: F811
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.0])
-def test_ensemble_with_a_given_map(tiny_bundle, scale):  # noqa: F811
+def test_ensemble_with_a_given_map(tiny_bundle, scale):
     image = RNG.random((16, 22, 3), dtype=np.float32)
     given = RNG.random((16, 22), dtype=np.float32)
     kept = given.copy()
@@ -117,6 +116,6 @@ def test_ensemble_with_a_given_map(tiny_bundle, scale):  # noqa: F811
 
 
 @pytest.mark.parametrize("size", [0, 3, 16])
-def test_bad_ensemble_size_is_one_clear_error(tiny_bundle, size):  # noqa: F811
+def test_bad_ensemble_size_is_one_clear_error(tiny_bundle, size):
     with pytest.raises(BackendError, match=f"self-ensemble must be one of 1, 2, 4, 8, got {size}"):
         Deblurrer(tiny_bundle[0], threads=1, self_ensemble=size)

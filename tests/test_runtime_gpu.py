@@ -10,7 +10,6 @@ import pytest
 from runtime import Deblurrer
 from runtime.cuda_buffers import device_count
 from runtime.device_arrays import is_device_array, to_cupy
-from test_runtime_fixtures import tiny_bundle  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.skipif(device_count() == 0, reason="no CUDA GPU visible (cudaGetDeviceCount)")
 
@@ -54,7 +53,7 @@ class _HostBackedGpuBackend:
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
-def test_cupy_input_stays_on_gpu_and_matches_numpy(tiny_bundle, dtype):  # noqa: F811
+def test_cupy_input_stays_on_gpu_and_matches_numpy(tiny_bundle, dtype):
     cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
     top = 255 if dtype == np.uint8 else 1.0
     image = (np.random.default_rng(0).random((150, 262, 3)) * top).astype(dtype)

@@ -10,16 +10,15 @@ from runtime import Deblurrer, load_bundle
 from runtime.backend import create_backend
 from runtime.errors import BackendError
 from runtime.ort_backend import OrtBackend, provider_list
-from test_runtime_fixtures import concat_bundle, tiny_bundle  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
-def backend(tiny_bundle):  # noqa: F811
+def backend(tiny_bundle):
     return OrtBackend(load_bundle(tiny_bundle[0]), threads=1)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 32, 48), (3, 3, 18, 22)])
-def test_graphs_match_pytorch(tiny_bundle, backend, shape):  # noqa: F811
+def test_graphs_match_pytorch(tiny_bundle, backend, shape):
     model = tiny_bundle[1]
     rng = np.random.default_rng(0)
     image = rng.random(shape, dtype=np.float32)
@@ -37,7 +36,7 @@ def test_graphs_match_pytorch(tiny_bundle, backend, shape):  # noqa: F811
     np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-5)
 
 
-def test_cuda_request_without_gpu_warns_and_falls_back(tiny_bundle, caplog, capfd):  # noqa: F811
+def test_cuda_request_without_gpu_warns_and_falls_back(tiny_bundle, caplog, capfd):
     with warnings.catch_warnings(record=True) as raised, caplog.at_level(logging.WARNING, logger="runtime"):
         warnings.simplefilter("always")
         fallback = OrtBackend(load_bundle(tiny_bundle[0]), provider="cuda", threads=1)
@@ -58,20 +57,20 @@ def test_provider_list(provider, expected):
     assert [p if isinstance(p, str) else p[0] for p in provider_list(provider)] == expected
 
 
-def test_auto_backend_without_tensorrt_picks_onnxruntime(tiny_bundle, caplog):  # noqa: F811
+def test_auto_backend_without_tensorrt_picks_onnxruntime(tiny_bundle, caplog):
     with caplog.at_level(logging.INFO, logger="runtime"):
         with pytest.raises(BackendError, match="no CUDAExecutionProvider here"):
             create_backend(load_bundle(tiny_bundle[0]), "auto", "cuda", "fp32", threads=1)
     assert "not tensorrt: tensorrt is not installed" in caplog.text
 
 
-def test_tensorrt_backend_needs_cuda_device(tiny_bundle):  # noqa: F811
+def test_tensorrt_backend_needs_cuda_device(tiny_bundle):
     with pytest.raises(BackendError, match="needs a CUDA GPU, and the device is cpu"):
         create_backend(load_bundle(tiny_bundle[0]), "tensorrt", "cpu")
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
-def test_deblurrer_keeps_dtype_and_matches_pytorch(tiny_bundle, dtype):  # noqa: F811
+def test_deblurrer_keeps_dtype_and_matches_pytorch(tiny_bundle, dtype):
     folder, model = tiny_bundle
     rng = np.random.default_rng(1)
     top = {np.uint8: 255, np.uint16: 65535, np.float32: 1.0}[dtype]
@@ -87,7 +86,7 @@ def test_deblurrer_keeps_dtype_and_matches_pytorch(tiny_bundle, dtype):  # noqa:
     np.testing.assert_allclose(dmap, ref_map[0, 0, :37, :51].numpy(), atol=1e-5)
 
 
-def test_defocus_scale_and_user_map(tiny_bundle):  # noqa: F811
+def test_defocus_scale_and_user_map(tiny_bundle):
     deblurrer = Deblurrer(tiny_bundle[0], threads=1)
     image = np.random.default_rng(2).random((40, 30, 3), dtype=np.float32)
     base, dmap = deblurrer.run(image)
@@ -99,7 +98,7 @@ def test_defocus_scale_and_user_map(tiny_bundle):  # noqa: F811
     assert np.abs(doubled - base).max() > 1e-2
 
 
-def test_concat_bundle_runs_without_condition_graph(concat_bundle):  # noqa: F811
+def test_concat_bundle_runs_without_condition_graph(concat_bundle):
     out, dmap = Deblurrer(concat_bundle[0], threads=1).run(np.zeros((10, 12, 3), np.uint8))
     assert out.shape == (10, 12, 3) and dmap.shape == (10, 12)
 
@@ -117,7 +116,7 @@ class FakeDLPackCuda:
 
 
 @pytest.mark.parametrize("array", [FakeCudaArray(), FakeDLPackCuda()])
-def test_gpu_arrays_on_cpu_backend_are_refused_clearly(tiny_bundle, array):  # noqa: F811
+def test_gpu_arrays_on_cpu_backend_are_refused_clearly(tiny_bundle, array):
     with pytest.raises(BackendError, match="GPU arrays need a GPU backend"):
         Deblurrer(tiny_bundle[0], threads=1).run(array)
 
@@ -130,7 +129,7 @@ def test_gpu_arrays_on_cpu_backend_are_refused_clearly(tiny_bundle, array):  # n
     (dict(backend="nope"), "unknown backend"),
     (dict(threads=0), "--threads must be >= 1"),
 ])
-def test_bad_options(tiny_bundle, kwargs, message):  # noqa: F811
+def test_bad_options(tiny_bundle, kwargs, message):
     with pytest.raises(BackendError, match=message):
         Deblurrer(tiny_bundle[0], **kwargs)
 
@@ -139,6 +138,6 @@ def test_bad_options(tiny_bundle, kwargs, message):  # noqa: F811
     (np.zeros((8, 8), np.uint8), r"must be \(H, W, 3\)"),
     (np.zeros((8, 8, 3), np.int32), "dtype must be uint8, uint16 or float32"),
 ])
-def test_bad_images(tiny_bundle, image, message):  # noqa: F811
+def test_bad_images(tiny_bundle, image, message):
     with pytest.raises(BackendError, match=message):
         Deblurrer(tiny_bundle[0], threads=1).run(image)

@@ -9,7 +9,6 @@ from training.metrics import psnr
 from runtime.tiling import (TiledPipeline, axis_weights, balanced_tile, chunk_bounds,
                             default_overlap, estimate_tile_for, make_grid, margin_for, min_overlap,
                             pad_to, padded_size, tile_starts)
-from test_runtime_fixtures import concat_bundle, tiny_bundle  # noqa: F401  (fixtures)
 
 
 @pytest.mark.parametrize("length,tile,overlap,multiple", [
@@ -122,10 +121,11 @@ def _whole_image_reference(model, image: np.ndarray):
     return out[0].numpy(), dmap[0, 0].numpy()
 
 
-def _pipeline(folder, tile, overlap=None, tile_batch=3, estimate_tile=None):
+def _pipeline(folder, tile, overlap=None, tile_batch=3, estimate_tile=None, side=None):
     bundle = load_bundle(folder)
     backend = OrtBackend(bundle, threads=1)
-    return TiledPipeline(backend.run, bundle.receptive_field, bundle.size_multiple,
+    run = backend.run if side is None else side.wrap(backend.run)
+    return TiledPipeline(run, bundle.receptive_field, bundle.size_multiple,
                          bundle.uses_pooling, tile=tile, overlap=overlap, tile_batch=tile_batch,
                          estimate_tile=estimate_tile)
 
@@ -133,33 +133,35 @@ def _pipeline(folder, tile, overlap=None, tile_batch=3, estimate_tile=None):
 @pytest.mark.parametrize("tile,overlap,estimate_tile", [
     (64, None, None), (72, None, None), (96, 40, None), (128, None, None), (64, None, 96),
     (128, 40, 64)])
-def test_tiled_matches_whole_image(tiny_bundle, tile, overlap, estimate_tile):  # noqa: F811
+def test_tiled_matches_whole_image(tiny_bundle, array_side, tile, overlap, estimate_tile):
     folder, model = tiny_bundle
     image = np.random.default_rng(tile).random((150, 262, 3), dtype=np.float32)
-    pipe = _pipeline(folder, tile, overlap, estimate_tile=estimate_tile)
+    pipe = _pipeline(folder, tile, overlap, estimate_tile=estimate_tile, side=array_side)
     assert len(pipe.grid("restore", 150, 262).tiles()) >= 6
     estimate_grid = pipe.grid("estimate", 150, 262)
     assert estimate_grid.tile_w == balanced_tile(262, estimate_tile or tile,
                                                  pipe.overlap_for("estimate"), pipe.multiple)
-    dmap = pipe.estimate(image)
-    out = pipe.restore(image, dmap, pipe.condition_mean(dmap))
+    on_side = array_side.put(image)
+    dmap = pipe.estimate(on_side)
+    out = array_side.get(pipe.restore(on_side, dmap, pipe.condition_mean(dmap)))
+    dmap = array_side.get(dmap)
     ref_out, ref_map = _whole_image_reference(model, image)
     assert psnr(dmap, ref_map) >= 50
     assert psnr(out, ref_out) >= 50
 
 
-def test_concat_variant_tiles_exactly(concat_bundle):  # noqa: F811
+def test_concat_variant_tiles_exactly(concat_bundle, array_side):
     folder, model = concat_bundle
     image = np.random.default_rng(1).random((120, 200, 3), dtype=np.float32)
-    pipe = _pipeline(folder, 64)
+    pipe = _pipeline(folder, 64, side=array_side)
     assert not pipe.uses_pooling
-    dmap = pipe.estimate(image)
-    out = pipe.restore(image, dmap, None)
+    on_side = array_side.put(image)
+    out = array_side.get(pipe.restore(on_side, pipe.estimate(on_side), None))
     ref_out, _ = _whole_image_reference(model, image)
     assert psnr(out, ref_out) >= 50
 
 
-def test_per_tile_pooling_is_not_exact(tiny_bundle):  # noqa: F811
+def test_per_tile_pooling_is_not_exact(tiny_bundle):
     """The check above can fail: pooling per tile instead of per image breaks exactness."""
     folder, model = tiny_bundle
     image = np.random.default_rng(2).random((150, 262, 3), dtype=np.float32)

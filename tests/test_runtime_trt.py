@@ -15,7 +15,6 @@ from common.hashing import sha256_file
 from runtime import Deblurrer, load_bundle
 from runtime.cuda_buffers import CudaError, device_count, nbytes, plan_buffers, selftest
 from runtime.gpu import cuda_gpus, import_tensorrt
-from test_runtime_fixtures import tiny_bundle  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_TRT = ("TensorRT library not installed (at most the tensorrt-stubs type stubs): engine "
@@ -39,7 +38,7 @@ def test_nbytes_rejects_dynamic_dims():
         nbytes((-1, 3, 64, 64), np.float32)
 
 
-def test_buffers_for_profile_max_follow_the_manifest(tiny_bundle):  # noqa: F811
+def test_buffers_for_profile_max_follow_the_manifest(tiny_bundle):
     """What TrtBackend allocates: inputs at the profile max, outputs resolved from them."""
     bundle = load_bundle(tiny_bundle[0])
     restore = bundle.graphs["restore"]
@@ -100,7 +99,7 @@ def _build_engines(trt, bundle_dir: Path, profile: dict) -> None:
 
 
 @pytest.mark.parametrize("cuda_graphs", [False, True])
-def test_tensorrt_matches_onnxruntime(tiny_bundle, tmp_path, cuda_graphs):  # noqa: F811
+def test_tensorrt_matches_onnxruntime(tiny_bundle, tmp_path, cuda_graphs):
     trt = import_tensorrt()
     if trt is None:
         pytest.skip(NO_TRT)
