@@ -1,4 +1,4 @@
-"""Defocus deblurring runtime: ONNX Runtime / TensorRT execution of an exported bundle.
+"""Defocus deblurring runtime: OpenVINO / ONNX Runtime / TensorRT execution of an exported bundle.
 
 Never imports torch. Embedding::
 
@@ -18,7 +18,7 @@ Never imports torch. Embedding::
     gpu = Deblurrer(device="cuda")                 # TensorRT if an engine fits, else ORT-CUDA
     sharp_cp, map_cp = gpu.run(frame_cuda)         # CuPy arrays; torch.from_dlpack(sharp_cp)
 
-``Deblurrer(model=None, backend="auto", device="cpu", precision="fp32", tile=None,
+``Deblurrer(model=None, backend="auto", device="cpu", precision=None, tile=None,
 overlap=None, tile_batch=None, threads=None, cuda_graphs=False, self_ensemble=1).run(image,
 defocus_scale=1.0, defocus_map=None) -> (deblurred, defocus_map)``: the output has the
 input's dtype (float32 clipped to [0, 1]); the map is (H, W) float32 as used (averaged

@@ -1,4 +1,6 @@
-"""The backend interface and the ``auto`` choice between TensorRT and ONNX Runtime."""
+"""The backend interface and the ``auto`` choice: TensorRT on a GPU, OpenVINO on the CPU,
+ONNX Runtime where neither can run."""
+import importlib
 import logging
 from abc import ABC, abstractmethod
 from typing import Any, Dict, Optional
@@ -9,7 +11,7 @@ from runtime.gpu import gpu_info, import_tensorrt
 
 log = logging.getLogger("runtime")
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-trt")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-trt", "openvino")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -20,9 +22,9 @@ class Backend(ABC):
     (``device_io`` True) also take and return CuPy arrays, which never leave the GPU.
 
     Attributes:
-        name: ``onnxruntime`` or ``tensorrt``.
+        name: ``onnxruntime``, ``tensorrt`` or ``openvino``.
         device: ``cpu`` or ``cuda``.
-        precision: ``fp32`` or ``fp16``.
+        precision: ``fp32``, ``fp16`` or (OpenVINO) ``bf16``.
         profile: ``{"min"|"opt"|"max": [N, H, W]}`` that inputs must respect, or None.
     """
 
@@ -75,6 +77,15 @@ def tensorrt_unusable(bundle: Bundle, precision: str) -> Optional[str]:
     return None
 
 
+def openvino_missing() -> Optional[str]:
+    """Why the OpenVINO backend cannot be imported here, or None when it can."""
+    try:
+        importlib.import_module("runtime.openvino_backend")
+    except ImportError as err:
+        return f"openvino is not installed ({err})"
+    return None
+
+
 def _ort_cuda_available() -> bool:
     import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
     return "CUDAExecutionProvider" in ort.get_available_providers()
@@ -88,21 +99,24 @@ def _resolve_device(device: str) -> str:
     return "cuda" if found else "cpu"
 
 
-def create_backend(bundle: Bundle, backend: str = "auto", device: str = "cpu", precision: str = "fp32",
-                   threads: Optional[int] = None, cuda_graphs: bool = False) -> Backend:
+def create_backend(bundle: Bundle, backend: str = "auto", device: str = "cpu",
+                   precision: Optional[str] = None, threads: Optional[int] = None,
+                   cuda_graphs: bool = False) -> Backend:
     """Build the backend that runs ``bundle``, logging what was picked and why.
 
     ``auto`` on ``cuda`` picks TensorRT where ``tensorrt`` imports, a GPU is present
     and the bundle has an engine for ``precision`` that fits this GPU and TensorRT;
     otherwise ONNX Runtime with the CUDA provider if available, else the CPU.
-    ``auto`` on ``cpu`` is ONNX Runtime on the CPU.
+    ``auto`` on ``cpu`` picks OpenVINO where it is installed (unless ``precision`` is
+    fp16, which runs the FP16 graph on ONNX Runtime), else ONNX Runtime.
 
     Args:
         bundle: The loaded bundle.
         backend: One of ``BACKENDS``. Default: ``auto``.
         device: ``auto``, ``cpu`` or ``cuda``. Default: ``cpu``.
-        precision: ``fp32`` or ``fp16``. Default: ``fp32``.
-        threads: ONNX Runtime intra-op threads (None: all cores).
+        precision: ``fp32``, ``fp16``, ``bf16`` (OpenVINO), or None: the backend's best
+            (``default_precision``).
+        threads: CPU threads of ONNX Runtime / OpenVINO (None: all cores).
         cuda_graphs: TensorRT only: capture one CUDA graph per input shape.
 
     Raises:
@@ -117,28 +131,62 @@ def create_backend(bundle: Bundle, backend: str = "auto", device: str = "cpu", p
     device = _resolve_device(device)
     if backend == "auto":
         backend = _auto_backend(bundle, device, precision)
-    if backend == "tensorrt":
+    precision = default_precision(backend, precision)
+    if backend == "openvino":
+        chosen: Backend = _openvino(bundle, device, precision, threads)
+    elif backend == "tensorrt":
         if device != "cuda":
             raise BackendError("the TensorRT backend needs a CUDA GPU, and the device is cpu "
                                "(--device cpu, or auto found no GPU)")
+        assert precision is not None
         reason = tensorrt_unusable(bundle, precision)
         if reason is not None:
             raise BackendError(f"cannot use TensorRT: {reason}")
         from runtime.trt_backend import TrtBackend
-        chosen: Backend = TrtBackend(bundle, precision, cuda_graphs=cuda_graphs)
+        chosen = TrtBackend(bundle, precision, cuda_graphs=cuda_graphs)
     else:
+        if precision == "bf16":
+            raise BackendError("bf16 runs on the OpenVINO backend only (--backend openvino)")
         from runtime.ort_backend import OrtBackend
         provider = "tensorrt" if backend == "onnxruntime-trt" else device
-        chosen = OrtBackend(bundle, precision, provider=provider, threads=threads, strict=strict)
+        chosen = OrtBackend(bundle, precision or "fp32", provider=provider, threads=threads,
+                            strict=strict)
     log.info("backend: %s", chosen.describe())
     return chosen
 
 
-def _auto_backend(bundle: Bundle, device: str, precision: str) -> str:
+def default_precision(backend: str, precision: Optional[str]) -> Optional[str]:
+    """``precision`` where given; else the backend's best: OpenVINO decides for its CPU
+    (None), ONNX Runtime and TensorRT run fp32."""
+    if precision is not None or backend == "openvino":
+        return precision
+    return "fp32"
+
+
+def _openvino(bundle: Bundle, device: str, precision: Optional[str], threads: Optional[int]) -> Backend:
+    if device != "cpu":
+        raise BackendError("the OpenVINO backend runs on the CPU, and the device is cuda "
+                           "(use --device cpu)")
+    missing = openvino_missing()
+    if missing is not None:
+        raise BackendError(f"cannot use OpenVINO: {missing}; install it with `pip install openvino` "
+                           "or use --backend onnxruntime")
+    from runtime.openvino_backend import OpenVinoBackend
+    return OpenVinoBackend(bundle, precision, threads=threads)
+
+
+def _auto_backend(bundle: Bundle, device: str, precision: Optional[str]) -> str:
     if device == "cpu":
-        log.info("backend auto: onnxruntime (device cpu)")
+        if precision == "fp16":
+            log.info("backend auto: onnxruntime (fp16 runs the FP16 graph on ONNX Runtime)")
+            return "onnxruntime"
+        missing = openvino_missing()
+        if missing is None:
+            log.info("backend auto: openvino (installed; the fastest CPU backend)")
+            return "openvino"
+        log.info("backend auto: onnxruntime, not openvino: %s", missing)
         return "onnxruntime"
-    reason = tensorrt_unusable(bundle, precision)
+    reason = tensorrt_unusable(bundle, precision or "fp32")
     if reason is None:
         log.info("backend auto: tensorrt (engine matches this GPU and TensorRT)")
         return "tensorrt"

@@ -15,11 +15,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="bundle folder, its manifest.json, or one of its .onnx / .engine files "
                             "(default: models/default)")
     group.add_argument("--backend", choices=BACKENDS, default="auto",
-                       help="auto: TensorRT where an engine fits this GPU, else ONNX Runtime")
+                       help="auto: TensorRT where an engine fits this GPU; on the CPU OpenVINO "
+                            "where installed; else ONNX Runtime")
     group.add_argument("--device", choices=DEVICES, default="auto",
                        help="auto: cuda when a GPU is visible (default)")
-    group.add_argument("--precision", choices=("fp32", "fp16"), default=None,
-                       help="default: fp16 on TensorRT, else fp32")
+    group.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                       help="default: fp16 on TensorRT; on OpenVINO bf16 where the CPU has it; "
+                            "else fp32")
     group.add_argument("--tile", type=int, default=None,
                        help="largest tile size in px (default 1024 on the CPU, 512 on a GPU; "
                             "the estimate pass uses twice this)")
@@ -27,7 +29,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="tile overlap in px (default: receptive field + 16)")
     group.add_argument("--tile-batch", type=int, default=None,
                        help="tiles per graph call (default 1 on the CPU, 4 on a GPU)")
-    group.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads")
+    group.add_argument("--threads", type=int, default=None,
+                       help="CPU threads of ONNX Runtime / OpenVINO (default: all cores)")
     group.add_argument("--cuda-graphs", action="store_true", help="TensorRT: replay CUDA graphs")
     group.add_argument("--self-ensemble", type=int, default=1, metavar="N",
                        help="average N flipped / transposed passes (1, 2, 4 or 8): better output "
@@ -47,10 +50,10 @@ def build_deblurrer(args: argparse.Namespace) -> Deblurrer:
     bundle = load_bundle(args.model)
     precision = args.precision
     if precision is None:
-        # FP16 where a TensorRT FP16 engine runs here; ONNX Runtime on the CPU runs FP32 fastest.
+        # FP16 where a TensorRT FP16 engine runs here; else the backend's best (None).
         trt_ok = (args.backend in ("auto", "tensorrt") and args.device != "cpu"
                   and tensorrt_unusable(bundle, "fp16") is None)
-        precision = "fp16" if trt_ok else "fp32"
+        precision = "fp16" if trt_ok else None
     return Deblurrer(bundle, backend=args.backend, device=args.device, precision=precision,
                      tile=args.tile, overlap=args.overlap, tile_batch=args.tile_batch,
                      threads=args.threads, cuda_graphs=args.cuda_graphs,

@@ -32,23 +32,24 @@ class Deblurrer:
     Args:
         model: Bundle folder, its manifest.json, one of its .onnx / .engine files, or a
             loaded ``Bundle``. Default: ``models/default``.
-        backend: ``auto``, ``tensorrt``, ``onnxruntime`` or ``onnxruntime-trt``.
-            Default: ``auto`` (see ``runtime.backend.create_backend``).
+        backend: ``auto``, ``tensorrt``, ``onnxruntime``, ``onnxruntime-trt`` or
+            ``openvino``. Default: ``auto`` (see ``runtime.backend.create_backend``).
         device: ``cpu``, ``cuda`` or ``auto``. Default: ``cpu``.
-        precision: ``fp32`` or ``fp16``. Default: ``fp32``.
+        precision: ``fp32``, ``fp16``, ``bf16`` (OpenVINO), or None: the backend's best
+            (OpenVINO: bf16 where the CPU has it; others fp32). Default: None.
         tile: Largest tile size in pixels; None: 1024 on the CPU, 512 on a GPU. The
             estimate pass uses tiles twice as large (``runtime.tiling.estimate_tile_for``).
         overlap: Pixels shared by neighbouring tiles; None: the receptive field of each
             pass plus a 16 px cross-fade.
         tile_batch: Tiles per graph call; None: 1 on the CPU, 4 on a GPU.
-        threads: ONNX Runtime intra-op threads; None: all cores.
+        threads: CPU threads of ONNX Runtime / OpenVINO; None: all cores.
         cuda_graphs: TensorRT: one CUDA graph per tile shape. Default: False.
         self_ensemble: Average this many flipped / transposed passes (1, 2, 4 or 8; see
             ``runtime.ensemble``): better output at that many times the cost. Default: 1.
     """
 
     def __init__(self, model: Union[str, Path, Bundle, None] = None, backend: str = "auto",
-                 device: str = "cpu", precision: str = "fp32", tile: Optional[int] = None,
+                 device: str = "cpu", precision: Optional[str] = None, tile: Optional[int] = None,
                  overlap: Optional[int] = None, tile_batch: Optional[int] = None,
                  threads: Optional[int] = None,
                  cuda_graphs: bool = False, self_ensemble: int = 1):

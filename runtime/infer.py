@@ -1,8 +1,8 @@
 """Deblur image files.
 
     python -m runtime.infer IMAGE [IMAGE or DIR ...] [-o OUT.png | --output-dir DIR]
-        [--model BUNDLE|ONNX|ENGINE] [--backend auto|tensorrt|onnxruntime|onnxruntime-trt]
-        [--device auto|cpu|cuda] [--precision fp32|fp16] [--tile N] [--overlap N]
+        [--model BUNDLE|ONNX|ENGINE] [--backend auto|tensorrt|onnxruntime|onnxruntime-trt|openvino]
+        [--device auto|cpu|cuda] [--precision fp32|fp16|bf16] [--tile N] [--overlap N]
         [--tile-batch N] [--threads N] [--save-defocus-map [color|raw|both]]
         [--defocus-scale S] [--defocus-map FILE] [--self-ensemble 1|2|4|8]
 

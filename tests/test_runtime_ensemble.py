@@ -73,7 +73,7 @@ def test_ensemble_matches_pytorch(tiny_bundle, size):
     model = tiny_bundle[1]
     image = RNG.random((24, 40, 3), dtype=np.float32)
     expected, expected_map = _torch_ensemble(model, image, size)
-    out, dmap = Deblurrer(tiny_bundle[0], threads=1, self_ensemble=size).run(image)
+    out, dmap = Deblurrer(tiny_bundle[0], precision="fp32", threads=1, self_ensemble=size).run(image)
     np.testing.assert_allclose(out, expected, atol=1e-4)
     np.testing.assert_allclose(dmap, expected_map, atol=1e-4, rtol=1e-4)
     if size > 1:  # the passes differ, so the ensemble is not the single pass
@@ -83,7 +83,7 @@ def test_ensemble_matches_pytorch(tiny_bundle, size):
 
 @pytest.mark.parametrize("size", [2, 4, 8])
 def test_ensemble_is_equivariant_to_its_transforms(tiny_bundle, size):
-    deblurrer = Deblurrer(tiny_bundle[0], threads=1, self_ensemble=size)
+    deblurrer = Deblurrer(tiny_bundle[0], precision="fp32", threads=1, self_ensemble=size)
     image = RNG.random((20, 28, 3), dtype=np.float32)
     out, dmap = deblurrer.run(image)
     for forward in REFERENCE[1:size]:
@@ -94,8 +94,9 @@ def test_ensemble_is_equivariant_to_its_transforms(tiny_bundle, size):
 
 def test_ensemble_tiled_equals_whole_on_odd_sizes(tiny_bundle):
     image = RNG.integers(0, 65536, (75, 131, 3)).astype(np.uint16)
-    whole, whole_map = Deblurrer(tiny_bundle[0], threads=1, self_ensemble=8, tile=256).run(image)
-    deblurrer = Deblurrer(tiny_bundle[0], threads=1, self_ensemble=8, tile=64)
+    whole, whole_map = Deblurrer(tiny_bundle[0], precision="fp32", threads=1, self_ensemble=8,
+                                 tile=256).run(image)
+    deblurrer = Deblurrer(tiny_bundle[0], precision="fp32", threads=1, self_ensemble=8, tile=64)
     finished = []
     tiled, tiled_map = deblurrer.run(image, progress=finished.append)
     assert tiled.dtype == np.uint16 and tiled.shape == image.shape

@@ -75,7 +75,7 @@ def test_deblurrer_keeps_dtype_and_matches_pytorch(tiny_bundle, dtype):
     rng = np.random.default_rng(1)
     top = {np.uint8: 255, np.uint16: 65535, np.float32: 1.0}[dtype]
     image = (rng.random((37, 51, 3)) * top).astype(dtype)
-    out, dmap = Deblurrer(folder, threads=1).run(image)
+    out, dmap = Deblurrer(folder, precision="fp32", threads=1).run(image)
     assert out.dtype == dtype and out.shape == image.shape and dmap.shape == (37, 51)
     padded = np.pad(image.astype(np.float32) / top, ((0, 1), (0, 1), (0, 0)), mode="reflect")
     with torch.no_grad():
@@ -87,7 +87,7 @@ def test_deblurrer_keeps_dtype_and_matches_pytorch(tiny_bundle, dtype):
 
 
 def test_defocus_scale_and_user_map(tiny_bundle):
-    deblurrer = Deblurrer(tiny_bundle[0], threads=1)
+    deblurrer = Deblurrer(tiny_bundle[0], precision="fp32", threads=1)
     image = np.random.default_rng(2).random((40, 30, 3), dtype=np.float32)
     base, dmap = deblurrer.run(image)
     doubled, dmap2 = deblurrer.run(image, defocus_scale=2.0)
