@@ -47,29 +47,19 @@ def test_bf16_without_it_and_fp16_are_refused(tiny_bundle, monkeypatch):
         ov_backend.OpenVinoBackend(bundle, "fp16")
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 32, 48), (2, 3, 18, 22)])
-def test_graphs_match_pytorch_and_compile_once_per_shape(tiny_bundle, shape):
-    folder, model = tiny_bundle
-    backend = ov_backend.OpenVinoBackend(load_bundle(folder), "fp32", threads=1)
-    rng = np.random.default_rng(0)
-    image = rng.random(shape, dtype=np.float32)
-    dmap = rng.random((shape[0], 1) + shape[2:], dtype=np.float32)
-    with torch.no_grad():
-        timage, tmap = torch.from_numpy(image), torch.from_numpy(dmap)
-        ref_map = model.estimate(timage).numpy()
-        ref_cond = model.condition_mean(tmap).numpy()
-        ref_out = model.restore(timage, tmap, torch.from_numpy(ref_cond)).numpy()
+def test_one_compile_per_tile_graph_and_shape(tiny_bundle):
+    backend = ov_backend.OpenVinoBackend(load_bundle(tiny_bundle[0]), "fp32", threads=1)
+    image, dmap = np.zeros((2, 3, 18, 22), np.float32), np.zeros((2, 1, 18, 22), np.float32)
     for _ in range(2):
-        got = backend.run("estimate", {"image": image})["defocus_map"]
-        np.testing.assert_allclose(got, ref_map, atol=1e-5, rtol=1e-5)
-        cond = backend.run("condition", {"defocus_map": dmap})["cond_mean"]
-        np.testing.assert_allclose(cond, ref_cond, atol=1e-5, rtol=1e-5)
-        out = backend.run("restore", {"image": image, "defocus_map": dmap, "cond_mean": cond})
-        np.testing.assert_allclose(out["deblurred"], ref_out, atol=1e-5, rtol=1e-5)
-    # One static compile per tile graph and shape; the condition graph is dynamic.
+        backend.run("estimate", {"image": image})
+        for chunk in (dmap, dmap[:, :, :10]):
+            cond = backend.run("condition", {"defocus_map": chunk})["cond_mean"]
+        backend.run("restore", {"image": image, "defocus_map": dmap, "cond_mean": cond})
+    # The condition graph is compiled once, with dynamic shapes.
     assert [len(backend._requests[g]) for g in ("estimate", "condition", "restore")] == [1, 1, 1]
-    assert list(backend._requests["restore"])[0] == (("image", shape), ("defocus_map", dmap.shape),
-                                                     ("cond_mean", (shape[0], 8)))
+    assert list(backend._requests["restore"]) == [(("image", (2, 3, 18, 22)),
+                                                   ("defocus_map", (2, 1, 18, 22)),
+                                                   ("cond_mean", (2, 8)))]
 
 
 def test_compiled_shapes_are_bounded(tiny_bundle):

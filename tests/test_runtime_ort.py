@@ -1,4 +1,4 @@
-"""ONNX Runtime backend against PyTorch, backend choice, and the ``Deblurrer`` API."""
+"""The CPU backends against PyTorch, backend choice, and the ``Deblurrer`` API."""
 import logging
 import warnings
 
@@ -12,12 +12,14 @@ from runtime.errors import BackendError
 from runtime.ort_backend import OrtBackend, provider_list
 
 
-@pytest.fixture(scope="module")
-def backend(tiny_bundle):
-    return OrtBackend(load_bundle(tiny_bundle[0]), threads=1)
+@pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
+def backend(tiny_bundle, request):
+    """Each CPU backend in FP32 (OpenVINO's own tests: ``test_runtime_openvino.py``)."""
+    return create_backend(load_bundle(tiny_bundle[0]), request.param, "cpu", "fp32", threads=1)
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 32, 48), (3, 3, 18, 22)])
+# The repeated shape runs OpenVINO's cached compiled model again.
+@pytest.mark.parametrize("shape", [(1, 3, 32, 48), (3, 3, 18, 22), (1, 3, 32, 48)])
 def test_graphs_match_pytorch(tiny_bundle, backend, shape):
     model = tiny_bundle[1]
     rng = np.random.default_rng(0)
