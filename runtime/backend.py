@@ -1,5 +1,5 @@
-"""The backend interface and the ``auto`` choice: TensorRT on a GPU, OpenVINO on the CPU,
-ONNX Runtime where neither can run."""
+"""The backend interface, the ``auto`` choice (TensorRT on a GPU, OpenVINO on the CPU,
+ONNX Runtime where neither can run) and the default precision (``default_precision``)."""
 import importlib
 import logging
 from abc import ABC, abstractmethod
@@ -20,6 +20,7 @@ class Backend(ABC):
 
     ``run`` takes and returns host (NumPy) arrays on every backend; GPU backends
     (``device_io`` True) also take and return CuPy arrays, which never leave the GPU.
+    A backend is a context manager: ``with create_backend(...) as backend:`` closes it.
 
     Attributes:
         name: ``onnxruntime``, ``tensorrt`` or ``openvino``.
@@ -56,7 +57,15 @@ class Backend(ABC):
         return f"{self.name} on {self.device}, {self.precision}"
 
     def close(self) -> None:
-        """Release device memory and sessions (also done at garbage collection)."""
+        """Release what the backend holds. TensorRT's device and pinned buffers, stream and
+        CUDA graphs are freed here only, not at garbage collection; ONNX Runtime sessions
+        go with the object. Closing twice is harmless."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def tensorrt_unusable(bundle: Bundle, precision: str) -> Optional[str]:
@@ -114,8 +123,8 @@ def create_backend(bundle: Bundle, backend: str = "auto", device: str = "cpu",
         bundle: The loaded bundle.
         backend: One of ``BACKENDS``. Default: ``auto``.
         device: ``auto``, ``cpu`` or ``cuda``. Default: ``cpu``.
-        precision: ``fp32``, ``fp16``, ``bf16`` (OpenVINO), or None: the backend's best
-            (``default_precision``).
+        precision: ``fp32``, ``fp16``, ``bf16`` (OpenVINO), or None: ``default_precision``
+            (fp16 where a TensorRT engine fits, else the backend's best). Default: None.
         threads: CPU threads of ONNX Runtime / OpenVINO (None: all cores).
         cuda_graphs: TensorRT only: capture one CUDA graph per input shape.
 
@@ -129,9 +138,10 @@ def create_backend(bundle: Bundle, backend: str = "auto", device: str = "cpu",
     # An explicit GPU request is refused where it cannot be met, as TensorRT's is.
     strict = device == "cuda" or backend == "onnxruntime-trt"
     device = _resolve_device(device)
+    precision = default_precision(bundle, backend, device, precision)
     if backend == "auto":
         backend = _auto_backend(bundle, device, precision)
-    precision = default_precision(backend, precision)
+        precision = default_precision(bundle, backend, device, precision)
     if backend == "openvino":
         chosen: Backend = _openvino(bundle, device, precision, threads)
     elif backend == "tensorrt":
@@ -155,12 +165,31 @@ def create_backend(bundle: Bundle, backend: str = "auto", device: str = "cpu",
     return chosen
 
 
-def default_precision(backend: str, precision: Optional[str]) -> Optional[str]:
-    """``precision`` where given; else the backend's best: OpenVINO decides for its CPU
-    (None), ONNX Runtime and TensorRT run fp32."""
-    if precision is not None or backend == "openvino":
+def default_precision(bundle: Bundle, backend: str, device: str, precision: Optional[str]) -> Optional[str]:
+    """The precision to run: ``precision`` where given; else fp16 where a TensorRT engine
+    fits, else the backend's best.
+
+    On ``cuda`` with ``backend`` ``auto`` or ``tensorrt``: the first of fp16, fp32 whose
+    TensorRT engine fits this GPU and TensorRT. Otherwise ``auto`` stays None (decided
+    once a backend is picked), OpenVINO None (its CPU's best: bf16 where the CPU has
+    it), TensorRT fp16 (whose refusal then says why), ONNX Runtime fp32 (fastest on the
+    CPU, the reference on CUDA).
+
+    Args:
+        bundle: The loaded bundle.
+        backend: One of ``BACKENDS``.
+        device: ``cpu`` or ``cuda`` (resolved, not ``auto``).
+        precision: The requested precision, or None.
+    """
+    if precision is not None:
         return precision
-    return "fp32"
+    if device == "cuda" and backend in ("auto", "tensorrt"):
+        for candidate in ("fp16", "fp32"):
+            if tensorrt_unusable(bundle, candidate) is None:
+                return candidate
+    if backend in ("auto", "openvino"):
+        return None
+    return "fp16" if backend == "tensorrt" else "fp32"
 
 
 def _openvino(bundle: Bundle, device: str, precision: Optional[str], threads: Optional[int]) -> Backend:

@@ -4,7 +4,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from runtime.backend import BACKENDS, DEVICES, tensorrt_unusable
+from runtime.backend import BACKENDS, DEVICES
 from runtime.bundle import load_bundle
 from runtime.deblurrer import Deblurrer
 
@@ -47,16 +47,9 @@ def setup_logging(quiet: bool) -> None:
 
 def build_deblurrer(args: argparse.Namespace) -> Deblurrer:
     """A ``Deblurrer`` from the parsed model options (errors propagate as DeblurError)."""
-    bundle = load_bundle(args.model)
-    precision = args.precision
-    if precision is None:
-        # FP16 where a TensorRT FP16 engine runs here; else the backend's best (None).
-        trt_ok = (args.backend in ("auto", "tensorrt") and args.device != "cpu"
-                  and tensorrt_unusable(bundle, "fp16") is None)
-        precision = "fp16" if trt_ok else None
-    return Deblurrer(bundle, backend=args.backend, device=args.device, precision=precision,
-                     tile=args.tile, overlap=args.overlap, tile_batch=args.tile_batch,
-                     threads=args.threads, cuda_graphs=args.cuda_graphs,
+    return Deblurrer(load_bundle(args.model), backend=args.backend, device=args.device,
+                     precision=args.precision, tile=args.tile, overlap=args.overlap,
+                     tile_batch=args.tile_batch, threads=args.threads, cuda_graphs=args.cuda_graphs,
                      self_ensemble=args.self_ensemble)
 
 

@@ -35,8 +35,9 @@ class Deblurrer:
         backend: ``auto``, ``tensorrt``, ``onnxruntime``, ``onnxruntime-trt`` or
             ``openvino``. Default: ``auto`` (see ``runtime.backend.create_backend``).
         device: ``cpu``, ``cuda`` or ``auto``. Default: ``cpu``.
-        precision: ``fp32``, ``fp16``, ``bf16`` (OpenVINO), or None: the backend's best
-            (OpenVINO: bf16 where the CPU has it; others fp32). Default: None.
+        precision: ``fp32``, ``fp16``, ``bf16`` (OpenVINO), or None: fp16 where a TensorRT
+            engine fits, else the backend's best (OpenVINO: bf16 where the CPU has it; others
+            fp32; ``runtime.backend.default_precision``). Default: None.
         tile: Largest tile size in pixels; None: 1024 on the CPU, 512 on a GPU. The
             estimate pass uses tiles twice as large (``runtime.tiling.estimate_tile_for``).
         overlap: Pixels shared by neighbouring tiles; None: the receptive field of each
@@ -46,6 +47,8 @@ class Deblurrer:
         cuda_graphs: TensorRT: one CUDA graph per tile shape. Default: False.
         self_ensemble: Average this many flipped / transposed passes (1, 2, 4 or 8; see
             ``runtime.ensemble``): better output at that many times the cost. Default: 1.
+
+    A context manager: ``with Deblurrer(...) as deblurrer:`` closes its backend on exit.
     """
 
     def __init__(self, model: Union[str, Path, Bundle, None] = None, backend: str = "auto",
@@ -204,7 +207,14 @@ class Deblurrer:
         return len(self.transforms) * self.pipeline.count_tiles(ph, pw)
 
     def close(self) -> None:
+        """Release the backend (TensorRT: its GPU buffers, stream and CUDA graphs)."""
         self.backend.close()
+
+    def __enter__(self) -> "Deblurrer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def _check_image(image: Any) -> None:

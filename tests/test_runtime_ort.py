@@ -1,5 +1,7 @@
 """The CPU backends against PyTorch, backend choice, and the ``Deblurrer`` API."""
 import logging
+import sys
+import types
 import warnings
 
 import numpy as np
@@ -7,7 +9,8 @@ import pytest
 import torch
 
 from runtime import Deblurrer, load_bundle
-from runtime.backend import create_backend
+from runtime import backend as backend_module
+from runtime.backend import Backend, create_backend
 from runtime.errors import BackendError
 from runtime.ort_backend import OrtBackend, provider_list
 
@@ -64,6 +67,58 @@ def test_auto_backend_without_tensorrt_picks_onnxruntime(tiny_bundle, caplog):
         with pytest.raises(BackendError, match="no CUDAExecutionProvider here"):
             create_backend(load_bundle(tiny_bundle[0]), "auto", "cuda", "fp32", threads=1)
     assert "not tensorrt: tensorrt is not installed" in caplog.text
+
+
+class _RecordingTrt(Backend):
+    """Stands in for ``TrtBackend`` (no TensorRT here): records the precision it got."""
+
+    name = "tensorrt"
+
+    def __init__(self, bundle, precision, cuda_graphs=False):
+        super().__init__(bundle, "cuda", precision)
+
+    def run(self, graph, inputs):
+        raise AssertionError("not run in these tests")
+
+
+@pytest.fixture
+def fp16_engine_fits(monkeypatch):
+    """TensorRT as if installed, with an fp16 engine that fits this GPU (and no fp32 one)."""
+    monkeypatch.setattr(backend_module, "tensorrt_unusable",
+                        lambda bundle, precision: None if precision == "fp16" else "no fp32 engine")
+    module = types.ModuleType("runtime.trt_backend")
+    module.TrtBackend = _RecordingTrt
+    monkeypatch.setitem(sys.modules, "runtime.trt_backend", module)
+
+
+@pytest.mark.parametrize("backend", ["auto", "tensorrt"])
+def test_default_precision_is_fp16_where_a_tensorrt_engine_fits(tiny_bundle, fp16_engine_fits, backend):
+    """The library's policy, not the command line's (was: Deblurrer(device="cuda") ran fp32)."""
+    deblurrer = Deblurrer(tiny_bundle[0], backend=backend, device="cuda")
+    assert (deblurrer.backend.name, deblurrer.backend.precision) == ("tensorrt", "fp16")
+    bundle = load_bundle(tiny_bundle[0])
+    assert create_backend(bundle, "auto", "cuda").precision == "fp16"
+    with pytest.raises(BackendError, match="cannot use TensorRT: no fp32 engine"):
+        create_backend(bundle, "tensorrt", "cuda", "fp32")
+
+
+def test_default_precision_elsewhere_is_the_backends_best(tiny_bundle, fp16_engine_fits):
+    bundle = load_bundle(tiny_bundle[0])
+    assert create_backend(bundle, "onnxruntime", "cpu", threads=1).precision == "fp32"
+    assert Deblurrer(bundle, backend="onnxruntime", threads=1).backend.precision == "fp32"
+    assert backend_module.default_precision(bundle, "onnxruntime", "cuda", None) == "fp32"
+    assert backend_module.default_precision(bundle, "openvino", "cpu", None) is None  # its CPU's best
+    assert backend_module.default_precision(bundle, "auto", "cuda", "fp32") == "fp32"
+
+
+def test_deblurrer_and_backend_are_context_managers(tiny_bundle, monkeypatch):
+    closed = []
+    with create_backend(load_bundle(tiny_bundle[0]), "onnxruntime", "cpu", threads=1) as backend:
+        monkeypatch.setattr(backend, "close", lambda: closed.append("backend"))
+    with Deblurrer(tiny_bundle[0], backend="onnxruntime", threads=1) as deblurrer:
+        monkeypatch.setattr(deblurrer.backend, "close", lambda: closed.append("deblurrer"))
+        out, _ = deblurrer.run(np.zeros((8, 8, 3), np.uint8))
+    assert closed == ["backend", "deblurrer"] and out.shape == (8, 8, 3)
 
 
 def test_tensorrt_backend_needs_cuda_device(tiny_bundle):
