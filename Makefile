@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 CKPT ?= models/default
 CONFIG ?= configs/small.toml
 
-.PHONY: install test typecheck demo train train-continue train-tiny train-gpu export engine verify-engine bench bench-gpu clean
+.PHONY: install test typecheck demo train train-continue train-tiny train-gpu export engine verify-engine bench bench-gpu serve clean
 
 # Two install levels: the runtime alone (numpy, OpenCV, onnxruntime, tqdm: what `make
 # demo` needs) and everything (training, export, tests), which `make test` adds on top.
@@ -23,9 +23,11 @@ $(RUNTIME_STAMP): pyproject.toml
 
 $(STAMP): $(RUNTIME_STAMP)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) -m pip install -q -e '.[train,dev,serve]'
 	# tensorrt-stubs declares a dependency on tensorrt, which cannot install here.
 	$(PY) -m pip install -q --no-deps 'tensorrt-stubs==10.13.0.35.1'
+	# The tritonserver binary for the serving tests (pyproject.toml [serve] says why --no-deps).
+	$(PY) -m pip install -q --no-deps 'nvidia-pytriton==0.7.0'
 	touch $@
 
 install: $(STAMP)
@@ -64,6 +66,12 @@ engine: $(STAMP)
 
 verify-engine: $(STAMP)
 	$(PY) -m export.verify --bundle $(CKPT)
+
+# The bundle as a Triton model repository in out/triton, served on 127.0.0.1:8000 (HTTP) and
+# :8001 (gRPC) by the tritonserver of nvidia-pytriton; Ctrl-C stops it.
+serve: $(STAMP)
+	$(PY) -m export.triton --bundle $(CKPT) --out out/triton --force
+	$(PY) -m export.triton_server --repo out/triton
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

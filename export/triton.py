@@ -25,10 +25,10 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from export.bundle import BundleError, check_writable
+from export.bundle_writer import check_writable
 from runtime.backend import BACKENDS
 from runtime.bundle import Bundle, GraphEntry, TensorSpec, load_bundle
-from runtime.errors import DeblurError
+from runtime.errors import BundleError, DeblurError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 MODEL_TEMPLATE = Path(__file__).with_name("triton_model.py")
@@ -262,7 +262,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         names = write_repository(args)
-    except (DeblurError, BundleError, OSError) as err:
+    except (DeblurError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: {', '.join(names)}")

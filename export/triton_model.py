@@ -116,14 +116,10 @@ class TritonPythonModel:
         self._check_size(image.shape)
         scale_array = _input(request, "defocus_scale")
         scale = 1.0 if scale_array is None else float(scale_array.reshape(-1)[0])
-        if not np.isfinite(scale) or scale < 0:
-            raise RequestError(f"defocus_scale must be a finite number >= 0, got {scale}")
         return image, scale, _input(request, "defocus_map")
 
     def _check_size(self, shape: Tuple[int, ...]) -> None:
         height, width = shape[:2]
-        if min(height, width) < 1:
-            raise RequestError(f"image is empty: shape {tuple(shape)}")
         if max(height, width) > self.max_side or height * width > self.max_pixels:
             raise RequestError(f"image {height}x{width} exceeds this server's limits: sides up to "
                                f"{self.max_side} px, {self.max_pixels} pixels in all (parameters "
