@@ -13,13 +13,12 @@ from runtime.backend import create_backend
 from runtime.errors import BackendError, BundleError, ImageError
 from runtime.infer import main as infer_main
 from runtime.stream import main as stream_main
-from test_runtime_fixtures import tiny_bundle  # noqa: F401  (fixture)
 
 RNG = np.random.default_rng(3)
 
 
 @pytest.fixture(scope="module")
-def deblurrer(tiny_bundle):  # noqa: F811
+def deblurrer(tiny_bundle):
     return Deblurrer(tiny_bundle[0], threads=1)
 
 
@@ -79,7 +78,7 @@ def test_bad_user_map_is_refused(deblurrer, fill, message):
         deblurrer.run(_float_image(), defocus_map=dmap)
 
 
-def test_map_beyond_trained_range_warns_once(tiny_bundle, caplog):  # noqa: F811
+def test_map_beyond_trained_range_warns_once(tiny_bundle, caplog):
     deblurrer = Deblurrer(tiny_bundle[0], threads=1)
     dmap = np.full((20, 26), 2.0, np.float32)
     with caplog.at_level(logging.WARNING, logger="runtime"):
@@ -92,7 +91,7 @@ def test_map_beyond_trained_range_warns_once(tiny_bundle, caplog):  # noqa: F811
         deblurrer.run(_float_image(), defocus_map=dmap, defocus_scale=6.0)
 
 
-def test_non_finite_model_output_is_refused(tiny_bundle):  # noqa: F811
+def test_non_finite_model_output_is_refused(tiny_bundle):
     deblurrer = Deblurrer(tiny_bundle[0], threads=1)
     run = deblurrer.pipeline.run
 
@@ -114,13 +113,13 @@ def test_non_finite_model_output_is_refused(tiny_bundle):  # noqa: F811
     (dict(tile_batch=-3), "--tile-batch must be an integer >= 1, got -3"),
     (dict(overlap=-2), "--overlap must be an integer >= 0, got -2"),
 ])
-def test_nonsense_tiling_is_refused_not_default(tiny_bundle, kwargs, message):  # noqa: F811
+def test_nonsense_tiling_is_refused_not_default(tiny_bundle, kwargs, message):
     with pytest.raises(BackendError, match=message):
         Deblurrer(tiny_bundle[0], threads=1, **kwargs)
 
 
 @pytest.fixture
-def bundle_copy(tiny_bundle, tmp_path):  # noqa: F811
+def bundle_copy(tiny_bundle, tmp_path):
     folder = tmp_path / "bundle"
     shutil.copytree(tiny_bundle[0], folder)
     return folder
@@ -157,7 +156,7 @@ def test_manifest_map_max_sets_the_trained_range(bundle_copy):
     assert load_bundle(bundle_copy).map_max == 2.5
 
 
-def test_explicit_cuda_without_gpu_is_refused(tiny_bundle):  # noqa: F811
+def test_explicit_cuda_without_gpu_is_refused(tiny_bundle):
     with pytest.raises(BackendError, match="no CUDAExecutionProvider here .* use --device cpu or auto"):
         create_backend(load_bundle(tiny_bundle[0]), "onnxruntime", "cuda", threads=1)
 
@@ -184,7 +183,7 @@ _USAGE = [
 
 
 @pytest.mark.parametrize("extra,message", _USAGE)
-def test_infer_bad_usage_exits_2(tiny_bundle, png, capsys, extra, message):  # noqa: F811
+def test_infer_bad_usage_exits_2(tiny_bundle, png, capsys, extra, message):
     argv = [png, "--model", tiny_bundle[0], "--threads", "1", "-q", *extra]
     assert _exit_code(infer_main, argv) == 2
     assert message in _one_error(capsys)
@@ -192,7 +191,7 @@ def test_infer_bad_usage_exits_2(tiny_bundle, png, capsys, extra, message):  # n
 
 
 @pytest.mark.parametrize("extra,message", _USAGE + [(["--tile-batch", "-1"], "got -1")])
-def test_stream_bad_usage_exits_2(tiny_bundle, capsys, extra, message):  # noqa: F811
+def test_stream_bad_usage_exits_2(tiny_bundle, capsys, extra, message):
     argv = ["--width", 8, "--height", 8, "--model", tiny_bundle[0], "--threads", "1", "-q", *extra]
     assert _exit_code(stream_main, argv) == 2
     assert message in _one_error(capsys)
@@ -208,7 +207,7 @@ def test_bad_model_exits_2_in_infer_and_stream(bundle_copy, png, capsys, main):
 
 @pytest.mark.parametrize("fill,message", [(np.nan, "non-finite values"), (1e6, "over 10"),
                                           (-5.0, "negative values")])
-def test_infer_bad_defocus_map_file(tiny_bundle, png, tmp_path, capsys, fill, message):  # noqa: F811
+def test_infer_bad_defocus_map_file(tiny_bundle, png, tmp_path, capsys, fill, message):
     dmap = np.full((16, 18), 0.3, np.float32)
     dmap[2:12, 2:12] = fill
     cv2.imwrite(str(tmp_path / "map.tif"), dmap)
@@ -220,7 +219,7 @@ def test_infer_bad_defocus_map_file(tiny_bundle, png, tmp_path, capsys, fill, me
     assert not (tmp_path / "in_deblurred.png").exists()
 
 
-def test_infer_nan_float_tiff_is_refused(tiny_bundle, tmp_path, capsys):  # noqa: F811
+def test_infer_nan_float_tiff_is_refused(tiny_bundle, tmp_path, capsys):
     image = _float_image((16, 18, 3))
     image[3:13, 3:13] = np.nan
     src = tmp_path / "nan.tif"
