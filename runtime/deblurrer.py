@@ -7,17 +7,16 @@ import numpy as np
 
 from runtime.backend import Backend, create_backend
 from runtime.bundle import Bundle, load_bundle
-from runtime.device_arrays import is_device_array, to_cupy
+from runtime.device_arrays import array_module, is_device_array, to_cupy
 from runtime.ensemble import SIZES, TRANSFORMS, Transform
 from runtime import validate
 from runtime.errors import BackendError
-from runtime.tiling import (TiledPipeline, default_overlap, estimate_tile_for, min_overlap, pad_to,
-                            padded_size, round_up)
+from runtime.tiling import (SAMPLE_MAX, TiledPipeline, estimate_tile_for, min_condition_chunk, pad_to,
+                            padded_size)
 
 log = logging.getLogger("runtime")
 
 _DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
-_MAX_VALUE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 #: Rows converted at a time when writing the output (bounds temporaries).
 _BAND_ROWS = 256
 #: Default (tile, tiles per call). CPU: large tiles keep the overlap a small share
@@ -75,44 +74,27 @@ class Deblurrer:
         self.estimate_tile = estimate_tile_for(self.tile, self.bundle.size_multiple,
                                                None if profile is None else min(profile["max"][1:]))
         self.overlap = overlap
-        self._check_overlap(overlap)
+        # Condition chunks of one tile: _fit_profile keeps them inside an engine's profile.
         self.pipeline = TiledPipeline(self.backend.run, self.bundle.receptive_field,
                                       self.bundle.size_multiple, self.bundle.uses_pooling,
                                       self.tile, overlap, self.tile_batch,
-                                      estimate_tile=self.estimate_tile)
+                                      estimate_tile=self.estimate_tile, condition_chunk=self.tile)
         self._map_warned = False
 
     def _fit_profile(self, tile: int, tile_batch: int) -> Tuple[int, int]:
-        """Check the tile against a TensorRT profile; cap the batch at its maximum."""
-        m = self.bundle.size_multiple
-        if tile <= 0 or tile % m:
-            raise BackendError(f"--tile {tile} must be a positive multiple of {m}")
+        """Check the tile (the condition chunk too) against a TensorRT profile; cap the batch
+        at its maximum. Tile and overlap themselves are checked by ``TiledPipeline``."""
         profile = self.backend.profile
         if profile is None:
             return tile, tile_batch
         max_batch, max_h, max_w = profile["max"]
-        # Condition chunks are at least about tile / 2: keep them above the profile minimum.
-        low = 2 * (max(profile["min"][1:]) + m)
+        low = min_condition_chunk(max(profile["min"][1:]), self.bundle.size_multiple)
         if not low <= tile <= min(max_h, max_w):
             raise BackendError(f"--tile {tile} must lie in [{low}, {min(max_h, max_w)}] for this "
                                f"engine's profile (min {profile['min']}, max {profile['max']})")
         if tile_batch > max_batch:
             log.info("tile batch %d capped at the engine profile's maximum %d", tile_batch, max_batch)
         return tile, min(tile_batch, max_batch)
-
-    def _check_overlap(self, overlap: Optional[int]) -> None:
-        """Exact tiling needs overlap >= ``min_overlap`` of each pass and < the tile."""
-        m = self.bundle.size_multiple
-        for graph, tile in (("estimate", self.estimate_tile), ("restore", self.tile)):
-            rf = self.bundle.receptive_field[graph]
-            used = default_overlap(rf, m) if overlap is None else round_up(overlap, m)
-            if used < min_overlap(rf, m):
-                raise BackendError(f"--overlap {used} is below {min_overlap(rf, m)} px, the minimum "
-                                   f"for exact tiling of {graph!r} (receptive field {rf} px)")
-            if used >= tile:
-                sides = "" if tile == self.tile else f" ({graph} tiles: {tile} px)"
-                raise BackendError(f"--tile {self.tile}{sides} must exceed the {graph!r} overlap "
-                                   f"of {used} px")
 
     def describe(self) -> str:
         return self.backend.describe()
@@ -238,9 +220,9 @@ def _check_map(defocus_map: Any, height: int, width: int) -> Any:
 def _to_image(restored: Any, height: int, width: int, dtype: Any) -> Any:
     """float32 (3, H', W') -> (height, width, 3) of ``dtype``, converted in row bands."""
     dtype = np.dtype(dtype)
-    xp = np if isinstance(restored, np.ndarray) else _cupy()
+    xp = array_module(restored)
     out = xp.empty((height, width, 3), dtype=dtype)
-    top = _MAX_VALUE.get(dtype, 1.0)
+    top = SAMPLE_MAX.get(dtype, 1.0)
     for y in range(0, height, _BAND_ROWS):
         band = restored[:, y:min(y + _BAND_ROWS, height), :width].transpose(1, 2, 0)
         validate.check_output(band)
@@ -250,7 +232,3 @@ def _to_image(restored: Any, height: int, width: int, dtype: Any) -> Any:
         out[y:y + _BAND_ROWS] = band.astype(dtype)
     return out
 
-
-def _cupy() -> Any:
-    from runtime.device_arrays import cupy_module
-    return cupy_module()

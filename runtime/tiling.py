@@ -21,6 +21,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from runtime.device_arrays import array_module
+from runtime.errors import BackendError
+
 BLENDS = ("cosine", "linear")
 #: Cross-fade width added to the minimum overlap when ``overlap`` is not given.
 DEFAULT_BLEND_PX = 16
@@ -28,6 +31,8 @@ DEFAULT_BLEND_PX = 16
 #: condition features) but a wider overlap (its receptive field), so its tiles are
 #: this many times larger by default (see ``runtime/README.md``).
 ESTIMATE_TILE_SCALE = 2
+#: Largest sample value of the integer image types; float32 samples are in [0, 1].
+SAMPLE_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -205,13 +210,19 @@ def make_grid(height: int, width: int, tile: int, overlap: int, receptive_field:
 def chunk_bounds(length: int, chunk: int, multiple: int) -> List[Tuple[int, int]]:
     """Split ``[0, length)`` into ``ceil(length / chunk)`` near-equal aligned parts.
 
-    Equal parts (instead of a short remainder) keep every part at least about
-    ``chunk / 2``, inside a TensorRT profile's minimum.
+    Equal parts (instead of a short remainder) keep every part of a ``length`` above
+    ``chunk`` at least ``chunk / 2 - multiple`` long (see ``min_condition_chunk``).
     """
     cells = length // multiple
     parts = max(1, math.ceil(length / chunk))
     edges = [round(i * cells / parts) * multiple for i in range(parts + 1)]
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def min_condition_chunk(min_side: int, multiple: int) -> int:
+    """Smallest condition chunk whose ``chunk_bounds`` parts all stay >= ``min_side``
+    (a TensorRT profile's minimum height / width): ``2 * (min_side + multiple)``."""
+    return 2 * (min_side + multiple)
 
 
 RunGraph = Callable[[str, Dict[str, Any]], Dict[str, Any]]
@@ -224,7 +235,7 @@ def _batches(items: List[Any], size: int) -> Iterator[List[Any]]:
 
 def _to_float(block: Any, xp: Any) -> Any:
     """(n, h, w, 3) image block in its own dtype -> float32 (n, 3, h, w) in [0, 1]."""
-    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(np.dtype(block.dtype), 1.0)
+    scale = SAMPLE_MAX.get(np.dtype(block.dtype), 1.0)
     out = xp.ascontiguousarray(block.transpose(0, 3, 1, 2), dtype=xp.float32)
     if scale != 1.0:
         out *= xp.float32(1.0 / scale)
@@ -239,33 +250,53 @@ class TiledPipeline:
         receptive_field: ``{"estimate": px, "restore": px}`` from the manifest.
         multiple: The graphs' ``size_multiple``.
         uses_pooling: Whether ``restore`` takes ``cond_mean``.
-        tile: Tile size. Default: 512.
+        tile: Tile size of the restore pass. Default: 512.
         overlap: Shared pixels for both passes; None: ``default_overlap`` of each.
         tile_batch: Tiles per graph call. Default: 4.
         blend: ``cosine`` or ``linear``. Default: ``cosine``.
         progress: Called with the number of tiles finished, or None.
         estimate_tile: Tile size of the estimate pass; None: ``tile``.
+        condition_chunk: Side of the map chunks the condition graph pools over (split
+            evenly by ``chunk_bounds``); None: ``tile``.
+
+    Raises:
+        BackendError: A tile that is not a positive multiple of ``multiple``, an overlap
+            below ``min_overlap`` of a pass or not below its tile, a tile batch below 1.
+            The one check of tile and overlap (messages name the command-line options).
     """
 
     def __init__(self, run: RunGraph, receptive_field: Dict[str, int], multiple: int,
                  uses_pooling: bool, tile: int = 512, overlap: Optional[int] = None,
                  tile_batch: int = 4, blend: str = "cosine",
                  progress: Optional[Callable[[int], None]] = None,
-                 estimate_tile: Optional[int] = None):
-        if tile_batch < 1:
-            raise ValueError(f"tile batch must be >= 1, got {tile_batch}")
-        for side in (tile, estimate_tile or tile):
-            if side <= 0 or side % multiple:
-                raise ValueError(f"tile {side} must be a positive multiple of {multiple}")
+                 estimate_tile: Optional[int] = None, condition_chunk: Optional[int] = None):
         self.run = run
         self.rf = receptive_field
         self.multiple = multiple
         self.uses_pooling = uses_pooling
         self.tiles = {"estimate": estimate_tile or tile, "restore": tile}
+        self.condition_chunk = condition_chunk or tile
         self.overlap = overlap
         self.tile_batch = tile_batch
         self.blend = blend
         self.progress = progress
+        self._check()
+
+    def _check(self) -> None:
+        if self.tile_batch < 1:
+            raise BackendError(f"--tile-batch must be >= 1, got {self.tile_batch}")
+        tile, m = self.tiles["restore"], self.multiple
+        for side in (tile, self.tiles["estimate"], self.condition_chunk):
+            if side <= 0 or side % m:
+                raise BackendError(f"--tile {side} must be a positive multiple of {m}")
+        for graph in ("estimate", "restore"):
+            used, need = self.overlap_for(graph), min_overlap(self.rf[graph], m)
+            if used < need:
+                raise BackendError(f"--overlap {used} is below {need} px, the minimum for exact "
+                                   f"tiling of {graph!r} (receptive field {self.rf[graph]} px)")
+            if used >= self.tiles[graph]:
+                sides = "" if self.tiles[graph] == tile else f" ({graph} tiles: {self.tiles[graph]} px)"
+                raise BackendError(f"--tile {tile}{sides} must exceed the {graph!r} overlap of {used} px")
 
     def overlap_for(self, graph: str) -> int:
         if self.overlap is not None:
@@ -278,7 +309,7 @@ class TiledPipeline:
 
     def estimate(self, image: Any) -> Any:
         """(H, W, 3) image (uint8 / uint16 / float32) -> float32 map (H, W)."""
-        xp = _xp(image)
+        xp = array_module(image)
         height, width = image.shape[:2]
         out = xp.zeros((height, width), dtype=xp.float32)
         self._tiled("estimate", [image], out, lambda tiles, _: {"image": _to_float(tiles[0], xp)},
@@ -288,7 +319,7 @@ class TiledPipeline:
     def condition_mean(self, defocus_map: Any) -> Any:
         """float32 map (H, W) -> (1, Cc): the pixel-weighted mean over aligned chunks."""
         total, weight = None, 0
-        side = self.tiles["restore"]
+        side = self.condition_chunk
         for y0, y1 in chunk_bounds(defocus_map.shape[0], side, self.multiple):
             for x0, x1 in chunk_bounds(defocus_map.shape[1], side, self.multiple):
                 chunk = defocus_map[None, None, y0:y1, x0:x1]
@@ -301,7 +332,7 @@ class TiledPipeline:
 
     def restore(self, image: Any, defocus_map: Any, cond_mean: Optional[Any]) -> Any:
         """(H, W, 3) image, float32 map (H, W)[, (1, Cc)] -> float32 (3, H, W)."""
-        xp = _xp(image)
+        xp = array_module(image)
         height, width = image.shape[:2]
         out = xp.zeros((3, height, width), dtype=xp.float32)
 
@@ -335,20 +366,13 @@ class TiledPipeline:
         return sum(len(self.grid(g, height, width).tiles()) for g in ("estimate", "restore"))
 
 
-def _xp(array: Any) -> Any:
-    if isinstance(array, np.ndarray):
-        return np
-    from runtime.device_arrays import cupy_module
-    return cupy_module()
-
-
 def pad_to(image: Any, height: int, width: int) -> Any:
     """Pad (H, W, ...) at the bottom / right to (height, width): reflect, or edge when
     the image is too small to reflect."""
     dh, dw = height - image.shape[0], width - image.shape[1]
     if dh == 0 and dw == 0:
         return image
-    xp = _xp(image)
+    xp = array_module(image)
     pads = [(0, dh), (0, dw)] + [(0, 0)] * (image.ndim - 2)
     mode = "reflect" if dh < image.shape[0] and dw < image.shape[1] else "edge"
     return xp.pad(image, pads, mode=mode)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from runtime.bundle import load_bundle
+from runtime.errors import BackendError
 from runtime.ort_backend import OrtBackend
 from training.metrics import psnr
 from runtime.tiling import (TiledPipeline, axis_weights, balanced_tile, chunk_bounds,
@@ -180,6 +181,37 @@ def test_per_tile_pooling_is_not_exact(tiny_bundle):
     out = pipe.restore(image, dmap, pipe.condition_mean(dmap))
     ref_out, _ = _whole_image_reference(model, image)
     assert psnr(out, ref_out) < 50
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(tile=63), "--tile 63 must be a positive multiple of 2"),
+    (dict(tile=64, condition_chunk=33), "--tile 33 must be a positive multiple of 2"),
+    (dict(tile=64, overlap=10), "--overlap 10 is below .* minimum for exact tiling of 'estimate'"),
+    (dict(tile=48, estimate_tile=100), "--tile 48 must exceed the 'restore' overlap of 48 px"),
+    (dict(tile=40), "--tile 40 must exceed the 'estimate' overlap of 58 px"),
+    (dict(tile=64, estimate_tile=40), r"--tile 64 \(estimate tiles: 40 px\) must exceed the 'estimate'"),
+    (dict(tile=64, tile_batch=0), "--tile-batch must be >= 1, got 0"),
+])
+def test_pipeline_is_the_one_check_of_tile_and_overlap(kwargs, message):
+    """TiledPipeline itself refuses what cannot tile exactly (was: Deblurrer only, ValueError here)."""
+    rf = {"estimate": 40, "restore": 30}
+    with pytest.raises(BackendError, match=message):
+        TiledPipeline(lambda graph, inputs: {}, rf, 2, True, **kwargs)
+
+
+@pytest.mark.parametrize("chunk,calls", [(None, 4), (64, 12), (200, 1)])
+def test_condition_chunk_is_explicit(chunk, calls):
+    """``cond_mean`` pools over chunks of ``condition_chunk`` (default: the tile), pixel-weighted."""
+    seen = []
+
+    def run(graph, inputs):
+        seen.append(inputs["defocus_map"].shape[2:])
+        return {"cond_mean": inputs["defocus_map"].mean(axis=(2, 3))}
+
+    pipe = TiledPipeline(run, {"estimate": 40, "restore": 30}, 2, True, tile=128, condition_chunk=chunk)
+    dmap = np.random.default_rng(3).random((150, 200), dtype=np.float32)
+    np.testing.assert_allclose(pipe.condition_mean(dmap), [[dmap.mean()]], rtol=1e-5)
+    assert len(seen) == calls and all(min(s) >= (chunk or 128) // 2 - 2 for s in seen)
 
 
 @pytest.mark.parametrize("length,tile,overlap,multiple", [
