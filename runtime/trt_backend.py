@@ -1,7 +1,8 @@
 """TensorRT backend: the bundle's serialized engines, run with named I/O tensors.
 
 One ``IExecutionContext`` per graph, device buffers and pinned host buffers
-allocated once for the profile's largest shapes, one CUDA stream, async copies,
+allocated once for the profile's largest shapes (outputs sized by the engine itself
+for the largest inputs, as NVIDIA's ``common_runtime.py`` does), one CUDA stream, async copies,
 and optionally one CUDA graph per input shape. Engines that are stale (their ONNX
 changed) or foreign (other TensorRT, other GPU) are refused before deserialising.
 """
@@ -59,17 +60,22 @@ class _EngineRunner:
                 raise BackendError(f"set_tensor_address failed for {tensor.name!r}")
 
     def _allocate(self) -> Dict[str, _Tensor]:
-        max_inputs: Dict[str, Tuple[int, ...]] = {}
+        """Buffers for the profile's largest inputs and the outputs the engine infers from them."""
         modes: List[Tuple[str, bool]] = []
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
-            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            modes.append((name, is_input))
-            if is_input:
-                max_inputs[name] = _dims(self.engine.get_tensor_profile_shape(name, 0)[2])
-        specs = {name: (max_inputs[name] if is_input else self.entry.output_shape(name, max_inputs),
+            modes.append((name, self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT))
+        for name, is_input in modes:
+            if is_input and not self.context.set_input_shape(
+                    name, self.engine.get_tensor_profile_shape(name, 0)[2]):
+                raise BackendError(f"TensorRT refused the profile maximum of {name!r}")
+        unresolved = self.context.infer_shapes()
+        if unresolved:
+            raise BackendError(f"TensorRT cannot infer the shapes of {', '.join(unresolved)} "
+                               f"in the {self.entry.name!r} engine")
+        specs = {name: (_dims(self.context.get_tensor_shape(name)),
                         np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))))
-                 for name, is_input in modes}
+                 for name, _ in modes}
         sizes = cb.plan_buffers(specs)
         return {name: _Tensor(name, is_input, specs[name][1], specs[name][0], sizes[name])
                 for name, is_input in modes}

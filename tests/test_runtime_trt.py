@@ -38,8 +38,9 @@ def test_nbytes_rejects_dynamic_dims():
         nbytes((-1, 3, 64, 64), np.float32)
 
 
-def test_buffers_for_profile_max_follow_the_manifest(tiny_bundle):
-    """What TrtBackend allocates: inputs at the profile max, outputs resolved from them."""
+def test_buffers_for_profile_max(tiny_bundle):
+    """Bytes of the profile's largest shapes (TrtBackend asks the engine for its outputs'; the
+    manifest resolves the same, and test_tensorrt_matches_onnxruntime compares them on a GPU)."""
     bundle = load_bundle(tiny_bundle[0])
     restore = bundle.graphs["restore"]
     max_inputs = {"image": (8, 3, 1024, 1024), "defocus_map": (8, 1, 1024, 1024), "cond_mean": (8, 8)}
@@ -113,6 +114,10 @@ def test_tensorrt_matches_onnxruntime(tiny_bundle, tmp_path, cuda_graphs):
     trt_deblurrer = Deblurrer(folder, backend="tensorrt", device="cuda", tile=192,
                               cuda_graphs=cuda_graphs)
     assert trt_deblurrer.backend.name == "tensorrt"
+    restore = trt_deblurrer.backend.runners["restore"]
+    largest = {t.name: t.max_shape for t in restore.tensors.values() if t.is_input}
+    assert restore.tensors["deblurred"].max_shape == (8, 3, 256, 256) == restore.entry.output_shape(
+        "deblurred", largest)
     for _ in range(2):  # the second pass replays the captured CUDA graphs
         out, dmap = trt_deblurrer.run(image)
         np.testing.assert_allclose(dmap, expected_map, atol=5e-3)
