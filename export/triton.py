@@ -73,7 +73,7 @@ def deblur_config(args: argparse.Namespace) -> str:
                _tensor("defocus_map", "float32", (-1, -1), optional=True)]
     outputs = [_tensor(f"deblurred_{d}", d, (-1, -1, 3)) for d in IMAGE_DTYPES]
     outputs.append(_tensor("defocus_map_used", "float32", (-1, -1)))
-    params = {"backend": args.backend, "precision": args.precision, "tile": _text(args.tile),
+    params = {"backend": args.backend, "precision": args.precision or "", "tile": _text(args.tile),
               "tile_batch": _text(args.tile_batch), "threads": _text(args.threads),
               "max_side": str(args.max_side), "max_pixels": str(args.max_pixels)}
     return (f'name: "{DEBLUR}"\nbackend: "python"\nmax_batch_size: 0\n'
@@ -82,6 +82,7 @@ def deblur_config(args: argparse.Namespace) -> str:
 
 
 def _text(value: Optional[int]) -> str:
+    """A parameter value: config.pbtxt parameters are strings, "" for the runtime's default."""
     return "" if value is None else str(value)
 
 
@@ -172,10 +173,10 @@ with the bundle) with its exact tiling. One request is one RGB image of any size
 Outputs: `deblurred_<dtype>` [H, W, 3] in the input's dtype, `defocus_map_used` [H, W] FP32.
 Images larger than {args.max_side} px a side or {args.max_pixels} pixels are refused
 (`max_side`, `max_pixels` in `config.pbtxt`). Instances: {args.instances} x KIND_{args.kind.upper()};
-runtime backend `{args.backend}`, precision `{args.precision}`.
+runtime backend `{args.backend}`, precision `{args.precision or "the runtime's default"}`.
 
-The Python environment of the server needs `numpy` and `onnxruntime` (`onnxruntime-gpu`,
-`tensorrt` and `cuda-python` for GPU instances). In NVIDIA's container:
+The Python environment of the server needs `numpy` and `onnxruntime` (`openvino` for that
+backend; `onnxruntime-gpu`, `tensorrt` and `cuda-python` for GPU instances). In NVIDIA's container:
 
 ```bash
 docker run --rm --shm-size=1g -p 8000:8000 -p 8001:8001 -v $PWD/{args.out.name}:/models \\
@@ -243,7 +244,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--instances", type=int, default=1, help="deblur instances (processes)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="runtime backend of the deblur model")
-    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
+                        help="runtime precision (default: the runtime's, runtime.backend.default_precision)")
     parser.add_argument("--tile", type=int, help="runtime tile (default: the runtime's)")
     parser.add_argument("--tile-batch", type=int, help="tiles per graph call (default: the runtime's)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads per instance (default: all)")

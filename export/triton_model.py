@@ -86,7 +86,7 @@ class TritonPythonModel:
         self.max_side = int(params["max_side"])
         self.max_pixels = int(params["max_pixels"])
         self.deblurrer = Deblurrer(HERE / "bundle", backend=params["backend"],
-                                   device="cuda" if gpu else "cpu", precision=params["precision"],
+                                   device="cuda" if gpu else "cpu", precision=params["precision"] or None,
                                    tile=_optional_int(params["tile"]),
                                    tile_batch=_optional_int(params["tile_batch"]),
                                    threads=_optional_int(params["threads"]))

@@ -212,6 +212,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--model", action="append", help="model to load (repeat); default: deblur")
     args = parser.parse_args(argv)
+    # SIGTERM too ends in ``finally``, so the server's process group never outlives this one.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         server = TritonServer(args.repo, args.model or ["deblur"], args.http_port, args.grpc_port)
         server.start()
