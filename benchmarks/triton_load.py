@@ -125,7 +125,7 @@ def report_markdown(results: dict) -> str:
     return "\n".join([
         "# Triton load test (`python -m benchmarks.triton_load`)", "",
         f"Commit {results['commit']}, {results['date']}; {m['cpu']}, {results['instances']} `deblur` "
-        f"instances x {results['threads']} ONNX Runtime thread(s), runtime defaults otherwise "
+        f"instances x {results['threads']} runtime thread(s), runtime defaults otherwise "
         f"(the model logged: {results['backend']}). Server: the tritonserver of nvidia-pytriton 0.7.0 on "
         "127.0.0.1; client: this process, one tritonclient.http client per concurrent sender.", "",
         "**Measured under load**: this machine was shared with a model training run and other "
@@ -134,8 +134,8 @@ def report_markdown(results: dict) -> str:
         "to reply; throughput is completed requests over the cell's wall time.", "",
         *rows, "",
         f"Requests sent: {results['sent']}, failed: {results['failed']}, lost: {results['lost']}. "
-        "Server RSS is read after each cell (server + Python-backend stubs): flat across cells "
-        "means no memory kept per request.", ""])
+        "Server RSS (server + Python-backend stubs) is read after each cell: growth across "
+        "cells of one size would be memory kept per request.", ""])
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -166,9 +166,10 @@ with the bundle) with its exact tiling. One request is one RGB image of any size
 
 | input | dtype | dims | |
 |---|---|---|---|
-| `image_uint8` / `image_uint16` / `image_float32` | UINT8 / UINT16 / FP32 | [H, W, 3] | exactly one; float32 in [0, 1] |
+| `image_uint8` / `_uint16` / `_float32` | UINT8 / UINT16 / FP32 | [H, W, 3] | exactly one; float in [0, 1] |
 | `defocus_scale` | FP32 | [1] | optional, default 1.0: deblurring strength |
-| `defocus_map` | FP32 | [H, W] | optional: blur-disc radius px / {bundle.map_radius_scale_px:g}, replaces the estimate |
+| `defocus_map` | FP32 | [H, W] | optional, replaces the estimate: blur-disc radius px / \
+{bundle.map_radius_scale_px:g} |
 
 Outputs: `deblurred_<dtype>` [H, W, 3] in the input's dtype, `defocus_map_used` [H, W] FP32.
 Images larger than {args.max_side} px a side or {args.max_pixels} pixels are refused

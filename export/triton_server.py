@@ -56,7 +56,8 @@ def find_distribution() -> Distribution:
                           "pip install --no-deps nvidia-pytriton==0.7.0")
     root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    dist = Distribution(binary=root / "bin" / "tritonserver", libs=root.parent.parent / "nvidia_pytriton.libs",
+    dist = Distribution(binary=root / "bin" / "tritonserver",
+                        libs=root.parent.parent / "nvidia_pytriton.libs",
                         python_backend=root / "backends" / "python",
                         stub=root / "python_backend_stubs" / version / "triton_python_backend_stub")
     for path in (dist.binary, dist.libs, dist.python_backend / "libtriton_python.so", dist.stub):

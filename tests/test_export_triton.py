@@ -131,7 +131,8 @@ def test_existing_repository_needs_force(tmp_path, capsys):
     (out / "stale.txt").write_text("old")
     argv = ["--bundle", str(DEFAULT_BUNDLE), "--out", str(out)]
     assert triton.main(argv) == 1
-    assert capsys.readouterr().err.strip() == f"error: {out} exists and is not empty: pass --force to replace it"
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {out} exists and is not empty: pass --force to replace it"
     assert triton.main(argv + ["--force"]) == 0
     assert not (out / "stale.txt").exists() and (out / "deblur" / "config.pbtxt").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["repo"]  # no stage or old copy left
@@ -231,8 +232,8 @@ def test_served_defocus_scale_and_map(client, local):
 BAD_REQUESTS = {
     "wrong dtype": ((np.zeros((8, 8, 3), np.int32), "uint8"),
                     "inference input 'image_uint8' data-type is 'INT32', but model 'deblur' expects 'UINT8'"),
-    "wrong rank": ((np.zeros((8, 8), np.uint8), None),
-                   "unexpected shape for input 'image_uint8' for model 'deblur'. Expected [-1,-1,3], got [8,8]"),
+    "wrong rank": ((np.zeros((8, 8), np.uint8), None), "unexpected shape for input 'image_uint8' for "
+                   "model 'deblur'. Expected [-1,-1,3], got [8,8]"),
     "four channels": ((np.zeros((8, 8, 4), np.uint8), None), "Expected [-1,-1,3], got [8,8,4]"),
     "float out of range": ((np.full((8, 8, 3), 2.0, np.float32), None),
                            "error: image has float32 samples in [2, 2]; expected [0, 1]"),
