@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 CKPT ?= models/default
 CONFIG ?= configs/small.toml
 
-.PHONY: install test typecheck demo train train-continue train-tiny train-gpu export engine verify-engine bench bench-gpu serve clean
+.PHONY: install test typecheck lint demo train train-continue train-tiny train-gpu export engine verify-engine bench bench-gpu serve clean
 
 # Two install levels: the runtime alone (numpy, OpenCV, onnxruntime, tqdm: what `make
 # demo` needs) and everything (training, export, tests), which `make test` adds on top.
@@ -37,8 +37,13 @@ test: $(STAMP)
 	$(MAKE) typecheck
 
 typecheck: $(STAMP)
-	# mypy against the TensorRT 10.13 API stubs (export/typecheck.py explains the patching).
-	$(PY) -m export.typecheck export/trt_engine.py runtime/trt_backend.py runtime/cuda_buffers.py
+	# mypy over runtime/, export/ and tools/ against the TensorRT 10.13 API stubs
+	# (tools/typecheck.py explains the patching).
+	$(PY) -m tools.typecheck runtime export tools
+
+# Ruff: pycodestyle, pyflakes and import order, one line length (pyproject.toml [tool.ruff]).
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 demo: $(RUNTIME_STAMP)
 	$(PY) -m runtime.infer samples/ --output-dir out/demo --save-defocus-map

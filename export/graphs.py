@@ -13,7 +13,7 @@ All tensors are float32, RGB in [0, 1]; H and W must be multiples of the
 config's ``size_multiple`` (the runtime pads).
 """
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import onnx
 import torch
@@ -45,7 +45,7 @@ def graph_specs(model: DefocusDeblurNet) -> Dict[str, dict]:
     dmap = torch.rand(1, 1, 8 * m, 8 * m)
     specs = {"estimate": {"module": Graph(model, "estimate"), "args": (image,),
                           "inputs": ["image"], "outputs": ["defocus_map"]}}
-    restore = {"module": Graph(model, "restore"), "args": (image, dmap),
+    restore: Dict[str, Any] = {"module": Graph(model, "restore"), "args": (image, dmap),
                "inputs": ["image", "defocus_map"], "outputs": ["deblurred"]}
     if model.uses_pooling:
         specs["condition"] = {"module": Graph(model, "condition_mean"), "args": (dmap,),

@@ -90,7 +90,7 @@ class TritonPythonModel:
                                    tile=_optional_int(params["tile"]),
                                    tile_batch=_optional_int(params["tile_batch"]),
                                    threads=_optional_int(params["threads"]))
-        pb_utils.Logger.log_info(f"deblur: runtime {Path(sys.modules['runtime'].__file__).parent}, "
+        pb_utils.Logger.log_info(f"deblur: runtime {Path(str(sys.modules['runtime'].__file__)).parent}, "
                                  f"{self.deblurrer.describe()}, tile {self.deblurrer.tile}")
 
     def execute(self, requests: List) -> List:

@@ -12,7 +12,7 @@ from export import engine as export_engine
 from export.bundle_writer import engine_file, read_manifest, write_manifest
 from export.engine_plan import (Profile, compute_profile, engine_key, engines_section, input_shapes,
                                 reusable, tensorrt_missing_message)
-from export.typecheck import fix_stub
+from tools.typecheck import fix_stub
 from runtime.bundle import FORMAT, REBUILD_HINT, BundleError, check_engines, load_bundle
 from runtime.errors import MissingDependency
 from runtime.gpu import GpuInfo, cuda_gpus, import_tensorrt

@@ -1,6 +1,6 @@
 """mypy against the installed ``tensorrt-stubs``, which mypy cannot read as shipped.
 
-    python -m export.typecheck export/trt_engine.py [more files]
+    python -m tools.typecheck runtime export [more files or folders]
 
 tensorrt-stubs 10.13.0.35.1 puts ``.pyi`` files into ``site-packages/tensorrt``
 without a ``py.typed`` marker (mypy then skips them as untyped), and its
@@ -26,6 +26,14 @@ cache_dir = {typings}/.mypy_cache
 ignore_errors = True
 [mypy-tensorrt_libs]
 ignore_missing_imports = True
+# Packages without type information (no stubs, no py.typed marker).
+[mypy-onnxruntime,onnxruntime.*,onnxconverter_common,onnxconverter_common.*,onnxslim,onnxslim.*]
+ignore_missing_imports = True
+[mypy-polygraphy,polygraphy.*,tqdm,tqdm.*,google.protobuf,google.protobuf.*]
+ignore_missing_imports = True
+# Followed for their types only: training/ is not part of this check.
+[mypy-training,training.*]
+follow_imports = silent
 """
 
 
@@ -54,7 +62,7 @@ def prepare(typings: Path) -> Path:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    files = list(sys.argv[1:] if argv is None else argv) or ["export/trt_engine.py"]
+    files = list(sys.argv[1:] if argv is None else argv) or ["runtime", "export", "tools"]
     typings = Path(sys.prefix) / "tensorrt-typings"
     try:
         config = prepare(typings)

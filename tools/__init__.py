@@ -1,0 +1,1 @@
+"""Developer tools (not part of any pipeline stage): ``python -m tools.typecheck``."""
