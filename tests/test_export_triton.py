@@ -19,9 +19,9 @@ from runtime.bundle import DEFAULT_BUNDLE, PACKAGE_ROOT, load_bundle
 from runtime.image_io import read_image
 
 SERVE_MISSING = [m for m in ("tritonclient", "pytriton") if importlib.util.find_spec(m) is None]
-needs_serve = pytest.mark.skipif(bool(SERVE_MISSING), reason="serving packages absent "
-                                 f"({', '.join(SERVE_MISSING)}): pip install -e '.[serve]' and "
-                                 "pip install --no-deps nvidia-pytriton==0.7.0")
+SKIP_REASON = (f"serving packages absent ({', '.join(SERVE_MISSING)}): pip install -e '.[serve]' "
+               "&& pip install --no-deps nvidia-pytriton==0.7.0")
+needs_serve = pytest.mark.skipif(bool(SERVE_MISSING), reason=SKIP_REASON)
 #: Small tiles make small images several tiles wide; one thread for the shared CI cores.
 TILE, THREADS = 128, 1
 FIDELITY_DB = 50.0
@@ -35,8 +35,10 @@ def _generate(out: Path, *extra: str, bundle: Path = DEFAULT_BUNDLE) -> Path:
 
 
 def _pb2():
-    return pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                               reason="serving packages absent: pip install -e '.[serve]'")
+    if SERVE_MISSING:
+        pytest.skip(SKIP_REASON)
+    from tritonclient.grpc import model_config_pb2
+    return model_config_pb2
 
 
 def _parse(path: Path):
@@ -151,7 +153,7 @@ def test_bad_bundle_is_one_error_line(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def server(repo):
     if SERVE_MISSING:
-        pytest.skip(f"serving packages absent ({', '.join(SERVE_MISSING)})")
+        pytest.skip(SKIP_REASON)
     with TritonServer(repo) as running:
         yield running
 
@@ -215,6 +217,17 @@ def test_served_output_matches_the_runtime(client, local, height, width, dtype):
           f"max abs map difference {np.abs(dmap - want_map).max():.3g}")
     assert fidelity >= FIDELITY_DB
     np.testing.assert_allclose(dmap, want_map, atol=1e-5)
+
+
+@needs_serve
+def test_grpc_endpoint_serves_the_same(server, client):
+    import tritonclient.grpc as grpcclient
+    image = _photo(32, 48, np.uint16)
+    inp = grpcclient.InferInput("image_uint16", list(image.shape), "UINT16")
+    inp.set_data_from_numpy(image)
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as grpc:
+        result = grpc.infer("deblur", [inp])
+    np.testing.assert_array_equal(result.as_numpy("deblurred_uint16"), _infer(client, image)[0])
 
 
 @needs_serve
