@@ -10,6 +10,7 @@ units directly (``--save-defocus-map raw`` writes one, so maps round-trip exactl
 in an 8- or 16-bit PNG / TIFF a value v means ``v / (2**bits - 1) * MAP_FILE_MAX``
 map units (16-bit steps: ``MAP_FILE_MAX / 65535``), handy for painted maps.
 Map units: blur-disc radius px / ``map_radius_scale_px`` (10 px for the shipped models).
+Not the training data's DED-style PNGs (``training.data.read_radius_png``: radius px x 1000).
 """
 import os
 import struct
@@ -235,8 +236,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise ImageError(f"{path}: cannot write to {folder} ({err.strerror})") from None
 
 
-def read_defocus_map(path: Path) -> np.ndarray:
-    """A defocus map file -> float32 (H, W) in map units (see the module docstring)."""
+def read_map_file(path: Path) -> np.ndarray:
+    """A runtime map file (``--defocus-map``) -> float32 (H, W) in map units: float32 TIFF as is,
+    8/16-bit v -> ``v / (2**bits - 1) * MAP_FILE_MAX`` (see the module docstring)."""
     image = _decode(Path(path))
     if image.ndim == 3:
         if image.shape[2] != 1:
@@ -251,8 +253,8 @@ def read_defocus_map(path: Path) -> np.ndarray:
     return image.astype(np.float32) * np.float32(MAP_FILE_MAX / top)
 
 
-def write_defocus_map(path: Path, defocus_map: np.ndarray) -> None:
-    """Write the raw map as a float32 TIFF in map units: ``read_defocus_map`` reads it back exactly."""
+def write_map_file(path: Path, defocus_map: np.ndarray) -> None:
+    """Write the raw map as a float32 TIFF in map units: ``read_map_file`` reads it back exactly."""
     if Path(path).suffix.lower() not in (".tif", ".tiff"):
         raise ImageError(f"{path}: raw defocus maps are written as float32 .tif")
     ok, encoded = cv2.imencode(".tif", np.ascontiguousarray(defocus_map, dtype=np.float32))

@@ -104,7 +104,7 @@ def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace,
         colored = image_io.colorize_defocus_map(dmap, deblurrer.bundle.map_radius_scale_px)
         image_io.write_image(color_path, colored)
     if args.save_defocus_map in ("raw", "both"):
-        image_io.write_defocus_map(raw_path, dmap)
+        image_io.write_map_file(raw_path, dmap)
     return out
 
 
@@ -147,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     user_map = None
     try:
         if args.defocus_map is not None:
-            user_map = image_io.read_defocus_map(args.defocus_map)
+            user_map = image_io.read_map_file(args.defocus_map)
     except DeblurError as err:
         fail(str(err), code=1)
     if not todo:

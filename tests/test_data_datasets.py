@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader
 
 from training.data import (DEDDataset, DataError, ImageFolderSource, PairDataset, SkimagePhotos,
                            SyntheticDefocusDataset, TRAIN_PHOTOS, VALIDATION_PHOTOS,
-                           build_validation_set, read_defocus_map, read_image, worker_init_fn,
-                           write_defocus_map)
+                           build_validation_set, read_radius_png, read_image, worker_init_fn,
+                           write_radius_png)
 from training.data.datasets import dihedral
 from training.presets import MAP_RADIUS_SCALE_PX
 
@@ -36,7 +36,7 @@ def _make_ded(root, stems=("a", "b", "c"), size=(40, 48)):
         _write_rgb(root / "blurry" / f"{stem}.png", image)
         _write_rgb(root / "sharp" / f"{stem}.png", image, np.uint16)
         radii[stem] = np.rint(image[..., 0] * 9000) / 1000  # 0.001 px steps up to 9 px
-        write_defocus_map(root / "defocus_map" / f"{stem}.png", radii[stem])
+        write_radius_png(root / "defocus_map" / f"{stem}.png", radii[stem])
     return radii
 
 
@@ -315,9 +315,9 @@ class TestImageFolderSource:
 class TestMapsAndPhotos:
     def test_defocus_map_round_trip(self, tmp_path):
         radius = np.array([[0.0, 0.0004, 1.2345], [9.9999, 65.535, 80.0]], np.float32)
-        write_defocus_map(tmp_path / "m.png", radius)
+        write_radius_png(tmp_path / "m.png", radius)
         assert cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_ANYDEPTH).dtype == np.uint16
-        np.testing.assert_allclose(read_defocus_map(tmp_path / "m.png"),
+        np.testing.assert_allclose(read_radius_png(tmp_path / "m.png"),
                                    [[0.0, 0.0, 1.2345], [10.0, 65.535, 65.535]], atol=5e-4)
 
     def test_splits_are_disjoint_and_load(self):

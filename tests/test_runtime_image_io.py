@@ -143,12 +143,12 @@ def test_output_extension_holds_the_samples(tmp_path, dtype, ext):
 def test_defocus_map_raw_round_trip_is_exact(tmp_path):
     dmap = RNG.normal(size=(31, 45)).astype(np.float32)
     path = tmp_path / "map.tif"
-    image_io.write_defocus_map(path, dmap)
-    back = image_io.read_defocus_map(path)
+    image_io.write_map_file(path, dmap)
+    back = image_io.read_map_file(path)
     assert back.dtype == np.float32
     np.testing.assert_array_equal(back, dmap)
     with pytest.raises(ImageError, match="float32 .tif"):
-        image_io.write_defocus_map(tmp_path / "map.png", dmap)
+        image_io.write_map_file(tmp_path / "map.png", dmap)
 
 
 @pytest.mark.parametrize("dtype,value,expected", [(np.uint8, 255, image_io.MAP_FILE_MAX),
@@ -157,14 +157,14 @@ def test_defocus_map_raw_round_trip_is_exact(tmp_path):
 def test_defocus_map_file_encoding(tmp_path, dtype, value, expected):
     path = tmp_path / "m.png"
     cv2.imwrite(str(path), np.full((3, 4), value, dtype))
-    np.testing.assert_allclose(image_io.read_defocus_map(path), expected, rtol=1e-6)
+    np.testing.assert_allclose(image_io.read_map_file(path), expected, rtol=1e-6)
 
 
 def test_defocus_map_float_tiff_from_other_tools(tmp_path):
     dmap = RNG.normal(size=(8, 9)).astype(np.float32)
     path = tmp_path / "m.tif"
     cv2.imwrite(str(path), dmap)
-    np.testing.assert_array_equal(image_io.read_defocus_map(path), dmap)
+    np.testing.assert_array_equal(image_io.read_map_file(path), dmap)
 
 
 def test_colour_map_has_legend_and_fixed_scale():

@@ -28,9 +28,11 @@ from training.presets import MAP_RADIUS_SCALE_PX
 
 log = logging.getLogger(__name__)
 
-#: DED-style map PNGs hold ``radius_px * DEFAULT_MAP_SCALE`` as 16-bit integers
-#: (0.001 px steps up to 65.5 px). DED's own maps are not public; this is our format.
-DEFAULT_MAP_SCALE = 1000.0
+#: Training's DED-style map PNGs hold ``radius_px * RADIUS_PNG_SCALE`` as 16-bit integers
+#: (0.001 px steps up to 65.5 px): blur-disc radius in pixels, not map units. DED's own
+#: maps are not public; this is our format. The runtime's map files are another format
+#: (``runtime.image_io.read_map_file``: map units, v / 65535 * 4 in a 16-bit file).
+RADIUS_PNG_SCALE = 1000.0
 #: Pair-only folder layouts, tried in order: (blurry folder, sharp folder).
 PAIR_LAYOUTS = (("blurry", "sharp"), ("source", "target"), ("inputC", "target"))
 
@@ -177,8 +179,9 @@ class SyntheticDefocusDataset(_SeededDataset):
         return np.ascontiguousarray(image), np.ascontiguousarray(depth)
 
 
-def read_defocus_map(path: Path, map_scale: float = DEFAULT_MAP_SCALE) -> np.ndarray:
-    """Read a map PNG as radius in px: (H, W) float32 = stored value / ``map_scale``.
+def read_radius_png(path: Path, map_scale: float = RADIUS_PNG_SCALE) -> np.ndarray:
+    """Read a DED-style radius PNG as blur-disc radius in px: (H, W) float32 = stored value
+    / ``map_scale`` (default ``RADIUS_PNG_SCALE``, 1000 per px).
 
     Colour PNGs are read as grey. Raises ``DataError`` when the file cannot be decoded.
     """
@@ -188,8 +191,9 @@ def read_defocus_map(path: Path, map_scale: float = DEFAULT_MAP_SCALE) -> np.nda
     return data.astype(np.float32) / np.float32(map_scale)
 
 
-def write_defocus_map(path: Path, radius_px: np.ndarray, map_scale: float = DEFAULT_MAP_SCALE) -> None:
-    """Write radius in px as a 16-bit PNG of ``round(radius * map_scale)`` (clipped to 65535)."""
+def write_radius_png(path: Path, radius_px: np.ndarray, map_scale: float = RADIUS_PNG_SCALE) -> None:
+    """Write blur-disc radius in px as a DED-style 16-bit PNG of ``round(radius * map_scale)``
+    (clipped to 65535; ``read_radius_png`` reads it back)."""
     data = np.clip(np.rint(radius_px * map_scale), 0, 65535).astype(np.uint16)
     if not cv2.imwrite(str(path), data):
         raise DataError(f"cannot write defocus map {path}")
@@ -259,7 +263,7 @@ class DEDDataset(_MatchedFolders):
     """DED-style triplets: ``root/blurry``, ``root/sharp``, ``root/defocus_map``, matched by stem.
 
     A map PNG holds the circle-of-confusion radius in px times ``map_scale``
-    (default 1000, as 16-bit; see ``write_defocus_map``).
+    (default 1000, as 16-bit; see ``write_radius_png``).
 
     Args:
         root: folder holding the three sub-folders.
@@ -276,12 +280,12 @@ class DEDDataset(_MatchedFolders):
 
     def __init__(self, root: Path, crop: Optional[int] = 256, seed: int = 0,
                  length: Optional[int] = None, augment: bool = True,
-                 map_scale: float = DEFAULT_MAP_SCALE):
+                 map_scale: float = RADIUS_PNG_SCALE):
         super().__init__(root, ("blurry", "sharp", "defocus_map"), crop, seed, length, augment)
         self.map_scale = map_scale
 
     def _load(self, group: Tuple[Path, ...]) -> List[np.ndarray]:
-        return [read_image(group[0]), read_image(group[1]), read_defocus_map(group[2], self.map_scale)]
+        return [read_image(group[0]), read_image(group[1]), read_radius_png(group[2], self.map_scale)]
 
     def _item(self, arrays: List[np.ndarray]) -> Dict[str, torch.Tensor]:
         return make_item(arrays[0], arrays[1], arrays[2])
