@@ -23,7 +23,7 @@ from common.hashing import sha256_file
 from export import fp16 as fp16_check
 from export.bundle_writer import io_spec, onnx_file, set_metadata, staged_bundle, write_manifest
 from export.graphs import IR_VERSION, export_graph, graph_specs
-from export.parity import PARITY_MIN_PSNR_DB, check_parity
+from export.parity import PARITY_MIN_PSNR_DB, check_parity, fixed_threads
 from export.trt_lint import LintError, check_model
 from runtime.bundle import FORMAT, load_bundle
 from runtime.errors import BundleError
@@ -96,6 +96,11 @@ def export_bundle(checkpoint: Path, out: Path, preset: Optional[str] = None) -> 
         CheckpointError, BundleError, LintError, ExportError: one-line reasons (BundleError
             also where the runtime cannot load what was written).
     """
+    with fixed_threads():
+        return _export_bundle(checkpoint, out, preset)
+
+
+def _export_bundle(checkpoint: Path, out: Path, preset: Optional[str]) -> dict:
     model, config = load_checkpoint(checkpoint, preset)
     folder = Path(checkpoint).parent if Path(checkpoint).is_file() else Path(checkpoint)
     facts = model_facts(model, config)

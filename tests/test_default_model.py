@@ -64,3 +64,14 @@ def test_tiled_matches_whole_image(tile):
     out, dmap = tiled.run(image)
     assert psnr(out, whole) >= 50
     assert np.abs(dmap - whole_map).max() < 1e-3
+
+
+def test_readme_export_table_is_what_the_manifest_says():
+    manifest = load_bundle(BUNDLE).manifest
+    readme = (BUNDLE.parents[1] / "README.md").read_text()
+    for graph in ("estimate", "condition", "restore"):
+        parity = manifest["parity"][graph]["psnr_db"]
+        fp16 = manifest["fp16"][graph]
+        peak = max(fp16["max_activation"].values())
+        row = f"| {graph} | {parity:.1f} dB | {fp16['psnr_db_vs_fp32']:.1f} dB | {peak:.4g} |"
+        assert row in readme, f"README.md's export table lacks {row!r}: copy it from the manifest"

@@ -371,3 +371,26 @@ def test_verify_missing_bundle(tmp_path, capsys):
     assert export_verify.main(["--bundle", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"verify failed: model {tmp_path / 'none'} does not exist"
+
+
+def test_export_is_reproducible_whatever_the_thread_count(tmp_path):
+    """``make export`` twice on one checkpoint writes the same bytes (git status stays clean),
+    also where the caller's thread settings differ (torch's and ONNX Runtime's pools)."""
+    # The small preset's widths: at them torch splits the restore graph's sums over threads
+    # differently for 1 and 2 threads (the tiny widths run the same either way).
+    checkpoint = tmp_path / "ckpt"
+    torch.manual_seed(0)
+    config = dataclasses.replace(tiny_config(), channels=48, dme_channels=24, cond_channels=32)
+    save_checkpoint(checkpoint, DefocusDeblurNet(config))
+    before = torch.get_num_threads()
+    written = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = tmp_path / f"threads{threads}"
+            export_onnx.export_bundle(checkpoint, out)
+            written.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    finally:
+        torch.set_num_threads(before)
+    assert written[0].keys() == written[1].keys()
+    assert [name for name in written[0] if written[0][name] != written[1][name]] == []
