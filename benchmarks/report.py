@@ -145,7 +145,8 @@ def machine_lines(results: dict) -> List[str]:
             f"CPU backend; memory {mem}; GPU: {', '.join(m['gpus']) or 'none'}",
             f"- Measured GEMM peak: {'; '.join(peaks)}",
             f"- {m['os']}, Python {m['python']}; {versions}",
-            f"- git commit {m['git_commit']}; created {results['created']}; took {results['elapsed_s']:.0f} s",
+            f"- git commit {m['git_commit']}; created {results['created']}; "
+            f"took {results['elapsed_s']:.0f} s",
             f"- Command: `{results['command']}`"]
 
 
@@ -185,7 +186,8 @@ def build_markdown(results: dict, slug: str) -> str:
 def summary_text(results: dict) -> str:
     """The latency grid and the targets, for the terminal."""
     return "\n".join(["Latency, median ms (speed-up vs PyTorch eager FP32):",
-                      *grid_table(results, lambda c: f"{_ms(c['median_ms'])}{_x(c.get('speedup_vs_baseline'))}"),
+                      *grid_table(results,
+                                  lambda c: f"{_ms(c['median_ms'])}{_x(c.get('speedup_vs_baseline'))}"),
                       "", "Fidelity, PSNR dB vs PyTorch FP32:", *grid_table(results, _fidelity),
                       "", "Targets:", *target_lines(results)])
 

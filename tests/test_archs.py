@@ -190,7 +190,8 @@ def test_sft_layer_matches_reference(mode, batch, channels, cond_channels, heigh
     expected = np_sft(layer, x.double().numpy(), cond.double().numpy(), pooled.double().numpy())
     layer.to(device)
     actual = layer(x.to(device), cond.to(device), pooled.to(device) if mode != "full" else None)
-    np.testing.assert_allclose(actual.detach().cpu().double().numpy(), expected, **_tolerance(dtype, expected))
+    np.testing.assert_allclose(actual.detach().cpu().double().numpy(), expected,
+                               **_tolerance(dtype, expected))
 
 
 @pytest.mark.parametrize("mode", ["dec", "fdec"])
@@ -206,7 +207,10 @@ def test_decomposed_gamma_is_rank_one(mode):
     with torch.no_grad():
         beta = layer(zeros, cond, pooled)
         gamma = layer(ones, cond, pooled) - 1.0 - beta
-    rank = lambda m: int(torch.linalg.matrix_rank(m[0].reshape(6, 25).double(), rtol=1e-4))
+
+    def rank(m):
+        return int(torch.linalg.matrix_rank(m[0].reshape(6, 25).double(), rtol=1e-4))
+
     assert rank(gamma) == 1
     assert rank(beta) == (1 if mode == "fdec" else 5)  # full head: rank <= Cc + 1 (bias) = 5
 

@@ -329,7 +329,8 @@ def test_end_to_end_report(tiny_checkpoint, tmp_path, capsys):
                "--out", str(out)])
     assert rc == 0
     assert f"report written to {out}" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "latency.png", "quality.png", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "latency.png", "quality.png", "results.json"]
     for png in ("latency.png", "quality.png"):
         data = (out / png).read_bytes()
         assert data[:8] == PNG_MAGIC

@@ -207,7 +207,8 @@ def test_no_gpu_is_one_line_exit_3(bundle, fake_trt, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--tile", "33"], "engine build failed: --tile 33 must be a positive multiple of the model's size multiple 2"),
+    (["--tile", "33"],
+     "engine build failed: --tile 33 must be a positive multiple of the model's size multiple 2"),
     (["--batch", "16"], "engine build failed: need 1 <= --batch <= --max-batch, got 16, 8"),
 ])
 def test_cli_argument_errors(bundle, argv, message, capsys):

@@ -90,7 +90,8 @@ def test_manifest_facts(bundle):
 
 
 @pytest.mark.parametrize("graph, inputs, outputs", [
-    ("estimate", [("image", ["batch", 3, "height", "width"])], [("defocus_map", ["batch", 1, "height", "width"])]),
+    ("estimate", [("image", ["batch", 3, "height", "width"])],
+     [("defocus_map", ["batch", 1, "height", "width"])]),
     ("condition", [("defocus_map", ["batch", 1, "height", "width"])], [("cond_mean", ["batch", 8])]),
     ("restore", [("image", ["batch", 3, "height", "width"]), ("defocus_map", ["batch", 1, "height", "width"]),
                  ("cond_mean", ["batch", 8])], [("deblurred", ["batch", 3, "height", "width"])]),
@@ -172,12 +173,17 @@ def _plant(model, node, initializers=()):
 
 
 @pytest.mark.parametrize("planted, expected", [
-    (helper.make_node("Unique", ["image"], ["u"], name="planted_unique"), "Unique node 'planted_unique': operator not supported"),
-    (helper.make_node("MyOp", ["image"], ["u"], name="custom", domain="com.example"), "custom domain 'com.example'"),
-    (helper.make_node("Resize", ["image", "", "scales"], ["u"], name="aa", antialias=1, mode="linear"), "antialias=1"),
+    (helper.make_node("Unique", ["image"], ["u"], name="planted_unique"),
+     "Unique node 'planted_unique': operator not supported"),
+    (helper.make_node("MyOp", ["image"], ["u"], name="custom", domain="com.example"),
+     "custom domain 'com.example'"),
+    (helper.make_node("Resize", ["image", "", "scales"], ["u"], name="aa", antialias=1, mode="linear"),
+     "antialias=1"),
     (helper.make_node("Resize", ["image", "", "scales"], ["u"], name="cubic", mode="cubic"), "mode=cubic"),
-    (helper.make_node("ReduceSum", ["image", "image_axes"], ["u"], name="rs"), "input 1 ('image_axes') must be a constant"),
-    (helper.make_node("MaxPool", ["image"], ["u", "idx"], name="mp", kernel_shape=[2, 2]), "the Indices output"),
+    (helper.make_node("ReduceSum", ["image", "image_axes"], ["u"], name="rs"),
+     "input 1 ('image_axes') must be a constant"),
+    (helper.make_node("MaxPool", ["image"], ["u", "idx"], name="mp", kernel_shape=[2, 2]),
+     "the Indices output"),
 ])
 def test_lint_catches_planted(bundle, planted, expected):
     model = onnx.load(str(bundle / "estimate.onnx"))

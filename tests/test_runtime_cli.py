@@ -190,7 +190,8 @@ def test_runtime_never_imports_torch(tiny_bundle):
     code = (
         "import sys, numpy as np\n"
         "import runtime, runtime.infer, runtime.stream, runtime.tiling, runtime.image_io\n"
-        f"out, _ = runtime.Deblurrer({str(tiny_bundle[0])!r}, threads=1).run(np.zeros((20, 26, 3), np.uint8))\n"
+        f"deblurrer = runtime.Deblurrer({str(tiny_bundle[0])!r}, threads=1)\n"
+        "out, _ = deblurrer.run(np.zeros((20, 26, 3), np.uint8))\n"
         "assert out.shape == (20, 26, 3)\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'export'))\n"
         "assert not bad, bad\n"

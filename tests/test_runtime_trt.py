@@ -83,7 +83,7 @@ def _build_engines(trt, bundle_dir: Path, profile: dict) -> None:
         for tensor in graph["inputs"]:
             if tensor["name"] == "cond_mean":
                 c = tensor["shape"][1]
-                opt.set_shape("cond_mean", (profile["min"][0], c), (profile["opt"][0], c), (profile["max"][0], c))
+                opt.set_shape("cond_mean", *[(profile[k][0], c) for k in ("min", "opt", "max")])
             else:
                 c = tensor["shape"][1]
                 opt.set_shape(tensor["name"], *[(n, c, h, w) for n, h, w in

@@ -357,7 +357,7 @@ def _one_error_line(proc) -> str:
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1
     assert "Traceback" not in stderr
-    lines = [l for l in stderr.splitlines() if l.startswith("error:")]
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, stderr
     return lines[0]
 

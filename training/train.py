@@ -120,7 +120,8 @@ class Trainer:
     def state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "ema": None if self.ema is None else self.ema.state_dict(),
-                "stages": self.config.stages, "step": self.step, "best_psnr": self.best_psnr, "elapsed": self.elapsed}
+                "stages": self.config.stages, "step": self.step, "best_psnr": self.best_psnr,
+                "elapsed": self.elapsed}
 
     def _compile(self) -> None:
         """``torch.compile`` the network and trace the graphs the stages need (one per
