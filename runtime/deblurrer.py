@@ -226,9 +226,12 @@ def _to_image(restored: Any, height: int, width: int, dtype: Any) -> Any:
     for y in range(0, height, _BAND_ROWS):
         band = restored[:, y:min(y + _BAND_ROWS, height), :width].transpose(1, 2, 0)
         validate.check_output(band)
+        if dtype == np.float32:
+            xp.clip(band, 0.0, 1.0, out=out[y:y + _BAND_ROWS])
+            continue
         band = xp.clip(band, 0.0, 1.0)
-        if dtype != np.float32:
-            band = band * np.float32(top) + np.float32(0.5)
-        out[y:y + _BAND_ROWS] = band.astype(dtype)
+        band *= np.float32(top)
+        band += np.float32(0.5)
+        out[y:y + _BAND_ROWS] = band  # the cast truncates: rounds half up
     return out
 

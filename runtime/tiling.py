@@ -233,6 +233,15 @@ def _batches(items: List[Any], size: int) -> Iterator[List[Any]]:
         yield items[i:i + size]
 
 
+def _block(source: Any, batch: List[Tuple[int, int, int, int]], th: int, tw: int, xp: Any) -> Any:
+    """(n, th, tw, ...) tiles of ``source`` at the batch's (y, x); one tile is a view, which
+    the feeds copy once into the graph's layout."""
+    if len(batch) == 1:
+        _, _, y, x = batch[0]
+        return source[None, y:y + th, x:x + tw]
+    return xp.stack([source[y:y + th, x:x + tw] for _, _, y, x in batch])
+
+
 def _to_float(block: Any, xp: Any) -> Any:
     """(n, h, w, 3) image block in its own dtype -> float32 (n, 3, h, w) in [0, 1]."""
     scale = SAMPLE_MAX.get(np.dtype(block.dtype), 1.0)
@@ -352,12 +361,16 @@ class TiledPipeline:
         grid = self.grid(graph, *sources[0].shape[:2])
         th, tw = grid.tile_h, grid.tile_w
         for batch in _batches(grid.tiles(), self.tile_batch):
-            blocks = [xp.stack([s[y:y + th, x:x + tw] for _, _, y, x in batch]) for s in sources]
+            blocks = [_block(s, batch, th, tw, xp) for s in sources]
             result = self.run(graph, feeds(blocks, len(batch)))[output]
             for k, (i, j, y, x) in enumerate(batch):
-                weight = xp.asarray(grid.wy[i])[:, None] * xp.asarray(grid.wx[j])[None, :]
                 region = out[..., y:y + th, x:x + tw]
-                region += result[k].reshape(region.shape) * weight
+                tile = result[k].reshape(region.shape)
+                # Separable weights, applied in place: no (th, tw) weight or product buffer.
+                # The output is the caller's until the backend's next run.
+                tile *= xp.asarray(grid.wx[j])
+                tile *= xp.asarray(grid.wy[i])[:, None]
+                region += tile
             if self.progress is not None:
                 self.progress(len(batch))
 
