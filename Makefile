@@ -12,7 +12,7 @@ CONFIG ?= configs/small.toml
 
 .PHONY: install test typecheck lint demo train train-continue train-tiny train-gpu export engine verify-engine bench bench-gpu serve clean
 
-# Two install levels: the runtime alone (numpy, OpenCV, onnxruntime, tqdm: what `make
+# Two install levels: the runtime alone (numpy, OpenCV, onnxruntime, OpenVINO, tqdm: what `make
 # demo` needs) and everything (training, export, tests), which `make test` adds on top.
 $(RUNTIME_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from runtime import Deblurrer, load_bundle
+from runtime import openvino_backend as ov_backend
 from runtime.backend import create_backend
 from runtime.errors import BackendError, BundleError
 from training.metrics import psnr
 
-pytest.importorskip("openvino")
-from runtime import openvino_backend as ov_backend  # noqa: E402
 BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
 HAS_BF16 = ov_backend.best_precision(ov_backend.cpu_capabilities(ov_backend.ov.Core())) == "bf16"
 PRECISIONS = ["fp32", pytest.param("bf16", marks=pytest.mark.skipif(
