@@ -237,7 +237,7 @@ def _replace_folder(stage: Path, out: Path) -> None:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m export.triton", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True, help="bundle folder (make export)")
     parser.add_argument("--out", type=Path, required=True, help="model repository to write")
     parser.add_argument("--force", action="store_true", help="replace an existing repository")

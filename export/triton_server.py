@@ -13,6 +13,7 @@ on 127.0.0.1 only, in its own process group, which ``stop`` ends whole.
 """
 import argparse
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -107,6 +108,8 @@ class TritonServer:
                  log_file: Optional[Path] = None):
         self.dist = find_distribution()
         self.repo = Path(repo).resolve()
+        if not self.repo.is_dir():
+            raise ServerError(f"{repo}: no such model repository (write one with python -m export.triton)")
         self.models = models
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
@@ -155,9 +158,12 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log_tail(self, lines: int = 5) -> str:
+        """The server's error lines (``E<mmdd> ...``, ``error: ...``), else its last lines, on one line."""
         text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-        return " | ".join(text.strip().splitlines()[-lines:])
+        all_lines = text.strip().splitlines()
+        errors = [line for line in all_lines if re.match(r"E\d{4} |error: ", line)]
+        return " | ".join((errors or all_lines)[-lines:])
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the whole process group (server and Python-backend stubs), then SIGKILL."""
@@ -207,7 +213,8 @@ def group_alive(pgid: int) -> bool:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m export.triton_server",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, required=True, help="model repository (export.triton)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
