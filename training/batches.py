@@ -60,7 +60,9 @@ def build_dataset(config: TrainConfig, crop: int) -> Dataset:
         return Cycled(PairDataset(dc.pairs, crop=crop, seed=seed), seed)
     source = SkimagePhotos("train") if dc.source == "builtin" else ImageFolderSource(dc.source)
     return SyntheticDefocusDataset([source], crop=crop, seed=seed, length=_ENDLESS,
-                                   max_radius_px=dc.max_radius_px)
+                                   max_radius_px=dc.max_radius_px,
+                                   in_focus_fraction=dc.in_focus_fraction,
+                                   uniform_fraction=dc.uniform_fraction)
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:

@@ -40,6 +40,11 @@ class DataSection:
     pool_size: int = 0
     pool_crop: int = 384
     val_size: int = 256
+    #: Shares of rendered items wholly in focus and uniformly blurred
+    #: (``SyntheticDefocusDataset``): what a deblurring tool must leave alone, and
+    #: the flat-depth blur that a layered scene never shows.
+    in_focus_fraction: float = 0.0
+    uniform_fraction: float = 0.0
 
 
 @dataclass
@@ -111,7 +116,8 @@ class TrainConfig:
 #: Settings a resumed run must share with the run it continues: they decide its data
 #: and its updates. The others (intervals, workers, compile, the time budget) may change.
 RESUME_FIXED = {
-    "data": ("source", "ded", "pairs", "crop", "max_radius_px", "pool_size", "pool_crop"),
+    "data": ("source", "ded", "pairs", "crop", "max_radius_px", "pool_size", "pool_crop",
+             "in_focus_fraction", "uniform_fraction"),
     "train": ("batch", "lr", "lr_min", "warmup_steps", "betas", "ema_decay", "seed", "amp"),
 }
 
@@ -160,6 +166,10 @@ def from_dict(raw: dict) -> TrainConfig:
     if not 0 < config.data.max_radius_px <= top_px:
         raise ConfigError(f"max_radius_px {config.data.max_radius_px:g} must be in (0, {top_px:g}]: "
                           "the estimator's output is clamped to that trained range")
+    shares = (config.data.in_focus_fraction, config.data.uniform_fraction)
+    if min(shares) < 0 or sum(shares) > 1:
+        raise ConfigError(f"in_focus_fraction and uniform_fraction {shares} must be >= 0 "
+                          "with a sum <= 1")
     if not 0 <= config.train.ema_decay < 1:
         raise ConfigError(f"ema_decay {config.train.ema_decay} must be in [0, 1)")
     return config

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from training.data.depth import synthetic_depth
-from training.data.render import PSFS, render_defocus, sample_camera, sample_noise
+from training.data.render import PSFS, Camera, render_defocus, sample_camera, sample_noise
 from training.data.sources import (DataError, SharpImage, dead_leaves, list_images, read_image,
                                    split_readable)
 from training.presets import MAP_RADIUS_SCALE_PX
@@ -140,11 +140,17 @@ class SyntheticDefocusDataset(_SeededDataset):
         dead_leaves_fraction: share of dead-leaves items (default 0.25).
         noise: add sensor noise and 8-bit quantisation (default True).
         min_scale: smallest photo downscale (default 0.5).
+        in_focus_fraction: share of items rendered wholly in focus (map 0 everywhere,
+            the blurry input is the sharp image plus noise), so the estimator learns
+            to read 0 on sharp content and the restorer to leave it alone (default 0).
+        uniform_fraction: share of items blurred by one radius everywhere (flat
+            depth, radius uniform in [0.5, ``max_radius_px``]) (default 0).
     """
 
     def __init__(self, sources: Sequence = (), crop: int = 256, length: int = 10000, seed: int = 0,
                  max_radius_px: float = 10.0, psf: str = "disc", dead_leaves_fraction: float = 0.25,
-                 noise: bool = True, min_scale: float = 0.5):
+                 noise: bool = True, min_scale: float = 0.5, in_focus_fraction: float = 0.0,
+                 uniform_fraction: float = 0.0):
         if psf not in PSFS:
             raise ValueError(f"unknown psf {psf!r}; choose one of {PSFS}")
         if not 0.0 <= dead_leaves_fraction <= 1.0:
@@ -155,15 +161,32 @@ class SyntheticDefocusDataset(_SeededDataset):
         self.crop, self.length, self.seed = crop, length, seed
         self.max_radius_px, self.psf, self.noise = max_radius_px, psf, noise
         self.dead_leaves_fraction, self.min_scale = dead_leaves_fraction, min_scale
+        if min(in_focus_fraction, uniform_fraction) < 0 or in_focus_fraction + uniform_fraction > 1:
+            raise ValueError("in_focus_fraction and uniform_fraction must be >= 0 with a sum <= 1, "
+                             f"got {in_focus_fraction} and {uniform_fraction}")
+        self.in_focus_fraction, self.uniform_fraction = in_focus_fraction, uniform_fraction
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         rng = self._rng(index)
         sharp, depth = self._sharp_and_depth(rng)
-        camera = sample_camera(rng, depth, self.max_radius_px)
+        depth, camera = self._camera(rng, depth)
         noise = sample_noise(rng) if self.noise else None
         blurry, radius = render_defocus(sharp, depth, camera, psf=self.psf, noise=noise, rng=rng,
                                         quantize=self.noise)
         return make_item(blurry, sharp, radius)
+
+    def _camera(self, rng: np.random.Generator, depth: np.ndarray) -> Tuple[np.ndarray, Camera]:
+        """The depth to render with and a camera: wholly in focus, uniformly blurred, or
+        ``sample_camera``'s focal plane in the scene. Without those two kinds the
+        random stream is the one of earlier versions, so old runs resume exactly."""
+        if self.in_focus_fraction or self.uniform_fraction:
+            kind = rng.random()
+            if kind < self.in_focus_fraction:
+                return depth, Camera(focus_depth=float(depth.min()), max_radius_px=0.0)
+            if kind < self.in_focus_fraction + self.uniform_fraction:
+                radius = float(rng.uniform(min(0.5, self.max_radius_px), self.max_radius_px))
+                return np.ones_like(depth), Camera(focus_depth=2.0, max_radius_px=radius)
+        return depth, sample_camera(rng, depth, self.max_radius_px)
 
     def _sharp_and_depth(self, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
         if rng.random() < self.dead_leaves_fraction:
