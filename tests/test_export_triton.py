@@ -220,6 +220,12 @@ def test_served_output_matches_the_runtime(client, local, height, width, dtype):
 
 
 @needs_serve
+def test_served_model_runs_the_runtime_copied_into_the_repository(server, client, repo):
+    assert client.is_model_ready("deblur")
+    assert f"deblur: runtime {repo.resolve() / 'deblur' / '1' / 'runtime'}," in server.log_file.read_text()
+
+
+@needs_serve
 def test_grpc_endpoint_serves_the_same(server, client):
     import tritonclient.grpc as grpcclient
     image = _photo(32, 48, np.uint16)
