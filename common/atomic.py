@@ -11,13 +11,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
+def atomic_write(path: Path, write: Callable[[str], Any], suffix: str = ".tmp") -> None:
     """Call ``write(tmp_path)``, then rename the result onto ``path``.
 
     The file gets the usual permissions (0666 minus the umask), not mkstemp's 0600.
+    ``suffix`` ends the temporary name: writers that pick a format by extension
+    (ffmpeg) get ``path``'s own.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

@@ -1,8 +1,13 @@
 """Deblur raw video frames: stdin -> stdout, one frame at a time.
 
-    ffmpeg -i in.mp4 -f rawvideo -pix_fmt rgb24 - \\
+    ffmpeg -noautorotate -i in.mp4 -f rawvideo -pix_fmt rgb24 - \\
       | python -m runtime.stream --width W --height H \\
-      | ffmpeg -f rawvideo -pix_fmt rgb24 -s WxH -i - out.mp4
+      | ffmpeg -f rawvideo -pix_fmt rgb24 -s WxH -r FPS -i - -i in.mp4 \\
+          -map 0:v -map '1:a?' -c:a copy -pix_fmt yuv420p out.mp4
+
+W, H and FPS: ``ffprobe -v error -select_streams v:0 -show_entries
+stream=width,height,avg_frame_rate -of csv=p=0 in.mp4``. ``runtime.video`` does all
+of this (``python -m runtime.video in.mp4 out.mp4``).
 
 Frames are packed RGB, ``rgb24`` (8-bit) or ``rgb48le`` (16-bit little-endian);
 output frames have the input's format and are flushed one by one. Logs go to
@@ -12,7 +17,7 @@ frame, stdout closes), 2 for bad options or model.
 import argparse
 import logging
 import sys
-from typing import BinaryIO, Dict, Optional, Sequence
+from typing import IO, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -37,7 +42,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_exact(stream: BinaryIO, size: int) -> bytes:
+def read_exact(stream: IO[bytes], size: int) -> bytes:
     """Up to ``size`` bytes; fewer only at the end of the stream."""
     chunks, got = [], 0
     while got < size:
@@ -49,9 +54,13 @@ def read_exact(stream: BinaryIO, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def run_stream(deblurrer: Deblurrer, source: BinaryIO, sink: BinaryIO, width: int, height: int,
-               dtype: np.dtype, defocus_scale: float = 1.0) -> int:
+def run_stream(deblurrer: Deblurrer, source: IO[bytes], sink: IO[bytes], width: int, height: int,
+               dtype: np.dtype, defocus_scale: float = 1.0,
+               progress: Optional[Callable[[int], object]] = None) -> int:
     """Deblur frames until the end of ``source``.
+
+    Args:
+        progress: Called with 1 after each frame written (a tqdm bar's ``update``).
 
     Returns:
         Frames written.
@@ -73,6 +82,8 @@ def run_stream(deblurrer: Deblurrer, source: BinaryIO, sink: BinaryIO, width: in
         sink.write(np.ascontiguousarray(out, dtype=dtype).tobytes())
         sink.flush()
         frames += 1
+        if progress is not None:
+            progress(1)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
