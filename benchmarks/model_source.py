@@ -47,15 +47,11 @@ class ModelSource:
 
 
 def random_checkpoint(folder: Path, preset: str = STANDIN_PRESET, seed: int = 0) -> Path:
-    """Save a randomly initialised ``preset`` model (seeded) as a checkpoint in ``folder``."""
-    import torch
+    """Save a randomly initialised ``preset`` model (seeded) as a checkpoint in ``folder``
+    (``benchmarks.prepare standin``, in its own process)."""
+    from benchmarks.prepare import run_step
 
-    from training.archs import DefocusDeblurNet
-    from training.checkpoint import save_checkpoint
-    from training.presets import get_config
-
-    torch.manual_seed(seed)
-    save_checkpoint(folder, DefocusDeblurNet(get_config(preset)), {"note": "random init, benchmark"})
+    run_step("standin", [str(folder), "--preset", preset, "--seed", str(seed)], Path(folder).parent)
     return Path(folder)
 
 

@@ -8,9 +8,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from benchmarks.prepare import run_step
 from training.metrics import psnr, ssim
-
-VALIDATION_FILE = "validation.npz"
 
 
 def compare(output: np.ndarray, reference: np.ndarray) -> dict:
@@ -28,7 +27,8 @@ def mean_scores(images: np.ndarray, sharp: np.ndarray) -> dict:
 
 def write_validation(folder: Path, count: int, size: int = 256,
                      seed: int = 0) -> Tuple[Optional[Path], str]:
-    """Save ``count`` rendered validation images as ``validation.npz`` (blurry, sharp).
+    """Save ``count`` rendered validation images as ``validation.npz`` (blurry, sharp), with
+    ``benchmarks.prepare validation`` in its own process.
 
     Returns:
         (the file, a description) or (None, why there are none).
@@ -36,26 +36,8 @@ def write_validation(folder: Path, count: int, size: int = 256,
     if count <= 0:
         return None, "not asked for (--quality-images 0)"
     try:
-        from training.data import build_validation_set
-    except ImportError as exc:
-        return None, f"training.data.build_validation_set is not available ({exc})"
-    try:
-        items = build_validation_set(seed=seed, size=size)
-    except Exception as exc:  # a data problem costs the quality columns, not the run
-        return None, f"build_validation_set failed: {type(exc).__name__}: {exc}".splitlines()[0]
-    if not items:
-        return None, "the validation set is empty"
-    # Evenly spread picks keep every scene and blur level represented.
-    picks = sorted({round(i) for i in np.linspace(0, len(items) - 1, min(count, len(items)))})
-    items = [items[i] for i in picks]
-    path = Path(folder) / VALIDATION_FILE
-    np.savez(path, blurry=np.stack([_hwc(i["blurry"]) for i in items]),
-             sharp=np.stack([_hwc(i["sharp"]) for i in items]))
-    names = ", ".join(f"{i['name']} ({i['level']:g} px)" for i in items)
-    return path, (f"{len(items)} rendered held-out images ({size}x{size}, seed {seed}; largest blur "
-                  f"radius in brackets): {names}")
-
-
-def _hwc(image) -> np.ndarray:
-    """A (3, H, W) tensor or array -> (H, W, 3) float32 array."""
-    return np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(1, 2, 0))
+        found = run_step("validation", [str(folder), "--count", str(count), "--size", str(size),
+                                        "--seed", str(seed)], folder)
+    except ValueError as exc:
+        return None, str(exc)
+    return (None if found["path"] is None else Path(found["path"])), found["description"]

@@ -23,6 +23,7 @@ from benchmarks.backends import BY_NAME, LARGE_MPIX, SPECS, BackendSpec, select
 from benchmarks.inputs import DEFAULT_SIZES, QUICK_SIZES, parse_sizes, size_label, write_inputs
 from benchmarks.machine import REPO, describe_machine, machine_slug, usable_cpus
 from benchmarks.model_source import ModelError, resolve_model, shown
+from benchmarks.prepare import run_step
 from benchmarks.quality import write_validation
 from benchmarks.report import write_report
 from benchmarks.runners import DEFAULT_TILE, precheck
@@ -218,12 +219,9 @@ def new_results(args: argparse.Namespace, machine: dict, source, stats: dict) ->
     }
 
 
-def model_stats(checkpoint: Path) -> dict:
-    from training.checkpoint import read_config
-    from training.model_info import model_stats as stats
-    from training.presets import NetConfig
-
-    return stats(NetConfig.from_dict(read_config(checkpoint)["net"]))
+def model_stats(checkpoint: Path, work: Path) -> dict:
+    """The model's figures (``benchmarks.prepare stats``, in its own process)."""
+    return run_step("stats", [str(checkpoint)], work)["stats"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -238,7 +236,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except ModelError as exc:
             print(f"benchmark failed: {exc}", file=sys.stderr)
             return 2
-        stats = model_stats(source.checkpoint)
+        stats = model_stats(source.checkpoint, work)
         machine = describe_machine(args.threads)
         results = new_results(args, machine, source, stats)
         write_inputs(work, parse_sizes(args.sizes, stats["size_multiple"]))
