@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 demo: $(RUNTIME_STAMP)
-	$(PY) -m runtime.infer samples/ --output-dir out/demo --save-defocus-map
+	$(PY) -m runtime.infer samples/ --output-dir out/demo --save-defocus-map --save-comparison
 
 train: $(STAMP)
 	$(PY) -m training.train --config $(CONFIG)

@@ -12,12 +12,13 @@ map units (16-bit steps: ``MAP_FILE_MAX / 65535``), handy for painted maps.
 Map units: blur-disc radius px / ``map_radius_scale_px`` (10 px for the shipped models).
 Not the training data's DED-style PNGs (``training.data.read_radius_png``: radius px x 1000).
 """
+import math
 import os
 import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -36,8 +37,13 @@ _DEEP_FORMATS = {np.dtype(np.uint16): ("16-bit", (".png", ".tif", ".tiff")),
                  np.dtype(np.float32): ("float32", (".tif", ".tiff"))}
 #: Map value of the brightest 8/16-bit map file pixel (4.0 = 40 px blur radius).
 MAP_FILE_MAX = 4.0
-#: Map value shown as the top of the colour scale of ``*_defocus.png``.
-COLOR_MAP_MAX = 2.0
+#: Layout of the pictures: the map's legend strip, its tick spacing and the
+#: comparison's label strip and gaps (px), and the labels' font scale.
+LEGEND_HEIGHT = 44
+_TICK_SPACING_PX = 40
+LABEL_HEIGHT = 24
+GAP_PX = 8
+_FONT_SCALE = 0.35
 _EXIF_ORIENTATION_TAG = 0x0112
 
 
@@ -263,20 +269,79 @@ def write_map_file(path: Path, defocus_map: np.ndarray) -> None:
     atomic_write_bytes(Path(path), encoded.tobytes())
 
 
-def colorize_defocus_map(defocus_map: np.ndarray, radius_scale_px: float) -> np.ndarray:
-    """Colour-mapped map (inferno, 0 .. ``COLOR_MAP_MAX``) with a labelled scale bar below.
+def _tick_step(top: float, intervals: int) -> float:
+    """The smallest 1-2-5 step that divides [0, top] into at most ``intervals`` parts."""
+    exponent = math.floor(math.log10(top)) - 1 if top > 0 else 0
+    while True:
+        for mantissa in (1, 2, 5):
+            step = mantissa * 10.0 ** exponent
+            if top / step <= intervals:
+                return step
+        exponent += 1
+
+
+def _legend(width: int, top_px: float) -> np.ndarray:
+    """The colour bar under a map: ticks labelled in px of blur radius, and a caption."""
+    legend = np.zeros((LEGEND_HEIGHT, width, 3), np.uint8)
+    legend[:10] = cv2.applyColorMap(np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8)[None, :],
+                                    cv2.COLORMAP_INFERNO)
+    step = _tick_step(top_px, max(1, width // _TICK_SPACING_PX))
+    ticks = [k * step for k in range(int(top_px / step + 1e-9) + 1)]
+    for value in ticks:
+        x = int(round(value / top_px * (width - 1))) if top_px > 0 else 0
+        legend[10:15, x] = 255
+        label = f"{value:g}"
+        (text_w, _), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, 1)
+        left = min(max(0, x - text_w // 2), max(0, width - text_w))
+        cv2.putText(legend, label, (left, 26), cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    cv2.putText(legend, "blur radius, px", (2, 39), cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, (255, 255, 255),
+                1, cv2.LINE_AA)
+    return legend
+
+
+def colorize_defocus_map(defocus_map: np.ndarray, radius_scale_px: float, map_max: float) -> np.ndarray:
+    """Colour-mapped map with its scale below.
+
+    Args:
+        defocus_map: (H, W) float32 in map units.
+        radius_scale_px: Map value 1.0 is a blur disc of this radius (``Bundle.map_radius_scale_px``).
+        map_max: Top of the colour scale in map units: the model's trained range
+            (``Bundle.map_max``; 1.0 = 10 px for the shipped models). Larger values saturate.
 
     Returns:
-        BGR uint8 image of height H + a 28 px legend strip.
+        BGR uint8 image of height H + ``LEGEND_HEIGHT``: inferno from 0 to
+        ``map_max * radius_scale_px`` px, ticks labelled in px (1-2-5 steps, about
+        one per ``_TICK_SPACING_PX`` px of width).
     """
-    level = np.clip(defocus_map / COLOR_MAP_MAX, 0.0, 1.0) * 255.0 + 0.5
+    level = np.clip(defocus_map / map_max, 0.0, 1.0) * 255.0 + 0.5
     colored = cv2.applyColorMap(level.astype(np.uint8), cv2.COLORMAP_INFERNO)
-    width = colored.shape[1]
-    bar = cv2.applyColorMap(np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8)[None, :],
-                            cv2.COLORMAP_INFERNO)
-    legend = np.zeros((28, width, 3), np.uint8)
-    legend[:10] = bar
-    top_px = COLOR_MAP_MAX * radius_scale_px
-    label = f"blur radius 0 .. {top_px:g} px"
-    cv2.putText(legend, label, (2, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-    return np.vstack([colored, legend])
+    return np.vstack([colored, _legend(colored.shape[1], map_max * radius_scale_px)])
+
+
+def display_bgr(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB of any sample type -> BGR uint8 for looking at (16-bit / 257, float x 255)."""
+    if rgb.dtype == np.uint16:
+        rgb = (rgb.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif rgb.dtype != np.uint8:
+        rgb = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def side_by_side(panels: Sequence[Tuple[str, np.ndarray]]) -> np.ndarray:
+    """Labelled BGR uint8 panels in a row (the comparison picture of ``--save-comparison``).
+
+    Each panel gets its label in a strip above it; shorter panels are padded with
+    black at the bottom, and 8 px of grey separate them.
+    """
+    height = max(image.shape[0] for _, image in panels)
+    row = []
+    for k, (label, image) in enumerate(panels):
+        strip = np.zeros((LABEL_HEIGHT, image.shape[1], 3), np.uint8)
+        cv2.putText(strip, label, (4, LABEL_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        pad = np.zeros((height - image.shape[0], image.shape[1], 3), np.uint8)
+        row.append(np.vstack([strip, image, pad]))
+        if k + 1 < len(panels):
+            row.append(np.full((height + LABEL_HEIGHT, GAP_PX, 3), 96, np.uint8))
+    return np.hstack(row)

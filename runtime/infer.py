@@ -4,14 +4,16 @@
         [--model BUNDLE|ONNX|ENGINE] [--backend auto|tensorrt|onnxruntime|onnxruntime-trt|openvino]
         [--device auto|cpu|cuda] [--precision fp32|fp16|bf16] [--tile N] [--overlap N]
         [--tile-batch N] [--threads N] [--save-defocus-map [color|raw|both]]
-        [--defocus-scale S] [--defocus-map FILE] [--self-ensemble 1|2|4|8]
+        [--defocus-scale S] [--defocus-map FILE] [--self-ensemble 1|2|4|8] [--save-comparison]
 
 Outputs: ``-o OUT`` for one image; ``DIR/<stem>.png`` with ``--output-dir``; else
 ``<stem>_deblurred.png`` next to the input (``.tif`` for float32 TIFF inputs; the
 output keeps the input's sample type, and a format that cannot hold it is refused
 before any work). Defocus maps: ``<stem>_defocus.png``
-(colour, scale bar in px) and ``<stem>_defocus_raw.tif`` (float32 map units, read
-back exactly by ``--defocus-map``) beside the output. A file that fails is reported and skipped;
+(colour from 0 to the model's trained range, ticks in px of blur radius) and
+``<stem>_defocus_raw.tif`` (float32 map units, read back exactly by ``--defocus-map``)
+beside the output; ``--save-comparison``: ``<stem>_compare.png``, input, output and
+colour map side by side. A file that fails is reported and skipped;
 the exit status is 1 when any failed, 2 for bad options or model.
 """
 import argparse
@@ -49,6 +51,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help=f"use this map instead of the estimate: float32 TIFF in map units "
                              f"(blur radius px / 10), or grey 8/16-bit PNG/TIFF meaning "
                              f"value / max * {image_io.MAP_FILE_MAX:g} map units")
+    parser.add_argument("--save-comparison", action="store_true",
+                        help="also write <stem>_compare.png: input, deblurred and colour map side "
+                             "by side, labelled (8-bit, for looking at)")
     add_model_options(parser)
     return parser.parse_args(argv)
 
@@ -69,9 +74,9 @@ def collect_inputs(paths: Sequence[str]) -> List[Path]:
     return found
 
 
-def output_paths(src: Path, args: argparse.Namespace, ext: str) -> Tuple[Path, Path, Path]:
-    """(deblurred, colour map, raw map) paths for one input; ``ext`` is the deblurred
-    file's extension unless ``-o`` names it."""
+def output_paths(src: Path, args: argparse.Namespace, ext: str) -> Tuple[Path, Path, Path, Path]:
+    """(deblurred, colour map, raw map, comparison) paths for one input; ``ext`` is the
+    deblurred file's extension unless ``-o`` names it."""
     if args.output is not None:
         out = args.output
         base = out.with_name(out.stem)
@@ -81,14 +86,16 @@ def output_paths(src: Path, args: argparse.Namespace, ext: str) -> Tuple[Path, P
     else:
         out = src.with_name(f"{src.stem}_deblurred{ext}")
         base = src.with_name(src.stem)
-    return out, Path(f"{base}_defocus.png"), Path(f"{base}_defocus_raw.tif")
+    return (out, Path(f"{base}_defocus.png"), Path(f"{base}_defocus_raw.tif"),
+            Path(f"{base}_compare.png"))
 
 
 def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace,
             user_map: Optional[np.ndarray] = None) -> Path:
     """Read, deblur and write one image; returns the deblurred file (raises DeblurError)."""
     loaded = image_io.read_image(src)
-    out, color_path, raw_path = output_paths(src, args, image_io.output_extension(loaded.rgb.dtype))
+    out, color_path, raw_path, compare_path = output_paths(src, args,
+                                                           image_io.output_extension(loaded.rgb.dtype))
     image_io.check_output(out, loaded.rgb.dtype)
     height, width = loaded.rgb.shape[:2]
     tiles = deblurrer.count_tiles(height, width)
@@ -100,9 +107,16 @@ def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace,
         except DeblurError as err:
             raise type(err)(f"{src}: {err}") from None
     image_io.write_image(out, image_io.compose(deblurred, loaded.alpha, loaded.grey))
-    if args.save_defocus_map in ("color", "both"):
-        colored = image_io.colorize_defocus_map(dmap, deblurrer.bundle.map_radius_scale_px)
-        image_io.write_image(color_path, colored)
+    if args.save_defocus_map in ("color", "both") or args.save_comparison:
+        bundle = deblurrer.bundle
+        colored = image_io.colorize_defocus_map(dmap, bundle.map_radius_scale_px, bundle.map_max)
+        if args.save_defocus_map in ("color", "both"):
+            image_io.write_image(color_path, colored)
+        if args.save_comparison:
+            picture = image_io.side_by_side([("input", image_io.display_bgr(loaded.rgb)),
+                                             ("deblurred", image_io.display_bgr(deblurred)),
+                                             ("defocus map", colored)])
+            image_io.write_image(compare_path, picture)
     if args.save_defocus_map in ("raw", "both"):
         image_io.write_map_file(raw_path, dmap)
     return out

@@ -89,7 +89,7 @@ def test_output_dir_with_maps_and_alpha(tiny_bundle, tmp_path):
     np.testing.assert_array_equal(out[:, :, 3], rgba[:, :, 3])
     assert cv2.imread(str(out_dir / "g.png"), cv2.IMREAD_UNCHANGED).shape == (20, 22)
     colour = cv2.imread(str(out_dir / "a_defocus.png"), cv2.IMREAD_UNCHANGED)
-    assert colour.shape == (26 + 28, 34, 3)
+    assert colour.shape == (26 + image_io.LEGEND_HEIGHT, 34, 3)
     assert cv2.imread(str(out_dir / "a_defocus_raw.tif"), cv2.IMREAD_UNCHANGED).dtype == np.float32
 
 
@@ -286,3 +286,16 @@ def test_quiet_hides_the_progress_bars(tiny_bundle, tmp_path, capsys):
     assert Deblurrer(tiny_bundle[0], tile=128).count_tiles(64, 1200) >= 16
     assert _infer([tmp_path, "--output-dir", tmp_path / "out", "--tile", "128"], tiny_bundle[0]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_save_comparison(tiny_bundle, tmp_path):  # noqa: F811
+    src = tmp_path / "c.png"
+    data = _image(src, shape=(30, 44, 3), dtype=np.uint16)
+    assert _infer([src, "-o", tmp_path / "o.png", "--save-comparison"], tiny_bundle[0]) == 0
+    picture = cv2.imread(str(tmp_path / "o_compare.png"), cv2.IMREAD_UNCHANGED)
+    assert picture.dtype == np.uint8
+    height = image_io.LABEL_HEIGHT + 30 + image_io.LEGEND_HEIGHT
+    assert picture.shape == (height, 3 * 44 + 2 * image_io.GAP_PX, 3)
+    shown_input = picture[image_io.LABEL_HEIGHT:image_io.LABEL_HEIGHT + 30, :44]
+    np.testing.assert_array_equal(shown_input, (data.astype(np.float32) / 257 + 0.5).astype(np.uint8))
+    assert not (tmp_path / "o_defocus.png").exists()  # only what was asked for

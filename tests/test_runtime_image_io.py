@@ -167,9 +167,51 @@ def test_defocus_map_float_tiff_from_other_tools(tmp_path):
     np.testing.assert_array_equal(image_io.read_map_file(path), dmap)
 
 
-def test_colour_map_has_legend_and_fixed_scale():
-    dmap = np.array([[0.0, image_io.COLOR_MAP_MAX, 10.0]], np.float32)
-    colored = image_io.colorize_defocus_map(dmap, 10.0)
-    assert colored.shape == (1 + 28, 3, 3) and colored.dtype == np.uint8
-    lut = cv2.applyColorMap(np.array([[0, 255]], np.uint8), cv2.COLORMAP_INFERNO)[0]
-    np.testing.assert_array_equal(colored[0], [lut[0], lut[1], lut[1]])
+@pytest.mark.parametrize("map_max,radius_scale_px", [(1.0, 10.0), (2.0, 10.0), (0.5, 8.0)])
+def test_colour_map_spans_the_trained_range(map_max, radius_scale_px):
+    dmap = np.array([[0.0, map_max / 2, map_max, 3 * map_max]], np.float32)
+    colored = image_io.colorize_defocus_map(dmap, radius_scale_px, map_max)
+    assert colored.shape == (1 + image_io.LEGEND_HEIGHT, 4, 3) and colored.dtype == np.uint8
+    lut = cv2.applyColorMap(np.array([[0, 128, 255]], np.uint8), cv2.COLORMAP_INFERNO)[0]
+    np.testing.assert_array_equal(colored[0], [lut[0], lut[1], lut[2], lut[2]])
+
+
+def test_colour_map_legend_has_a_tick_per_px_step():
+    width = 401
+    colored = image_io.colorize_defocus_map(np.zeros((5, width), np.float32), 10.0, 1.0)
+    tick_rows = colored[5 + 10:5 + 15]
+    white = np.all(tick_rows == 255, axis=(0, 2))
+    # 0 .. 10 px over 401 columns, about one tick per 40 px: steps of 1 px, at x = 40 v.
+    assert list(np.flatnonzero(white)) == [40 * v for v in range(11)]
+    labels = colored[5 + 15:5 + 28]
+    for v in range(11):  # every tick has text under it
+        assert labels[:, max(0, 40 * v - 6):40 * v + 6].max() > 0
+
+
+@pytest.mark.parametrize("top,intervals,step", [(10, 12, 1), (10, 3, 5), (10, 1, 10), (0.8, 5, 0.2),
+                                                (40, 4, 10), (25, 6, 5)])
+def test_tick_step(top, intervals, step):
+    assert image_io._tick_step(top, intervals) == pytest.approx(step)
+
+
+def test_side_by_side_pads_and_labels():
+    grey = np.full((10, 6, 3), 200, np.uint8)
+    tall = np.zeros((14, 5, 3), np.uint8)
+    picture = image_io.side_by_side([("a", grey), ("b", tall)])
+    assert picture.shape == (14 + image_io.LABEL_HEIGHT, 6 + image_io.GAP_PX + 5, 3)
+    below = picture[image_io.LABEL_HEIGHT:]
+    np.testing.assert_array_equal(below[:10, :6], grey)
+    assert below[10:, :6].max() == 0  # padding under the shorter panel
+    assert picture[:image_io.LABEL_HEIGHT, :6].max() > 0  # its label
+
+
+@pytest.mark.parametrize("dtype,value,expected", [(np.uint8, 51, 51), (np.uint16, 257 * 51, 51),
+                                                  (np.float32, 0.2, 51), (np.float32, 1.7, 255)])
+def test_display_bgr(dtype, value, expected):
+    rgb = np.zeros((2, 3, 3), dtype)
+    rgb[..., 0] = value
+    shown = image_io.display_bgr(rgb)
+    assert shown.dtype == np.uint8
+    assert shown[0, 0, 2] == expected and shown[0, 0, 0] == 0  # red lands in BGR's last channel
+
+
