@@ -12,8 +12,10 @@ map units (16-bit steps: ``MAP_FILE_MAX / 65535``), handy for painted maps.
 Map units: blur-disc radius px / ``map_radius_scale_px`` (10 px for the shipped models).
 Not the training data's DED-style PNGs (``training.data.read_radius_png``: radius px x 1000).
 """
+import logging
 import math
 import os
+import stat
 import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,13 +27,19 @@ import numpy as np
 # Set before OpenCV is first imported: refuse absurd images before allocating them.
 MAX_PIXELS = 400_000_000
 MAX_SIDE = 30_000
+#: Larger files are refused before they are read (400 MP of 16-bit RGBA, uncompressed).
+MAX_FILE_BYTES = MAX_PIXELS * 8
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 import cv2  # noqa: E402
 
 from common import atomic  # noqa: E402
 from runtime.errors import ImageError  # noqa: E402
 
+log = logging.getLogger("runtime")
+
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+#: Formats without an alpha channel: an RGBA image is written without it, with a warning.
+_NO_ALPHA = (".jpg", ".jpeg")
 #: Sample types beyond 8 bits: (name, the extensions whose formats hold them).
 _DEEP_FORMATS = {np.dtype(np.uint16): ("16-bit", (".png", ".tif", ".tiff")),
                  np.dtype(np.float32): ("float32", (".tif", ".tiff"))}
@@ -79,8 +87,28 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def _tiff_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """(width, height) from the first IFD of a classic TIFF, else None."""
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or len(data) < 8 or struct.unpack(order + "H", data[2:4])[0] != 42:
+        return None
+    offset = struct.unpack(order + "I", data[4:8])[0]
+    if offset + 2 > len(data):
+        return None
+    sizes = {}
+    for k in range(struct.unpack(order + "H", data[offset:offset + 2])[0]):
+        entry = offset + 2 + 12 * k
+        if entry + 12 > len(data):
+            break
+        tag, kind = struct.unpack(order + "HH", data[entry:entry + 4])
+        if tag in (256, 257) and kind in (3, 4):  # ImageWidth, ImageLength as SHORT or LONG
+            fmt, end = ("H", entry + 10) if kind == 3 else ("I", entry + 12)
+            sizes[tag] = struct.unpack(order + fmt, data[entry + 8:end])[0]
+    return (sizes[256], sizes[257]) if len(sizes) == 2 else None
+
+
 def probe_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """(width, height) from a PNG, JPEG or WebP header without decoding, else None."""
+    """(width, height) from a PNG, JPEG, WebP or TIFF header without decoding, else None."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         return struct.unpack(">II", data[16:24])
     if data[:2] == b"\xff\xd8":
@@ -99,7 +127,7 @@ def probe_size(data: bytes) -> Optional[Tuple[int, int]]:
         width = int.from_bytes(data[24:27], "little") + 1
         height = int.from_bytes(data[27:30], "little") + 1
         return width, height
-    return None
+    return _tiff_size(data)
 
 
 def exif_orientation(exif: bytes) -> int:
@@ -132,23 +160,48 @@ def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
     return image if flip is None else cv2.flip(image, flip)
 
 
-def _decode(path: Path) -> np.ndarray:
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a folder, not an image")
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of a regular file of at most ``MAX_FILE_BYTES`` (FIFOs and devices refused)."""
     try:
-        data = path.read_bytes()
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
     except OSError as err:
         raise ImageError(f"{path}: cannot read ({err.strerror})") from None
-    if not data:
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(f"{path}: is a folder, not an image")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(f"{path}: not a regular file (a FIFO, device or socket)")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ImageError(f"{path}: {info.st_size} bytes is too large (limit {MAX_FILE_BYTES >> 30} GiB)")
+    if info.st_size == 0:
         raise ImageError(f"{path}: empty file")
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def _decode(path: Path) -> np.ndarray:
+    data = _read_bounded(path)
+    if not data or len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{path}: changed while it was read")
     size = probe_size(data)
     if size is not None:
         _check_size(path, size[0], size[1])
-    with _quiet_stderr():
-        image, types, metadata = cv2.imdecodeWithMetadata(np.frombuffer(data, np.uint8),
-                                                          flags=cv2.IMREAD_UNCHANGED)
+    try:
+        with _quiet_stderr():
+            image, types, metadata = cv2.imdecodeWithMetadata(np.frombuffer(data, np.uint8),
+                                                              flags=cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(err):
+            raise ImageError(f"{path}: too large (limit {MAX_SIDE} px a side, "
+                             f"{MAX_PIXELS // 1_000_000} MP)") from None
+        raise ImageError(f"{path}: not a readable image (the decoder failed: "
+                         f"{str(err).strip().splitlines()[-1][:160]})") from None
+    except MemoryError:
+        raise ImageError(f"{path}: out of memory while decoding") from None
     if image is None:
         raise ImageError(f"{path}: not a readable image (unsupported format, truncated or corrupt)")
     _check_size(path, image.shape[1], image.shape[0])
@@ -212,34 +265,49 @@ def check_output(path: Path, dtype: np.dtype) -> None:
                          f"{' or '.join(holders[:2])}")
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Encode by extension and write atomically (temp file in the same folder, then rename).
+def encode_image(path: Path, image: np.ndarray) -> bytes:
+    """The file bytes of ``image`` in ``path``'s format.
 
     Args:
         image: BGR / BGRA / grey in OpenCV order: uint8, uint16 (PNG / TIFF) or
-            float32 (TIFF).
+            float32 (TIFF). BGRA into JPEG loses the alpha, with a warning.
 
     Raises:
-        ImageError: Unknown extension, depth the format cannot hold, or an unwritable folder.
+        ImageError: Unknown extension, or a depth the format cannot hold.
     """
     path = Path(path)
     ext = path.suffix.lower()
     check_output(path, image.dtype)
+    if ext in _NO_ALPHA and image.ndim == 3 and image.shape[2] == 4:
+        log.warning("%s: JPEG has no alpha channel: the input's alpha is not written "
+                    "(write .png, .tif or .webp to keep it)", path)
+        image = image[:, :, :3]
     ok, encoded = cv2.imencode(ext, image)
     if not ok:
         raise ImageError(f"{path}: OpenCV could not encode this image as {ext}")
-    atomic_write_bytes(path, encoded.tobytes())
+    return encoded.tobytes()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file renamed into place."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ImageError(f"{path}: output folder {folder} does not exist")
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Encode by extension (``encode_image``) and write atomically."""
+    write_files([(Path(path), encode_image(path, image))])
+
+
+def write_files(files: Sequence[Tuple[Path, bytes]]) -> None:
+    """Write all files or none: each to a temporary file in its folder, then all renamed.
+
+    Raises:
+        ImageError: A missing or unwritable folder, a full disk; no file of the set is left.
+    """
+    for path, _ in files:
+        folder = path.parent if str(path.parent) else Path(".")
+        if not folder.is_dir():
+            raise ImageError(f"{path}: output folder {folder} does not exist")
     try:
-        atomic.atomic_write_bytes(path, data)
+        atomic.atomic_write_all(files)
     except OSError as err:
-        raise ImageError(f"{path}: cannot write to {folder} ({err.strerror})") from None
+        first = files[0][0]
+        raise ImageError(f"{first}: cannot write to {first.parent} ({err.strerror})") from None
 
 
 def read_map_file(path: Path) -> np.ndarray:
@@ -259,14 +327,19 @@ def read_map_file(path: Path) -> np.ndarray:
     return image.astype(np.float32) * np.float32(MAP_FILE_MAX / top)
 
 
-def write_map_file(path: Path, defocus_map: np.ndarray) -> None:
-    """Write the raw map as a float32 TIFF in map units: ``read_map_file`` reads it back exactly."""
+def encode_map_file(path: Path, defocus_map: np.ndarray) -> bytes:
+    """The raw map as float32 TIFF bytes in map units: ``read_map_file`` reads it back exactly."""
     if Path(path).suffix.lower() not in (".tif", ".tiff"):
         raise ImageError(f"{path}: raw defocus maps are written as float32 .tif")
     ok, encoded = cv2.imencode(".tif", np.ascontiguousarray(defocus_map, dtype=np.float32))
     if not ok:
         raise ImageError(f"{path}: OpenCV could not encode the defocus map")
-    atomic_write_bytes(Path(path), encoded.tobytes())
+    return encoded.tobytes()
+
+
+def write_map_file(path: Path, defocus_map: np.ndarray) -> None:
+    """Write the raw map (``encode_map_file``) atomically."""
+    write_files([(Path(path), encode_map_file(path, defocus_map))])
 
 
 def _tick_step(top: float, intervals: int) -> float:

@@ -6,15 +6,17 @@
         [--tile-batch N] [--threads N] [--save-defocus-map [color|raw|both]]
         [--defocus-scale S] [--defocus-map FILE] [--self-ensemble 1|2|4|8] [--save-comparison]
 
-Outputs: ``-o OUT`` for one image; ``DIR/<stem>.png`` with ``--output-dir``; else
-``<stem>_deblurred.png`` next to the input (``.tif`` for float32 TIFF inputs; the
-output keeps the input's sample type, and a format that cannot hold it is refused
-before any work). Defocus maps: ``<stem>_defocus.png``
-(colour from 0 to the model's trained range, ticks in px of blur radius) and
-``<stem>_defocus_raw.tif`` (float32 map units, read back exactly by ``--defocus-map``)
-beside the output; ``--save-comparison``: ``<stem>_compare.png``, input, output and
-colour map side by side. A file that fails is reported and skipped;
-the exit status is 1 when any failed, 2 for bad options or model.
+Outputs (one rule, ``runtime.batch``): ``<stem>_deblurred.png`` (``.tif`` for float32
+TIFF inputs) in the input's folder or ``--output-dir``, or ``-o OUT`` for one image; the
+output keeps the input's sample type, and a format that cannot hold it is refused before
+any work. Defocus maps: ``<stem>_defocus.png`` (colour from 0 to the model's trained
+range, ticks in px of blur radius) and ``<stem>_defocus_raw.tif`` (float32 map units,
+read back exactly by ``--defocus-map``) beside the output; ``--save-comparison``:
+``<stem>_compare.png``, input, output and colour map side by side. Outputs that would
+overwrite an input or each other, and unwritable output folders, are refused before the
+model loads; folder runs skip earlier outputs. A file that fails is reported and
+skipped, leaving none of its files. Exit status: 0, 1 when any file failed, 2 for bad
+options or model, 130 / 143 on SIGINT / SIGTERM.
 """
 import argparse
 import logging
@@ -25,8 +27,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
-from runtime import image_io, validate
-from runtime.cli_common import add_model_options, build_deblurrer, fail, setup_logging
+from runtime import batch, image_io, validate
+from runtime.cli_common import (add_model_options, as_interrupted, build_deblurrer, fail, interruptible,
+                                setup_logging)
 from runtime.deblurrer import Deblurrer
 from runtime.errors import DeblurError
 
@@ -42,7 +45,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     out = parser.add_mutually_exclusive_group()
     out.add_argument("-o", "--output", type=Path, help="output file (one input only)")
     out.add_argument("--output-dir", type=Path,
-                     help="write DIR/<stem>.png for each input (.tif for float32 TIFFs)")
+                     help="write DIR/<stem>_deblurred.png for each input (.tif for float32 TIFFs)")
     parser.add_argument("--save-defocus-map", nargs="?", const="color", default=None,
                         choices=("color", "raw", "both"),
                         help="also write the map: color (<stem>_defocus.png), raw (float32 "
@@ -58,44 +61,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def collect_inputs(paths: Sequence[str]) -> List[Path]:
-    """Files as given and the images inside given folders (sorted, not recursive).
-
-    Missing paths are kept: reading them reports the error in the batch.
-    """
-    found: List[Path] = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir()
-                                if p.is_file() and p.suffix.lower() in image_io.EXTENSIONS))
-        else:
-            found.append(path)
-    return found
-
-
-def output_paths(src: Path, args: argparse.Namespace, ext: str) -> Tuple[Path, Path, Path, Path]:
-    """(deblurred, colour map, raw map, comparison) paths for one input; ``ext`` is the
-    deblurred file's extension unless ``-o`` names it."""
-    if args.output is not None:
-        out = args.output
-        base = out.with_name(out.stem)
-    elif args.output_dir is not None:
-        out = args.output_dir / f"{src.stem}{ext}"
-        base = args.output_dir / src.stem
-    else:
-        out = src.with_name(f"{src.stem}_deblurred{ext}")
-        base = src.with_name(src.stem)
-    return (out, Path(f"{base}_defocus.png"), Path(f"{base}_defocus_raw.tif"),
-            Path(f"{base}_compare.png"))
-
-
 def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace,
             user_map: Optional[np.ndarray] = None) -> Path:
-    """Read, deblur and write one image; returns the deblurred file (raises DeblurError)."""
+    """Read, deblur and write one image; returns the deblurred file (raises DeblurError).
+
+    The deblurred image and its maps are written together or not at all.
+    """
     loaded = image_io.read_image(src)
-    out, color_path, raw_path, compare_path = output_paths(src, args,
-                                                           image_io.output_extension(loaded.rgb.dtype))
+    out, color_path, raw_path, compare_path = batch.output_paths(
+        src, args.output, args.output_dir, image_io.output_extension(loaded.rgb.dtype))
     image_io.check_output(out, loaded.rgb.dtype)
     height, width = loaded.rgb.shape[:2]
     tiles = deblurrer.count_tiles(height, width)
@@ -106,19 +80,20 @@ def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace,
                                             progress=bar.update)
         except DeblurError as err:
             raise type(err)(f"{src}: {err}") from None
-    image_io.write_image(out, image_io.compose(deblurred, loaded.alpha, loaded.grey))
+    files = [(out, image_io.encode_image(out, image_io.compose(deblurred, loaded.alpha, loaded.grey)))]
     if args.save_defocus_map in ("color", "both") or args.save_comparison:
         bundle = deblurrer.bundle
         colored = image_io.colorize_defocus_map(dmap, bundle.map_radius_scale_px, bundle.map_max)
         if args.save_defocus_map in ("color", "both"):
-            image_io.write_image(color_path, colored)
+            files.append((color_path, image_io.encode_image(color_path, colored)))
         if args.save_comparison:
             picture = image_io.side_by_side([("input", image_io.display_bgr(loaded.rgb)),
                                              ("deblurred", image_io.display_bgr(deblurred)),
                                              ("defocus map", colored)])
-            image_io.write_image(compare_path, picture)
+            files.append((compare_path, image_io.encode_image(compare_path, picture)))
     if args.save_defocus_map in ("raw", "both"):
-        image_io.write_map_file(raw_path, dmap)
+        files.append((raw_path, image_io.encode_map_file(raw_path, dmap)))
+    image_io.write_files(files)
     return out
 
 
@@ -134,7 +109,7 @@ def written_summary(outputs: Sequence[Path]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging(args.quiet)
-    inputs = collect_inputs(args.inputs)
+    inputs = batch.collect_inputs(args.inputs)
     if not inputs:
         fail("no images found in the given folders")
     if args.output is not None and len(inputs) > 1:
@@ -150,6 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             fail(f"cannot create --output-dir {args.output_dir}: {err.strerror}")
     try:
         validate.check_defocus_scale(args.defocus_scale)
+        batch.check_plan(inputs, args.output, args.output_dir, args.save_defocus_map,
+                         args.save_comparison, args.defocus_map)
     except DeblurError as err:
         fail(str(err))
     failures: List[Tuple[Path, str]] = []
@@ -166,21 +143,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fail(str(err), code=1)
     if not todo:
         return _finish(inputs, failures, [])
-    try:
-        deblurrer = build_deblurrer(args)
-    except DeblurError as err:
-        fail(str(err))
     written: List[Path] = []
-    for src in tqdm(todo, desc="images", unit="img", disable=args.quiet or len(todo) < 2):
+    with interruptible():
         try:
-            written.append(process(deblurrer, src, args, user_map))
-        except DeblurError as err:
-            failures.append((src, str(err)))
-            tqdm.write(f"error: {err}", file=sys.stderr)
-        except MemoryError:
-            failures.append((src, "out of memory"))
-            tqdm.write(f"error: {src}: out of memory (try a smaller --tile)", file=sys.stderr)
-    deblurrer.close()
+            try:
+                deblurrer = build_deblurrer(args)
+            except DeblurError as err:
+                fail(str(err))
+            for src in tqdm(todo, desc="images", unit="img", disable=args.quiet or len(todo) < 2):
+                try:
+                    written.append(process(deblurrer, src, args, user_map))
+                except DeblurError as err:
+                    failures.append((src, str(err)))
+                    tqdm.write(f"error: {err}", file=sys.stderr)
+                except MemoryError:
+                    failures.append((src, "out of memory"))
+                    tqdm.write(f"error: {src}: out of memory (try a smaller --tile)", file=sys.stderr)
+            deblurrer.close()
+        except KeyboardInterrupt as err:
+            stop = as_interrupted(err, len(written))
+            print(f"error: interrupted by {stop.name} after {stop.done} of {len(inputs)} images; "
+                  "the finished outputs are kept", file=sys.stderr)
+            return stop.exit_code
     return _finish(inputs, failures, written)
 
 

@@ -22,7 +22,8 @@ from typing import IO, Callable, Dict, Optional, Sequence
 import numpy as np
 
 from runtime import validate
-from runtime.cli_common import add_model_options, build_deblurrer, fail, setup_logging
+from runtime.cli_common import (add_model_options, as_interrupted, build_deblurrer, fail, interruptible,
+                                setup_logging)
 from runtime.deblurrer import Deblurrer
 from runtime.errors import DeblurError
 from runtime.image_io import MAX_PIXELS, MAX_SIDE
@@ -67,23 +68,27 @@ def run_stream(deblurrer: Deblurrer, source: IO[bytes], sink: IO[bytes], width: 
 
     Raises:
         DeblurError: A short last frame (message says how many bytes came).
+        Interrupted: SIGINT / SIGTERM (``done``: the frames written).
     """
     frame_bytes = width * height * 3 * dtype.itemsize
     frames = 0
-    while True:
-        data = read_exact(source, frame_bytes)
-        if not data:
-            return frames
-        if len(data) < frame_bytes:
-            raise DeblurError(f"stdin ended inside frame {frames + 1}: got {len(data)} of "
-                              f"{frame_bytes} bytes ({width}x{height} {dtype.name} RGB)")
-        frame = np.frombuffer(data, dtype=dtype).reshape(height, width, 3)
-        out, _ = deblurrer.run(frame.astype(dtype.newbyteorder("=")), defocus_scale)
-        sink.write(np.ascontiguousarray(out, dtype=dtype).tobytes())
-        sink.flush()
-        frames += 1
-        if progress is not None:
-            progress(1)
+    try:
+        while True:
+            data = read_exact(source, frame_bytes)
+            if not data:
+                return frames
+            if len(data) < frame_bytes:
+                raise DeblurError(f"stdin ended inside frame {frames + 1}: got {len(data)} of "
+                                  f"{frame_bytes} bytes ({width}x{height} {dtype.name} RGB)")
+            frame = np.frombuffer(data, dtype=dtype).reshape(height, width, 3)
+            out, _ = deblurrer.run(frame.astype(dtype.newbyteorder("=")), defocus_scale)
+            frames += 1  # before the write: a reader that has the frame sees it counted
+            sink.write(np.ascontiguousarray(out, dtype=dtype).tobytes())
+            sink.flush()
+            if progress is not None:
+                progress(1)
+    except KeyboardInterrupt as err:
+        raise as_interrupted(err, frames) from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -94,20 +99,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if max(args.width, args.height) > MAX_SIDE or args.width * args.height > MAX_PIXELS:
         fail(f"{args.width}x{args.height} frames are too large (limit {MAX_SIDE} px a side, "
              f"{MAX_PIXELS // 1_000_000} MP)")
-    try:
-        validate.check_defocus_scale(args.defocus_scale)
-        deblurrer = build_deblurrer(args)
-    except DeblurError as err:
-        fail(str(err))
-    try:
-        frames = run_stream(deblurrer, sys.stdin.buffer, sys.stdout.buffer, args.width, args.height,
-                            PIX_FMTS[args.pix_fmt], args.defocus_scale)
-    except DeblurError as err:
-        fail(str(err), code=1)
-    except BrokenPipeError:
-        fail("stdout closed by the reader", code=1)
-    except MemoryError:
-        fail(f"out of memory for {args.width}x{args.height} frames (try a smaller --tile)", code=1)
+    frames = 0
+    with interruptible():
+        try:
+            try:
+                validate.check_defocus_scale(args.defocus_scale)
+                deblurrer = build_deblurrer(args)
+            except DeblurError as err:
+                fail(str(err))
+            frames = run_stream(deblurrer, sys.stdin.buffer, sys.stdout.buffer, args.width,
+                                args.height, PIX_FMTS[args.pix_fmt], args.defocus_scale)
+        except KeyboardInterrupt as err:
+            stop = as_interrupted(err)  # inside run_stream, or after it returned
+            print(f"error: interrupted by {stop.name} after {max(stop.done, frames)} frames",
+                  file=sys.stderr)
+            return stop.exit_code
+        except DeblurError as err:
+            fail(str(err), code=1)
+        except BrokenPipeError:
+            fail("stdout closed by the reader", code=1)
+        except MemoryError:
+            fail(f"out of memory for {args.width}x{args.height} frames (try a smaller --tile)", code=1)
     log.info("%d frames", frames)
     return 0
 

@@ -54,11 +54,11 @@ def test_float32_tiff_keeps_its_sample_type(tiny_bundle, tmp_path):
     cv2.imwrite(str(src), RNG.random((24, 30, 3), dtype=np.float32))
     assert _infer([src.parent, "--output-dir", tmp_path / "out"], tiny_bundle[0]) == 0
     assert _infer([src], tiny_bundle[0]) == 0
-    for out in (tmp_path / "in" / "f_deblurred.tif", tmp_path / "out" / "f.tif"):
+    for out in (tmp_path / "in" / "f_deblurred.tif", tmp_path / "out" / "f_deblurred.tif"):
         image = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
         assert image.dtype == np.float32 and image.shape == (24, 30, 3), out
         assert 0.0 <= image.min() and image.max() <= 1.0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f_deblurred.tif"]
 
 
 @pytest.mark.parametrize("dtype,suffix,name", [(np.float32, ".tif", "x.png"),
@@ -84,10 +84,11 @@ def test_output_dir_with_maps_and_alpha(tiny_bundle, tmp_path):
     assert _infer([src.parent, "--output-dir", out_dir, "--save-defocus-map", "both"],
                   tiny_bundle[0]) == 0
     assert sorted(p.name for p in out_dir.iterdir()) == [
-        "a.png", "a_defocus.png", "a_defocus_raw.tif", "g.png", "g_defocus.png", "g_defocus_raw.tif"]
-    out = cv2.imread(str(out_dir / "a.png"), cv2.IMREAD_UNCHANGED)
+        "a_deblurred.png", "a_defocus.png", "a_defocus_raw.tif", "g_deblurred.png", "g_defocus.png",
+        "g_defocus_raw.tif"]
+    out = cv2.imread(str(out_dir / "a_deblurred.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(out[:, :, 3], rgba[:, :, 3])
-    assert cv2.imread(str(out_dir / "g.png"), cv2.IMREAD_UNCHANGED).shape == (20, 22)
+    assert cv2.imread(str(out_dir / "g_deblurred.png"), cv2.IMREAD_UNCHANGED).shape == (20, 22)
     colour = cv2.imread(str(out_dir / "a_defocus.png"), cv2.IMREAD_UNCHANGED)
     assert colour.shape == (26 + image_io.LEGEND_HEIGHT, 34, 3)
     assert cv2.imread(str(out_dir / "a_defocus_raw.tif"), cv2.IMREAD_UNCHANGED).dtype == np.float32
@@ -180,7 +181,7 @@ def test_batch_continues_past_bad_file(tiny_bundle, tmp_path, capsys):
     (folder / "b.png").write_text("broken")
     _image(folder / "c.jpg")
     assert _infer([folder, "--output-dir", tmp_path / "out"], tiny_bundle[0]) == 1
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_deblurred.png", "c_deblurred.png"]
     lines = _error_lines(capsys.readouterr().err)
     assert "b.png: not a readable image" in lines[0]
     assert lines[-1] == f"error: 1 of 3 images failed: {folder / 'b.png'}"

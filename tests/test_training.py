@@ -23,6 +23,7 @@ from training.losses import LAMBDA_DF, LAMBDA_DME, LAMBDA_WD, STAGES, stage_loss
 from training.metrics import psnr
 from training.presets import get_config
 from training.train import Trainer
+from training.train import main as train_main
 from training.validate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,10 +84,24 @@ def _final_weights(out: Path) -> dict:
     ({"stage": [{"kind": "joint", "steps": 0}]}, "has 0 steps"),
     ({"train": {"bacth": 3}, "stage": [{"kind": "joint", "steps": 1}]}, "[train] has unknown keys: bacth"),
     ({"optim": {}, "stage": [{"kind": "joint", "steps": 1}]}, "unknown sections: optim"),
+    ({"model": {"preset": "huge"}, "stage": [{"kind": "joint", "steps": 1}]},
+     "[model] preset 'huge' is not one of paper, small"),
+    ({"model": {"variant": "sft2"}, "stage": [{"kind": "joint", "steps": 1}]},
+     "[model] variant 'sft2' is not one of concat, sft, sft_dec, sft_fdec"),
 ])
 def test_config_errors(raw, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         from_dict(raw)
+
+
+def test_unknown_preset_is_one_line(tmp_path, capsys):
+    config = tmp_path / "huge.toml"
+    config.write_text(TINY.replace('preset = "small"', 'preset = "huge"'))
+    assert train_main(["--config", str(config), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == ["error: [model] preset 'huge' is not one of paper, small"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_stage_schedule_and_rescale():

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from training.losses import STAGES
-from training.presets import MAP_MAX, MAP_RADIUS_SCALE_PX
+from training.archs.deblur_arch import VARIANTS
+from training.presets import MAP_MAX, MAP_RADIUS_SCALE_PX, PRESETS
 
 
 class ConfigError(ValueError):
@@ -160,6 +161,11 @@ def from_dict(raw: dict) -> TrainConfig:
     config = TrainConfig(_section(ModelSection, raw.get("model", {}), "model"),
                          _section(DataSection, raw.get("data", {}), "data"),
                          _section(TrainSection, raw.get("train", {}), "train"), stages)
+    if config.model.preset not in PRESETS:
+        raise ConfigError(f"[model] preset {config.model.preset!r} is not one of "
+                          f"{', '.join(sorted(PRESETS))}")
+    if config.model.variant not in VARIANTS:
+        raise ConfigError(f"[model] variant {config.model.variant!r} is not one of {', '.join(VARIANTS)}")
     if config.train.batch < 1 or config.data.crop < 16 or config.train.log_every < 1:
         raise ConfigError("batch and log_every must be >= 1 and crop >= 16")
     top_px = MAP_MAX * MAP_RADIUS_SCALE_PX
