@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 CKPT ?= models/default
 CONFIG ?= configs/small.toml
 
-.PHONY: install test typecheck lint demo train train-continue train-tiny train-gpu export engine verify-engine bench bench-gpu serve clean
+.PHONY: install test typecheck lint demo data train train-continue train-tiny train-gpu export engine verify-engine bench bench-gpu serve clean
 
 # Two install levels: the runtime alone (numpy, OpenCV, onnxruntime, OpenVINO, tqdm: what `make
 # demo` needs) and everything (training, export, tests), which `make test` adds on top.
@@ -47,6 +47,11 @@ lint: $(STAMP)
 
 demo: $(RUNTIME_STAMP)
 	$(PY) -m runtime.infer samples/ --output-dir out/demo --save-defocus-map --save-comparison
+
+# The photo corpus from Debian's wallpaper packages (apt-get download + dpkg -x, nothing
+# installed), curated into data/corpus/{train,holdout}; resumable. Report: data/corpus/report.md.
+data: $(STAMP)
+	$(PY) -m training.data.corpus --root data/corpus
 
 train: $(STAMP)
 	$(PY) -m training.train --config $(CONFIG)

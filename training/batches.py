@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from training.config import TrainConfig
+from training.data import corpus
 from training.data import (DEDDataset, ImageFolderSource, PairDataset, SkimagePhotos,
                            SyntheticDefocusDataset, worker_init_fn)
 
@@ -58,11 +59,20 @@ def build_dataset(config: TrainConfig, crop: int) -> Dataset:
         return Cycled(DEDDataset(dc.ded, crop=crop, seed=seed), seed)
     if dc.pairs:
         return Cycled(PairDataset(dc.pairs, crop=crop, seed=seed), seed)
-    source = SkimagePhotos("train") if dc.source == "builtin" else ImageFolderSource(dc.source)
-    return SyntheticDefocusDataset([source], crop=crop, seed=seed, length=_ENDLESS,
+    return SyntheticDefocusDataset(photo_sources(dc.source), crop=crop, seed=seed, length=_ENDLESS,
                                    max_radius_px=dc.max_radius_px,
                                    in_focus_fraction=dc.in_focus_fraction,
                                    uniform_fraction=dc.uniform_fraction)
+
+
+def photo_sources(source: str) -> list:
+    """``[data] source``: ``"builtin"`` (scikit-image's training photos), ``"corpus"``
+    (those plus the train split of ``make data``'s corpus) or a folder of images."""
+    if source == "builtin":
+        return [SkimagePhotos("train")]
+    if source == "corpus":
+        return [SkimagePhotos("train"), ImageFolderSource(corpus.split_folder("train"))]
+    return [ImageFolderSource(source)]
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:

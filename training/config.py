@@ -1,7 +1,8 @@
 """Training configuration files (TOML), e.g. ``configs/small.toml``.
 
     [model]  preset, variant
-    [data]   source = "builtin" | a folder of sharp images; ded = folder of
+    [data]   source = "builtin" | "corpus" (builtin + ``make data``'s train split) |
+             a folder of sharp images (searched recursively); ded = folder of
              (blurry, sharp, defocus_map) triplets; pairs = folder of (blurry,
              sharp) pairs; crop, max_radius_px, workers, pool_size, pool_crop
     [train]  batch, lr, lr_min, warmup_steps, betas, ema_decay, seed, amp,

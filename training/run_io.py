@@ -11,6 +11,7 @@ import torch
 
 from common.atomic import atomic_write
 from training.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
+from training.data import corpus
 
 KEEP_CHECKPOINTS = 2
 LOG_COLUMNS = ["step", "stage", "lr", "steps_per_s", "total", "l_df", "l_dme", "l_wd"]
@@ -100,7 +101,10 @@ class RunFiles:
 
 
 def _description(config, step: int) -> dict:
-    return {"step": step, "config": config.to_dict()}
+    """What a checkpoint records of its training: the step, the config and, for the
+    photo corpus, its packages, counts and curation version."""
+    extra = {"corpus": corpus.describe()} if config.data.source == "corpus" else {}
+    return {"step": step, "config": config.to_dict(), **extra}
 
 
 def _append_csv(path: Path, row: dict, columns: Optional[list] = None) -> None:

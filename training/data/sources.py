@@ -75,8 +75,8 @@ def read_image(path: Path) -> np.ndarray:
     return to_float_rgb(data, str(path))
 
 
-def list_images(folder: Path, what: str = "image") -> List[Path]:
-    """Image files directly inside ``folder``, sorted by name.
+def list_images(folder: Path, what: str = "image", recursive: bool = False) -> List[Path]:
+    """Image files inside ``folder`` (and, with ``recursive``, its sub-folders), sorted by path.
 
     Raises:
         DataError: the folder does not exist or holds no image files.
@@ -84,7 +84,8 @@ def list_images(folder: Path, what: str = "image") -> List[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{what} folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
         raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {what} folder {folder}")
     return files
@@ -98,7 +99,8 @@ def split_readable(files: Sequence[Path]) -> Tuple[List[Path], List[Path]]:
 
 
 class ImageFolderSource:
-    """All images directly inside a folder (8/16-bit, grey or colour).
+    """All images in a folder and its sub-folders (8/16-bit, grey or colour), e.g. DIV2K's
+    ``DIV2K_train_HR/`` or Flickr2K's ``Flickr2K/Flickr2K_HR/``, or a corpus split.
 
     Files whose header OpenCV does not recognise are skipped at construction,
     counted in ``skipped`` and logged. A file that passes that check but fails to
@@ -116,7 +118,7 @@ class ImageFolderSource:
 
     def __init__(self, root: Path, max_side: Optional[int] = None):
         self.root = Path(root)
-        self.files, self.skipped = split_readable(list_images(self.root))
+        self.files, self.skipped = split_readable(list_images(self.root, recursive=True))
         if self.skipped:
             log.warning("skipped %d unreadable file(s) in %s", len(self.skipped), self.root)
         if not self.files:
@@ -139,7 +141,7 @@ class ImageFolderSource:
                 log.warning("%s; using the next image", error)
                 self._broken.add(path)
                 continue
-            return SharpImage(_limit_size(image, self.max_side), None, path.name)
+            return SharpImage(_limit_size(image, self.max_side), None, str(path.relative_to(self.root)))
         raise DataError(f"no image in {self.root} could be decoded")
 
 

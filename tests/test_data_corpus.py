@@ -1,0 +1,197 @@
+"""The photo corpus: curation rules on generated pictures, and the build on fake packages."""
+import json
+from functools import lru_cache
+
+import cv2
+import numpy as np
+import pytest
+
+from training.batches import photo_sources
+from training.data import DataError, ImageFolderSource, corpus, curation
+
+
+def photo_like(seed: int, size: int = 1024) -> np.ndarray:
+    """Colour 1/f noise plus sensor-like grain: detail at every scale, no flat areas."""
+    return _photo_like(seed, size).copy()
+
+
+@lru_cache(maxsize=None)
+def _photo_like(seed: int, size: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
+    amplitude = 1.0 / np.maximum(np.hypot(fy, fx), 1.0 / size)
+    channels = []
+    for _ in range(3):
+        spectrum = amplitude * np.exp(2j * np.pi * rng.random((size, size)))
+        plane = np.real(np.fft.ifft2(spectrum))
+        channels.append((plane - plane.mean()) / (4 * plane.std()) + 0.5)
+    image = np.dstack(channels) + rng.normal(0, 0.01, (size, size, 3))
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
+def graphic(size: int = 1024) -> np.ndarray:
+    """Flat-coloured shapes on a flat background, as illustrations are."""
+    image = np.full((size, size, 3), (0.2, 0.3, 0.6), np.float32)
+    cv2.rectangle(image, (100, 100), (500, 400), (0.9, 0.8, 0.1), -1)
+    cv2.circle(image, (700, 650), 250, (0.8, 0.2, 0.3), -1, lineType=cv2.LINE_AA)
+    return image
+
+
+def partly_blurred(seed: int, size: int = 1024) -> np.ndarray:
+    """A photo-like picture whose right half is out of focus (its own bokeh)."""
+    image = photo_like(seed, size)
+    image[:, size // 2:] = cv2.GaussianBlur(image, (0, 0), 6.0)[:, size // 2:]
+    return image
+
+
+def judge(image: np.ndarray):
+    scaled = curation.downscale(image)
+    return curation.rejection(curation.measure(image, scaled), scaled.shape), curation.measure(image, scaled)
+
+
+class TestRules:
+    def test_photo_kept(self):
+        reason, measures = judge(photo_like(0))
+        assert reason is None, measures
+
+    def test_graphic_dropped(self):
+        reason, measures = judge(graphic())
+        assert reason == "graphic" and measures.flat_fraction > curation.MAX_FLAT_FRACTION
+
+    def test_grey_photo_is_not_a_graphic(self):
+        grey = np.repeat(photo_like(1)[..., :1], 3, axis=2)
+        assert judge(grey)[0] is None
+
+    def test_partly_blurred_dropped(self):
+        reason, measures = judge(partly_blurred(2))
+        assert reason == "depth_of_field", measures
+        assert measures.blurred_fraction == pytest.approx(0.5, abs=0.1)
+
+    def test_uniformly_soft_dropped(self):
+        soft = cv2.GaussianBlur(photo_like(3), (0, 0), 8.0)
+        assert judge(soft)[0] == "soft"
+
+    def test_too_small(self):
+        assert judge(photo_like(4, size=512))[0] == "too_small"
+
+    def test_duplicate_resolutions_hash_close(self):
+        big = photo_like(5)
+        small = cv2.resize(big, (600, 600), interpolation=cv2.INTER_AREA)
+        other = photo_like(6)
+        same = curation.hash_distance(curation.thumbnail_hash(big), curation.thumbnail_hash(small))
+        different = curation.hash_distance(curation.thumbnail_hash(big), curation.thumbnail_hash(other))
+        assert same <= curation.DUPLICATE_BITS < different
+
+    def test_downscale_factor(self):
+        assert curation.downscale(np.zeros((1000, 800, 3), np.float32)).shape == (500, 400, 3)
+        assert curation.downscale(np.zeros((2000, 4000, 3), np.float32)).shape == (768, 1536, 3)
+
+
+def _package(root, name, files):
+    """A package as ``corpus.fetch`` leaves it: unpacked under raw/, with its marker."""
+    folder = root / "raw" / name
+    for rel, image in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / rel), np.rint(image[..., ::-1] * 255).astype(np.uint8))
+    (folder / ".unpacked").write_text(f"{name}_1.2-3_all.deb")
+
+
+@pytest.fixture
+def fake_corpus(tmp_path, monkeypatch):
+    def no_network(args, cwd):
+        raise AssertionError(f"apt-get {args} called: every fake package is unpacked")
+    monkeypatch.setattr(corpus, "_apt", no_network)
+    photo = photo_like(10)
+    _package(tmp_path, "pkg-train", {
+        "usr/share/backgrounds/photo.png": photo_like(11),
+        "usr/share/backgrounds/flat.png": graphic(),
+        "usr/share/backgrounds/bokeh.png": partly_blurred(12),
+        "usr/share/backgrounds/copy_small.png": cv2.resize(photo, (900, 900), interpolation=cv2.INTER_AREA),
+    })
+    _package(tmp_path, "pkg-held", {"usr/share/wallpapers/Scene/contents/images/1024x1024.png": photo})
+    (tmp_path / "raw" / "pkg-held" / "link.png").symlink_to("usr/share/wallpapers/Scene/contents/images/1024x1024.png")
+    return tmp_path
+
+
+class TestBuild:
+    SPLITS = {"pkg-train": "train", "pkg-held": "holdout"}
+
+    def test_decisions_outputs_and_report(self, fake_corpus):
+        report = corpus.build(fake_corpus, self.SPLITS)
+        decisions = {f["path"].split("/")[-1]: (f["decision"], f["reason"]) for f in report["files"]}
+        assert decisions == {"photo.png": ("kept", None), "flat.png": ("dropped", "graphic"),
+                             "bokeh.png": ("dropped", "depth_of_field"),
+                             "copy_small.png": ("dropped", "duplicate"), "1024x1024.png": ("kept", None)}
+        copy = next(f for f in report["files"] if f["path"].endswith("copy_small.png"))
+        assert copy["duplicate_of"].startswith("pkg-held/")  # the held-out copy wins
+        assert report["kept"] == {"train": 1, "holdout": 1}
+        held = report["packages"]["pkg-held"]
+        assert held["version"] == "1.2-3" and held["links_skipped"] == 1 and held["files_seen"] == 1
+        assert report["packages"]["pkg-train"]["dropped"] == {"depth_of_field": 1, "duplicate": 1, "graphic": 1}
+        assert cv2.imread(str(fake_corpus / "train/pkg-train/photo.png")).shape == (512, 512, 3)
+        assert (fake_corpus / "holdout/pkg-held/Scene-1024x1024.png").is_file()
+        assert json.loads((fake_corpus / "report.json").read_text())["curation_version"] == curation.CURATION_VERSION
+        assert "| pkg-train | 1.2-3 | train | 4 | 1 |" in (fake_corpus / "report.md").read_text()
+        described = corpus.describe(fake_corpus)
+        assert described["packages"]["pkg-held"] == {"version": "1.2-3", "split": "holdout", "kept": 1}
+
+    def test_resumes_without_measuring_again(self, fake_corpus, monkeypatch):
+        corpus.build(fake_corpus, self.SPLITS)
+        written = (fake_corpus / "train/pkg-train/photo.png").stat().st_mtime_ns
+
+        def fail(path):
+            raise AssertionError(f"measured {path} again")
+        monkeypatch.setattr(corpus, "measure_file", fail)
+        report = corpus.build(fake_corpus, self.SPLITS)
+        assert report["kept"] == {"train": 1, "holdout": 1}
+        assert (fake_corpus / "train/pkg-train/photo.png").stat().st_mtime_ns == written
+
+    def test_unreadable_picture_dropped(self, fake_corpus):
+        (fake_corpus / "raw/pkg-train/usr/share/backgrounds/broken.jpg").write_bytes(b"junk")
+        report = corpus.build(fake_corpus, self.SPLITS)
+        assert report["packages"]["pkg-train"]["dropped"]["unreadable"] == 1
+
+    def test_failed_package_reported_and_skipped(self, fake_corpus, monkeypatch):
+        class Failed:
+            returncode, stdout, stderr = 100, "", "E: Unable to locate package pkg-gone\n"
+        calls = []
+        monkeypatch.setattr(corpus, "_apt", lambda args, cwd: calls.append(args) or Failed())
+        report = corpus.build(fake_corpus, {**self.SPLITS, "pkg-gone": "train"})
+        assert calls == [["download", "pkg-gone"], ["update"], ["download", "pkg-gone"]]
+        assert report["packages"]["pkg-gone"]["error"] == (
+            "apt-get download pkg-gone failed: E: Unable to locate package pkg-gone")
+        assert report["kept"]["train"] == 1
+
+    def test_nothing_fetched(self, tmp_path, monkeypatch):
+        class Failed:
+            returncode, stdout, stderr = 100, "", "E: no network\n"
+        monkeypatch.setattr(corpus, "_apt", lambda args, cwd: Failed())
+        with pytest.raises(corpus.CorpusError, match="^no package could be fetched: "):
+            corpus.build(tmp_path, {"pkg-gone": "train"})
+
+    def test_cli_unknown_package(self, capsys):
+        assert corpus.main(["--packages", "opencv-doc"]) == 2
+        assert capsys.readouterr().err.startswith("error: unknown package(s) opencv-doc; known: ")
+
+
+class TestSources:
+    def test_nested_folders(self, tmp_path):
+        for rel in ("DIV2K_train_HR/0001.png", "Flickr2K/Flickr2K_HR/000001.png"):
+            (tmp_path / rel).parent.mkdir(parents=True)
+            cv2.imwrite(str(tmp_path / rel), np.zeros((8, 8, 3), np.uint8))
+        source = ImageFolderSource(tmp_path)
+        assert [source.load(i).name for i in range(len(source))] == [
+            "DIV2K_train_HR/0001.png", "Flickr2K/Flickr2K_HR/000001.png"]
+
+    def test_corpus_source_needs_make_data(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(DataError, match=r"^no train photos at data/corpus/train \(run `make data`\)$"):
+            photo_sources("corpus")
+
+    def test_corpus_source(self, fake_corpus, monkeypatch):
+        monkeypatch.chdir(fake_corpus)
+        corpus.DEFAULT_ROOT.mkdir(parents=True)
+        (fake_corpus / "raw").rename(corpus.DEFAULT_ROOT / "raw")
+        corpus.build(corpus.DEFAULT_ROOT, TestBuild.SPLITS)
+        builtin, photos = photo_sources("corpus")
+        assert len(builtin) == 8 and [photos.load(0).name] == ["pkg-train/photo.png"]

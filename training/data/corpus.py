@@ -1,0 +1,339 @@
+"""A photo corpus from Debian's wallpaper packages, curated into train and held-out splits.
+
+``python -m training.data.corpus`` (``make data``) runs, resumably:
+
+1. ``apt-get download`` each package of ``PACKAGES`` and ``dpkg -x`` it (nothing is
+   installed; ``apt-get update`` runs once if a download fails);
+2. reads every picture once, measures it (``training.data.curation``) and caches the
+   measures in ``measures.json``;
+3. drops duplicate resolutions (perceptual hash), graphics, small, soft and
+   depth-of-field pictures, and writes the rest, downscaled, as 8-bit PNGs to
+   ``<root>/train/<package>/`` or, for the packages held out whole for validation,
+   ``<root>/holdout/<package>/``;
+4. writes ``report.json`` (every file, its measures and the decision) and
+   ``report.md`` (counts per package and reason).
+
+Layout under ``root`` (default ``data/corpus``): ``debs/``, ``raw/<package>/``,
+``train/``, ``holdout/``, ``measures.json``, ``report.json``, ``report.md``.
+"""
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
+
+from runtime.atomic import atomic_write, atomic_write_bytes
+from training.data import curation
+from training.data.sources import IMAGE_EXTENSIONS, DataError, read_image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = Path("data/corpus")
+REPORT = "report.json"
+#: Debian packages and the split each one goes to, whole: no picture of a held-out
+#: package is ever trained on. (Never opencv-doc: its images are not ours to use.)
+PACKAGES: Dict[str, str] = {
+    "mate-backgrounds": "train",
+    "lxqt-themes": "train",
+    "lomiri-wallpapers-20.04": "train",
+    "ukui-wallpapers": "train",
+    "gnome-backgrounds": "train",
+    "sway-backgrounds": "train",
+    "lomiri-wallpapers": "train",
+    "plasma-workspace-wallpapers": "holdout",
+    "lomiri-wallpapers-16.04": "holdout",
+}
+SPLITS = ("train", "holdout")
+#: Path parts that say nothing about a picture, left out of its output name.
+_BOILERPLATE = {"usr", "share", "backgrounds", "wallpapers", "wallpaper", "contents", "images"}
+
+
+class CorpusError(RuntimeError):
+    """The corpus cannot be built (one-line reason)."""
+
+
+@dataclass
+class Picture:
+    """One image file of a package and what curation decided for it."""
+
+    package: str
+    path: str  # relative to the package's unpacked folder
+    split: str
+    shape: List[int] = field(default_factory=list)
+    scaled: List[int] = field(default_factory=list)
+    measures: Optional[dict] = None
+    decision: str = "pending"  # "kept" or "dropped"
+    reason: Optional[str] = None
+    duplicate_of: Optional[str] = None
+    output: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.package}/{self.path}"
+
+
+def output_name(path: str) -> str:
+    """``Autumn/contents/images/2560x1600.jpg`` -> ``Autumn-2560x1600.png``."""
+    parts = [p for p in Path(path).with_suffix("").parts if p.lower() not in _BOILERPLATE]
+    return "-".join(parts or [Path(path).stem]) + ".png"
+
+
+def _apt(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["apt-get", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def fetch(package: str, root: Path, state: dict) -> Path:
+    """Download and unpack ``package`` under ``root`` (skipped when done before).
+
+    ``state["updated"]`` records that ``apt-get update`` ran in this build.
+
+    Returns:
+        The folder it was unpacked into.
+
+    Raises:
+        CorpusError: download or unpacking failed.
+    """
+    unpacked = root / "raw" / package
+    if (unpacked / ".unpacked").is_file():
+        return unpacked
+    debs = root / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    if not list(debs.glob(f"{package}_*.deb")):
+        result = _apt(["download", package], debs)
+        if result.returncode != 0 and not state.get("updated"):
+            state["updated"] = True
+            _apt(["update"], debs)
+            result = _apt(["download", package], debs)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise CorpusError(f"apt-get download {package} failed: {last}")
+    deb = sorted(debs.glob(f"{package}_*.deb"))[-1]
+    unpacked.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CorpusError(f"dpkg-deb -x {deb.name} failed: {result.stderr.strip()}")
+    (unpacked / ".unpacked").write_text(deb.name)
+    return unpacked
+
+
+def package_version(root: Path, package: str) -> str:
+    """The version in the downloaded .deb's name (``pkg_1.26.0-1_all.deb`` -> ``1.26.0-1``)."""
+    marker = root / "raw" / package / ".unpacked"
+    name = marker.read_text().strip() if marker.is_file() else ""
+    return name.split("_")[1].replace("%3a", ":") if name.count("_") >= 2 else "unknown"
+
+
+def list_pictures(folder: Path) -> tuple:
+    """(image files under ``folder``, symbolic links to images skipped), both sorted."""
+    files, links = [], []
+    for path in sorted(folder.rglob("*")):
+        if (path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+                and "doc" not in path.relative_to(folder).parts):
+            (links if path.is_symlink() else files).append(path)
+    return files, links
+
+
+def measure_file(path: Path) -> dict:
+    """Read, downscale and measure one picture: the cache entry of ``measures.json``."""
+    native = read_image(path)
+    scaled = curation.downscale(native)
+    return {"size": path.stat().st_size, "shape": list(native.shape[:2]),
+            "scaled": list(scaled.shape[:2]), "measures": curation.measure(native, scaled).to_dict()}
+
+
+def decide(pictures: List[Picture]) -> None:
+    """Set every picture's decision: duplicates first, then ``curation.rejection``.
+
+    Of a group of duplicates the held-out copy wins (so no held-out picture is also
+    trained on), then the largest.
+    """
+    order = sorted((p for p in pictures if p.measures is not None),
+                   key=lambda p: (p.split != "holdout", -p.shape[0] * p.shape[1], p.key))
+    chosen: List[Picture] = []
+    for picture in order:
+        code = int(picture.measures["hash"], 16)
+        twin = next((c for c in chosen
+                     if curation.hash_distance(code, int(c.measures["hash"], 16)) <= curation.DUPLICATE_BITS),
+                    None)
+        if twin is not None:
+            picture.decision, picture.reason, picture.duplicate_of = "dropped", "duplicate", twin.key
+            continue
+        chosen.append(picture)
+        reason = curation.rejection(curation.Measures(**picture.measures), tuple(picture.scaled))
+        picture.decision, picture.reason = ("dropped", reason) if reason else ("kept", None)
+
+
+def write_kept(root: Path, pictures: List[Picture]) -> None:
+    """Write each kept picture's downscaled PNG (skipping those written before) and
+    remove PNGs of the split folders that no kept picture claims (a rule changed)."""
+    kept = [p for p in pictures if p.decision == "kept"]
+    for picture in tqdm(kept, desc="writing", unit="img", disable=not kept):
+        target = root / picture.split / picture.package / output_name(picture.path)
+        picture.output = str(target.relative_to(root))
+        if target.is_file():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scaled = curation.downscale(read_image(root / "raw" / picture.package / picture.path))
+        pixels = np.rint(cv2.cvtColor(scaled, cv2.COLOR_RGB2BGR) * 255.0).astype(np.uint8)
+        atomic_write_bytes(target, cv2.imencode(".png", pixels)[1].tobytes())
+    claimed = {root / p.output for p in kept if p.output}
+    for split in SPLITS:
+        for stale in (root / split).rglob("*.png") if (root / split).is_dir() else ():
+            if stale not in claimed:
+                stale.unlink()
+
+
+def summarise(root: Path, splits: Mapping[str, str], pictures: List[Picture], links: Dict[str, int],
+              failed: Dict[str, str]) -> dict:
+    """The report: rules, per-package counts and versions, and every file's decision."""
+    packages = {}
+    for package, split in splits.items():
+        mine = [p for p in pictures if p.package == package]
+        kept = [p for p in mine if p.decision == "kept"]
+        packages[package] = {
+            "split": split, "version": package_version(root, package),
+            "files_seen": len(mine), "links_skipped": links.get(package, 0), "kept": len(kept),
+            "dropped": dict(sorted(Counter(p.reason for p in mine if p.decision == "dropped").items())),
+            "kept_sizes": sorted(p.scaled for p in kept), **({"error": failed[package]} if package in failed else {}),
+        }
+    counts = {split: sum(v["kept"] for v in packages.values() if v["split"] == split) for split in SPLITS}
+    rules = {name: getattr(curation, name) for name in (
+        "MIN_FACTOR", "MAX_SIDE", "MIN_SIDE", "MAX_FLAT_FRACTION", "MIN_COLOURS", "TILE",
+        "BLURRED_TILE_SHARE", "MAX_BLURRED_FRACTION", "MIN_SHARPNESS", "DUPLICATE_BITS")}
+    return {"curation_version": curation.CURATION_VERSION, "rules": rules, "kept": counts,
+            "files_seen": len(pictures),
+            "dropped": dict(sorted(Counter(p.reason for p in pictures if p.decision == "dropped").items())),
+            "packages": packages, "files": [vars(p) for p in pictures]}
+
+
+def report_table(report: dict) -> str:
+    """The report as a Markdown table, one row per package, then the totals."""
+    reasons = sorted(report["dropped"])
+    head = ["package", "version", "split", "files", "kept", *reasons, "kept sizes (px)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, p in report["packages"].items():
+        sides = [max(s) for s in p["kept_sizes"]]
+        size = f"{min(sides)}-{max(sides)} longest side" if sides else ""
+        row = [name, p["version"], p["split"], str(p["files_seen"]), str(p["kept"]),
+               *(str(p["dropped"].get(r, 0)) for r in reasons), p.get("error", size)]
+        lines.append("| " + " | ".join(row) + " |")
+    total = ["total", "", "", str(report["files_seen"]), str(sum(report["kept"].values())),
+             *(str(report["dropped"][r]) for r in reasons), ""]
+    lines.append("| " + " | ".join(total) + " |")
+    kept = ", ".join(f"{k} {v}" for k, v in report["kept"].items())
+    return (f"# Photo corpus (curation version {report['curation_version']})\n\nKept: {kept}.\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def build(root: Path = DEFAULT_ROOT, packages: Mapping[str, str] = PACKAGES) -> dict:
+    """Fetch, measure, curate and write the corpus under ``root``; returns the report.
+
+    Args:
+        root: the corpus folder (default ``data/corpus``).
+        packages: Debian package -> ``"train"`` or ``"holdout"`` (default ``PACKAGES``).
+
+    A package that cannot be fetched is reported and skipped; a picture that cannot
+    be decoded is dropped as ``unreadable``.
+
+    Raises:
+        CorpusError: no package could be fetched.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    names = list(packages)
+    cache_path = root / "measures.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    state: dict = {}
+    pictures, links, failed = [], {}, {}
+    for package in tqdm(names, desc="packages", unit="pkg"):
+        try:
+            folder = fetch(package, root, state)
+        except CorpusError as error:
+            tqdm.write(f"error: {error}", file=sys.stderr)
+            failed[package] = str(error)
+            continue
+        files, skipped = list_pictures(folder)
+        links[package] = len(skipped)
+        pictures += [Picture(package, str(f.relative_to(folder)), packages[package]) for f in files]
+    if len(failed) == len(names):
+        raise CorpusError("no package could be fetched: " + "; ".join(failed.values()))
+    for picture in tqdm(pictures, desc="measuring", unit="img"):
+        path = root / "raw" / picture.package / picture.path
+        entry = cache.get(picture.key)
+        if entry is None or entry.get("size") != path.stat().st_size:
+            try:
+                entry = measure_file(path)
+            except DataError as error:
+                entry = {"size": path.stat().st_size, "error": str(error)}
+            cache[picture.key] = entry
+            atomic_write(cache_path, lambda tmp: Path(tmp).write_text(json.dumps(cache)))
+        if "error" in entry:
+            picture.decision, picture.reason = "dropped", "unreadable"
+            continue
+        picture.shape, picture.scaled, picture.measures = entry["shape"], entry["scaled"], entry["measures"]
+    decide(pictures)
+    write_kept(root, pictures)
+    report = summarise(root, packages, pictures, links, failed)
+    atomic_write(root / REPORT, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+    atomic_write(root / "report.md", lambda tmp: Path(tmp).write_text(report_table(report)))
+    return report
+
+
+def describe(root: Path = DEFAULT_ROOT) -> dict:
+    """What a checkpoint records of the corpus it trained on: the curation version and,
+    per package, its version, split and kept count (from ``report.json``).
+
+    Raises:
+        DataError: the corpus has not been built.
+    """
+    path = Path(root) / REPORT
+    if not path.is_file():
+        raise DataError(f"no photo corpus at {root} (run `make data`)")
+    report = json.loads(path.read_text())
+    return {"root": str(root), "curation_version": report["curation_version"], "kept": report["kept"],
+            "packages": {name: {k: p[k] for k in ("version", "split", "kept")}
+                         for name, p in report["packages"].items()}}
+
+
+def split_folder(split: str, root: Path = DEFAULT_ROOT) -> Path:
+    """The folder of one split's pictures (nested per package).
+
+    Raises:
+        DataError: the corpus has not been built or the split is empty.
+    """
+    folder = Path(root) / split
+    if not (Path(root) / REPORT).is_file() or not folder.is_dir():
+        raise DataError(f"no {split} photos at {folder} (run `make data`)")
+    return folder
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.data.corpus", description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="corpus folder (default data/corpus)")
+    parser.add_argument("--packages", nargs="+", metavar="PKG", help=f"subset of: {', '.join(PACKAGES)}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    unknown = [n for n in args.packages or () if n not in PACKAGES]
+    if unknown:
+        print(f"error: unknown package(s) {', '.join(unknown)}; known: {', '.join(PACKAGES)}", file=sys.stderr)
+        return 2
+    try:
+        report = build(args.root, {n: PACKAGES[n] for n in args.packages or PACKAGES})
+    except (CorpusError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report_table(report))
+    print(f"report: {args.root / REPORT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
