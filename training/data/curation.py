@@ -35,6 +35,9 @@ MIN_COLOURS = 24
 #: ``_MIN_TILE_CONTRAST`` (std of the smoothed tile) hold no detail to judge.
 TILE = 64
 _MIN_TILE_CONTRAST = 0.05
+#: A picture with detail in fewer than this share of its tiles (a smooth gradient with a
+#: logo, fog) teaches little, and is how dithered renders escape the flat-area rule.
+MIN_DETAILED_FRACTION = 0.2
 #: A detailed tile is blurred when its sharpness is below this share of the sharpest
 #: tiles' (90th percentile); a picture with more than ``MAX_BLURRED_FRACTION`` of its
 #: detailed tiles blurred has its own depth of field or motion blur.
@@ -151,13 +154,17 @@ def rejection(m: Measures, scaled_shape: tuple) -> Optional[str]:
     """Why a (non-duplicate) picture is dropped, or None to keep it.
 
     Reasons: ``graphic`` (flat areas or few colours), ``too_small`` (shorter side
-    under ``MIN_SIDE`` after downscaling), ``soft`` (no sharp detail anywhere),
+    under ``MIN_SIDE`` after downscaling), ``little_detail`` (detail in under
+    ``MIN_DETAILED_FRACTION`` of the tiles), ``soft`` (no sharp detail anywhere),
     ``depth_of_field`` (part of its detail blurred: bokeh or motion blur).
     """
     if m.flat_fraction > MAX_FLAT_FRACTION or m.colours < MIN_COLOURS:
         return "graphic"
     if min(scaled_shape[:2]) < MIN_SIDE:
         return "too_small"
+    tiles = (scaled_shape[0] // TILE) * (scaled_shape[1] // TILE)
+    if m.detailed_tiles < MIN_DETAILED_FRACTION * tiles:
+        return "little_detail"
     if m.detailed_tiles == 0 or m.sharpness_p90 < MIN_SHARPNESS:
         return "soft"
     if m.blurred_fraction > MAX_BLURRED_FRACTION:
