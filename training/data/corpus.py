@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
-from runtime.atomic import atomic_write, atomic_write_bytes
+from common.atomic import atomic_write, atomic_write_bytes
 from training.data import curation
 from training.data.sources import IMAGE_EXTENSIONS, DataError, read_image
 
