@@ -15,8 +15,10 @@ class BackendSpec:
         name: Identifier on the command line and in ``results.json``.
         label: What a reader sees in the report.
         device: ``cpu`` or ``cuda``.
-        precision: ``fp32`` or ``fp16`` (of the arithmetic).
-        family: ``torch`` (needs the checkpoint), ``onnx`` or ``runtime`` (need the bundle).
+        precision: ``fp32``, ``fp16`` or ``bf16`` (of the arithmetic); ``best``: the runtime's
+            own choice on this machine, which the worker reports.
+        family: ``torch`` (needs the checkpoint), ``onnx``, ``openvino`` or ``runtime``
+            (need the bundle).
         tiled: Runs the runtime's tiles (its memory does not grow with the activations
             of the whole image).
         large: Also measured at sizes above ``LARGE_MPIX`` (tiled paths, their
@@ -40,6 +42,8 @@ class BackendSpec:
 
 #: Sizes above this many megapixels run only the backends marked ``large``.
 LARGE_MPIX = 4.0
+#: Sizes above this many megapixels (the 24 MP photo) run only the tiled backends.
+PHOTO_MPIX = 10.0
 
 SPECS: List[BackendSpec] = [
     BackendSpec("torch-eager", "PyTorch eager FP32 (NCHW)", "cpu", "fp32", "torch",
@@ -47,15 +51,21 @@ SPECS: List[BackendSpec] = [
     BackendSpec("torch-eager-cl", "PyTorch eager FP32 (channels_last)", "cpu", "fp32", "torch"),
     BackendSpec("torch-compile", "torch.compile inductor FP32 (channels_last)", "cpu", "fp32", "torch",
                 compiles=True),
+    BackendSpec("torch-compile-bf16", "torch.compile inductor, bf16 autocast (channels_last)", "cpu",
+                "bf16", "torch", compiles=True),
     BackendSpec("ort-fp32", "ONNX Runtime CPU FP32", "cpu", "fp32", "onnx"),
     BackendSpec("ort-fp16", "ONNX Runtime CPU, FP16 graph", "cpu", "fp16", "onnx"),
-    BackendSpec("runtime", "runtime Deblurrer (default: ORT CPU, tiled 1024)", "cpu", "fp32", "runtime",
-                tiled=True, large=True),
-    BackendSpec("runtime-whole", "runtime Deblurrer, whole image (one tile)", "cpu", "fp32", "runtime",
+    BackendSpec("openvino-fp32", "OpenVINO CPU FP32 (whole image)", "cpu", "fp32", "openvino"),
+    BackendSpec("openvino-bf16", "OpenVINO CPU BF16 (whole image)", "cpu", "bf16", "openvino"),
+    BackendSpec("runtime", "runtime Deblurrer (default: auto backend and precision, tiled 1024)", "cpu",
+                "best", "runtime", tiled=True, large=True),
+    BackendSpec("runtime-whole", "runtime Deblurrer, whole image (one tile)", "cpu", "best", "runtime",
                 large=True),
-    BackendSpec("runtime-x2", "runtime Deblurrer, self-ensemble of 2 passes (tiled 1024)", "cpu", "fp32",
+    BackendSpec("runtime-ort", "runtime Deblurrer on ONNX Runtime FP32 (tiled 1024)", "cpu", "fp32",
+                "runtime", tiled=True),
+    BackendSpec("runtime-x2", "runtime Deblurrer, self-ensemble of 2 passes (tiled 1024)", "cpu", "best",
                 "runtime", tiled=True, self_ensemble=2),
-    BackendSpec("runtime-x8", "runtime Deblurrer, self-ensemble of 8 passes (tiled 1024)", "cpu", "fp32",
+    BackendSpec("runtime-x8", "runtime Deblurrer, self-ensemble of 8 passes (tiled 1024)", "cpu", "best",
                 "runtime", tiled=True, self_ensemble=8),
     BackendSpec("torch-cuda-fp32", "PyTorch CUDA FP32 (TF32 off)", "cuda", "fp32", "torch",
                 large=True, baseline=True),

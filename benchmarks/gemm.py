@@ -3,8 +3,9 @@
     python -m benchmarks.gemm --device cpu --threads 2
 
 Run in its own process: BLAS reads its thread count from the environment at import
-(``benchmarks.run`` sets ``OMP/OPENBLAS/MKL_NUM_THREADS``). Prints one JSON line:
-``{"fp32_gflops": ..., "n": ..., "repeats": ...}`` (plus ``fp16_gflops`` on CUDA).
+(``benchmarks.run`` sets ``OMP/OPENBLAS/MKL_NUM_THREADS`` and unsets the OpenBLAS
+kernel overrides). Prints one JSON line: ``{"fp32_gflops": ..., "n": ..., "repeats": ...}``
+(plus ``fp16_gflops`` on CUDA, ``bf16_gflops`` through torch on CPUs with native BF16).
 """
 import argparse
 import json
@@ -15,6 +16,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from benchmarks.stats import gemm_gflops
+from common.cpu import cpu_flags, cpu_has_bf16
 
 CPU_N = 4096
 CUDA_N = 8192
@@ -33,14 +35,24 @@ def best_time(fn: Callable[[], None], repeats: int, sync: Callable[[], None] = l
     return best
 
 
-def cpu_peak(n: int = CPU_N, repeats: int = 5) -> dict:
-    """NumPy (BLAS) float32 ``n x n`` matmul GFLOP/s, best of ``repeats``."""
+def cpu_peak(n: int = CPU_N, repeats: int = 5, threads: Optional[int] = None) -> dict:
+    """NumPy (BLAS) float32 ``n x n`` matmul GFLOP/s, best of ``repeats``; where the CPU
+    has native BF16, torch's bfloat16 matmul too (``threads``: torch's)."""
     rng = np.random.default_rng(0)
     a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
     out = np.empty_like(a)
     seconds = best_time(lambda: np.matmul(a, b, out=out), repeats)
-    return {"device": "cpu", "library": "numpy", "n": n, "repeats": repeats,
-            "fp32_gflops": gemm_gflops(n, seconds)}
+    result = {"device": "cpu", "library": "numpy", "n": n, "repeats": repeats,
+              "fp32_gflops": gemm_gflops(n, seconds)}
+    if cpu_has_bf16(cpu_flags()):
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        x, y = (torch.from_numpy(m).to(torch.bfloat16) for m in (a, b))
+        result["bf16_gflops"] = gemm_gflops(n, best_time(lambda: torch.matmul(x, y), repeats))
+        result["bf16_library"] = f"torch {torch.__version__}"
+    return result
 
 
 def cuda_peak(n: int = CUDA_N, repeats: int = 10) -> dict:
@@ -70,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.device == "cpu":
-            result = cpu_peak(args.n or CPU_N, args.repeats)
+            result = cpu_peak(args.n or CPU_N, args.repeats, args.threads)
             result["threads"] = args.threads
         else:
             result = cuda_peak(args.n or CUDA_N, args.repeats)

@@ -8,7 +8,8 @@ from typing import List, Tuple
 import cv2
 import numpy as np
 
-DEFAULT_SIZES = ("256x256", "512x512", "1024x1024", "1920x1080", "3840x2160")
+#: The last is a 24-megapixel photo (only the tiled paths run it).
+DEFAULT_SIZES = ("256x256", "512x512", "1024x1024", "1920x1080", "3840x2160", "6000x4000")
 QUICK_SIZES = ("256x256", "512x512")
 
 

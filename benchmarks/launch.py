@@ -6,26 +6,30 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from benchmarks.backends import BackendSpec
 from benchmarks.machine import REPO
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+#: OpenBLAS kernel / cache overrides that some machines set; unset for the GEMM peak.
+BLAS_TUNING_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
-def child_env(threads: int) -> Dict[str, str]:
-    """The environment of a worker: every BLAS / OpenMP pool set to ``threads``."""
-    env = dict(os.environ)
+def child_env(threads: int, unset: Sequence[str] = ()) -> Dict[str, str]:
+    """The environment of a worker: every BLAS / OpenMP pool set to ``threads``, the
+    variables in ``unset`` removed."""
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update({k: str(threads) for k in THREAD_ENV})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
 
 def run_module(module: str, args: List[str], threads: int, timeout: Optional[float],
-               stderr_path: Path, on_line: Callable[[dict], None] = lambda _: None
-               ) -> Tuple[List[dict], Optional[str]]:
-    """Run ``python -m module args``, parsing each stdout line that is a JSON object.
+               stderr_path: Path, on_line: Callable[[dict], None] = lambda _: None,
+               unset: Sequence[str] = ()) -> Tuple[List[dict], Optional[str]]:
+    """Run ``python -m module args``, parsing each stdout line that is a JSON object
+    (environment: ``child_env(threads, unset)``).
 
     Returns:
         (the parsed lines, None or why the process ended badly: time-out, signal,
@@ -34,7 +38,7 @@ def run_module(module: str, args: List[str], threads: int, timeout: Optional[flo
     lines: List[dict] = []
     with open(stderr_path, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
-                                stderr=err, text=True, cwd=REPO, env=child_env(threads))
+                                stderr=err, text=True, cwd=REPO, env=child_env(threads, unset))
         timer = threading.Timer(timeout, proc.kill) if timeout is not None else None
         if timer:
             timer.start()

@@ -7,7 +7,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Dict, List, Optional
 
-PACKAGES = ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
+from common.cpu import cpu_flags
+
+PACKAGES = ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt",
             "cuda-python", "cupy-cuda12x", "cupy-cuda13x", "opencv-python-headless",
             "scikit-image")
 REPO = Path(__file__).resolve().parent.parent
@@ -22,6 +24,26 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+#: The /proc/cpuinfo flags that decide which CPU paths are fast (vector width, BF16, VNNI, AMX).
+CPU_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_features(flags: Optional[set] = None) -> List[str]:
+    """Which of ``CPU_FEATURES`` this CPU has (``flags``: /proc/cpuinfo's, read now)."""
+    flags = cpu_flags() if flags is None else flags
+    return [f for f in CPU_FEATURES if f in flags]
+
+
+def openvino_capabilities() -> Optional[List[str]]:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of the CPU, or None without OpenVINO."""
+    try:
+        from runtime.openvino_backend import cpu_capabilities, ov
+    except ImportError:
+        return None
+    return cpu_capabilities(ov.Core())
 
 
 def usable_cpus() -> int:
@@ -81,6 +103,8 @@ def describe_machine(threads: int) -> dict:
     """
     return {
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
+        "openvino_capabilities": openvino_capabilities(),
         "cpus_usable": usable_cpus(),
         "threads_used": threads,
         "memory_bytes": total_memory_bytes(),

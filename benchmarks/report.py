@@ -84,16 +84,17 @@ def detail_lines(results: dict) -> List[str]:
         if c["status"] != "ok":
             continue
         fid = c.get("fidelity", {})
-        rows.append([f"`{c['backend']}`", c["size"], _ms(c["median_ms"]), _ms(c["p90_ms"]), str(c["runs"]),
+        rows.append([f"`{c['backend']}`", c.get("precision", "-"), c["size"], _ms(c["median_ms"]),
+                     _ms(c["p90_ms"]), str(c["runs"]),
                      _num(c["megapixels_per_s"], "{:.3g}"), _num(c["gflops"]),
                      _num(None if c["fraction_of_peak"] is None else 100 * c["fraction_of_peak"]),
                      f"{c['peak_rss_bytes'] / MIB:.0f}{_x(c.get('peak_rss_vs_baseline'))}",
                      _num(None if c["device_peak_bytes"] is None else c["device_peak_bytes"] / MIB, "{:.0f}"),
                      _fidelity(c), _num(fid.get("ssim"), "{:.5f}"),
                      _ms(c.get("compile_ms"))])
-    return _table(["backend", "size", "median ms", "p90 ms", "runs", "MP/s", "GFLOP/s", "% GEMM peak",
-                   "peak RSS MiB (x base)", "GPU peak MiB", "PSNR vs FP32 ref", "SSIM vs ref",
-                   "compile ms"], rows)
+    return _table(["backend", "precision", "size", "median ms", "p90 ms", "runs", "MP/s", "GFLOP/s",
+                   "% own-precision peak", "peak RSS MiB (x base)", "GPU peak MiB", "PSNR vs FP32 ref",
+                   "SSIM vs ref", "compile ms"], rows)
 
 
 def quality_lines(results: dict) -> List[str]:
@@ -130,19 +131,31 @@ def problem_lines(results: dict) -> List[str]:
     return _table(["backend", "size", "status", "why"], rows) if rows else ["None."]
 
 
+def _peak_text(device: str, p: dict) -> str:
+    if "error" in p:
+        return f"{device}: not measured ({p['error']})"
+    unset = ", ".join(f"{k}={v}" for k, v in p.get("blas_env_unset", {}).items())
+    text = (f"{device}: FP32 {p['fp32_gflops']:.0f} GFLOP/s ({p['library']}, {p['n']}²"
+            + (f"; measured with {unset} unset in that process" if unset else "") + ")")
+    if "fp16_gflops" in p:
+        text += f", FP16 {p['fp16_gflops']:.0f}"
+    if "bf16_gflops" in p:
+        text += f", BF16 {p['bf16_gflops']:.0f} GFLOP/s ({p['bf16_library']})"
+    elif device == "cpu":
+        text += ", BF16 not measured (no native BF16 on this CPU)"
+    return text
+
+
 def machine_lines(results: dict) -> List[str]:
     m, s = results["machine"], results["settings"]
-    peaks = []
-    for device, p in results["gemm_peak"].items():
-        if "error" in p:
-            peaks.append(f"{device}: not measured ({p['error']})")
-        else:
-            extra = f", FP16 {p['fp16_gflops']:.0f}" if "fp16_gflops" in p else ""
-            peaks.append(f"{device}: FP32 {p['fp32_gflops']:.0f}{extra} GFLOP/s ({p['library']}, {p['n']}²)")
+    peaks = [_peak_text(device, p) for device, p in results["gemm_peak"].items()]
     mem = f"{m['memory_bytes'] / 2**30:.0f} GiB" if m["memory_bytes"] else "?"
     versions = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    caps = m.get("openvino_capabilities")
     return [f"- CPU: {m['cpu']}, {m['cpus_usable']} usable CPUs, **{s['threads']} threads** for every "
             f"CPU backend; memory {mem}; GPU: {', '.join(m['gpus']) or 'none'}",
+            f"- CPU features detected at run time: {', '.join(m.get('cpu_features', [])) or 'none of note'}"
+            f"; OpenVINO's CPU capabilities: {', '.join(caps) if caps else 'OpenVINO not installed'}",
             f"- Measured GEMM peak: {'; '.join(peaks)}",
             f"- {m['os']}, Python {m['python']}; {versions}",
             f"- git commit {m['git_commit']}; created {results['created']}; "
@@ -169,7 +182,7 @@ def build_markdown(results: dict, slug: str) -> str:
              *grid_table(results, lambda c: f"{_ms(c['median_ms'])}{_x(c.get('speedup_vs_baseline'))}"), "",
              "## Fidelity: PSNR dB of the output vs the PyTorch FP32 output", "",
              *ensemble_note(results), *grid_table(results, _fidelity), "",
-             "## Throughput, MP/s (share of the measured GEMM peak)", "",
+             "## Throughput, MP/s (share of the measured GEMM peak of the path's own precision)", "",
              *grid_table(results, lambda c: f"{c['megapixels_per_s']:.3g}"
                          + ("" if c["fraction_of_peak"] is None else f" ({c['fraction_of_peak']:.0%})")), "",
              "## Restoration quality vs ground truth", "", *quality_lines(results), "",

@@ -8,6 +8,7 @@ Each backend runs in its own worker process (``benchmarks.worker``); the report 
 to ``benchmarks/reports/<machine>/`` (README.md, results.json, plots).
 """
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from typing import List, Optional, Tuple
 from tqdm import tqdm
 
 from benchmarks import analysis, launch
-from benchmarks.backends import BY_NAME, LARGE_MPIX, SPECS, BackendSpec, select
+from benchmarks.backends import BY_NAME, LARGE_MPIX, PHOTO_MPIX, SPECS, BackendSpec, select
 from benchmarks.inputs import DEFAULT_SIZES, QUICK_SIZES, parse_sizes, size_label, write_inputs
 from benchmarks.machine import REPO, describe_machine, machine_slug, usable_cpus
 from benchmarks.model_source import ModelError, resolve_model, shown
@@ -80,16 +81,23 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def sizes_for(spec: BackendSpec, sizes: List[tuple]) -> List[str]:
-    """Sizes a backend runs: those above ``LARGE_MPIX`` only for the ``large`` backends."""
-    return [size_label(w, h) for w, h in sizes if spec.large or w * h <= LARGE_MPIX * 1e6]
+    """Sizes a backend runs: those above ``LARGE_MPIX`` only for the ``large`` backends,
+    above ``PHOTO_MPIX`` only for the tiled ones."""
+    return [size_label(w, h) for w, h in sizes
+            if (spec.large or w * h <= LARGE_MPIX * 1e6) and (spec.tiled or w * h <= PHOTO_MPIX * 1e6)]
 
 
 def gemm_peaks(devices: List[str], threads: int, work: Path) -> dict:
     peaks = {}
     for device in devices:
+        # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (set on some machines) throttle NumPy's
+        # GEMM: the peak is measured without them, in that one process only.
         lines, error = launch.run_module("benchmarks.gemm", ["--device", device, "--threads", str(threads)],
-                                         threads, 600, work / f"gemm_{device}.err")
+                                         threads, 600, work / f"gemm_{device}.err",
+                                         unset=launch.BLAS_TUNING_ENV)
         peaks[device] = lines[-1] if lines else {"device": device, "error": error or "no output"}
+        peaks[device]["blas_env_unset"] = {k: os.environ[k] for k in launch.BLAS_TUNING_ENV
+                                           if k in os.environ}
     return peaks
 
 
@@ -212,7 +220,8 @@ def new_results(args: argparse.Namespace, machine: dict, source, stats: dict) ->
                      "runs": args.runs, "warmup": args.warmup, "threads": args.threads,
                      "cell_seconds": args.cell_seconds, "budget_seconds": args.budget_seconds,
                      "compile": not args.no_compile, "tile": DEFAULT_TILE,
-                     "large_mpix": LARGE_MPIX, "rss_limit_mib": args.rss_limit_mib},
+                     "large_mpix": LARGE_MPIX, "photo_mpix": PHOTO_MPIX,
+                     "rss_limit_mib": args.rss_limit_mib},
         "gemm_peak": {}, "backends": {}, "cells": [], "pairs": [],
         "quality": {"source": None, "input": None, "backends": {}},
         "targets": [],

@@ -12,6 +12,7 @@ import numpy as np
 
 from benchmarks.backends import BackendSpec
 from benchmarks.memory import cuda_used_bytes
+from common.cpu import BF16_CPU_FLAGS, cpu_flags, cpu_has_bf16
 from runtime.deblurrer import CPU_TILING
 
 #: Tile of the runtime's default (tiled) path on the CPU, where the targets are judged.
@@ -30,9 +31,12 @@ class Runner:
 
     Attributes:
         description: What actually ran (provider, device), for the report.
+        precision: The arithmetic that ran, where the runner decides it (the runtime's
+            ``best``), else None: the spec's.
     """
 
     description = ""
+    precision: Optional[str] = None
 
     def prepare(self, height: int, width: int) -> None:
         """Per-size setup (the whole-image runtime sizes its single tile here)."""
@@ -69,25 +73,29 @@ class TorchRunner(Runner):
             # True FP32: the FP32 reference must not be TF32.
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
+        if spec.precision == "bf16" and not cpu_has_bf16(cpu_flags()):
+            raise Unavailable(f"this CPU has none of {', '.join(BF16_CPU_FLAGS)}: bf16 autocast "
+                              "would be emulated, slower than FP32")
         self.torch = torch
         self.device = torch.device(spec.device)
-        self.channels_last = spec.name.endswith("-cl") or spec.compiles or spec.precision == "fp16"
+        self.channels_last = spec.name.endswith("-cl") or spec.compiles or spec.precision != "fp32"
         self.format = torch.channels_last if self.channels_last else torch.contiguous_format
         model, _ = load_checkpoint(checkpoint)
         model = model.to(self.device, memory_format=self.format).eval()
         self.model = torch.compile(model, dynamic=False) if spec.compiles else model
-        self.autocast = spec.precision == "fp16"
+        self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(spec.precision)
         self.description = (f"torch {torch.__version__} on {spec.device}"
                             f"{' (' + torch.cuda.get_device_name() + ')' if spec.device == 'cuda' else ''}, "
                             f"{'channels_last' if self.channels_last else 'NCHW'}"
-                            f"{', autocast fp16' if self.autocast else ''}"
+                            f"{', autocast ' + spec.precision if self.autocast else ''}"
                             f"{', inductor' if spec.compiles else ''}, {threads} threads")
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         torch = self.torch
         x = torch.from_numpy(image).permute(2, 0, 1)[None]
         x = x.to(self.device).contiguous(memory_format=self.format)
-        with torch.no_grad(), torch.autocast(self.device.type, torch.float16, enabled=self.autocast):
+        with torch.no_grad(), torch.autocast(self.device.type, self.autocast or torch.float16,
+                                             enabled=self.autocast is not None):
             out, _ = self.model(x)
         out = out[0].float().clamp_(0.0, 1.0).permute(1, 2, 0).cpu()
         return np.ascontiguousarray(out.numpy())
@@ -173,6 +181,42 @@ class OrtRunner(Runner):
         return self._sample() if self.on_cuda else None
 
 
+class OpenVinoRunner(Runner):
+    """The bundle's graphs compiled by OpenVINO for the whole image, no tiling.
+
+    Args:
+        spec: The backend (``fp32`` or ``bf16``).
+        bundle: Bundle folder.
+        threads: ``INFERENCE_NUM_THREADS``.
+    """
+
+    def __init__(self, spec: BackendSpec, bundle: Path, threads: int):
+        from runtime import load_bundle
+        from runtime.backend import openvino_missing
+        from runtime.errors import BackendError
+
+        missing = openvino_missing()
+        if missing is not None:
+            raise Unavailable(missing)
+        from runtime.openvino_backend import OpenVinoBackend
+
+        try:
+            self.backend = OpenVinoBackend(load_bundle(bundle, verify=False), spec.precision, threads)
+        except BackendError as err:  # BF16 on a CPU without it
+            raise Unavailable(str(err)) from None
+        self.description = f"{self.backend.describe()}, {threads} threads, whole image"
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        run = self.backend.run
+        x = np.ascontiguousarray(image.transpose(2, 0, 1)[None])
+        dmap = run("estimate", {"image": x})["defocus_map"]
+        feeds = {"image": x, "defocus_map": dmap}
+        if "condition" in self.backend.models:
+            feeds["cond_mean"] = run("condition", {"defocus_map": dmap})["cond_mean"]
+        out = run("restore", feeds)["deblurred"]
+        return np.ascontiguousarray(np.clip(out[0].transpose(1, 2, 0), 0.0, 1.0))
+
+
 class RuntimeRunner(Runner):
     """The runtime's ``Deblurrer``, tiled (default tile) or on one whole-image tile.
 
@@ -188,21 +232,24 @@ class RuntimeRunner(Runner):
 
         self.spec, self.threads = spec, threads
         self.bundle = load_bundle(bundle, verify=False)
-        self.backend = "tensorrt" if "trt" in spec.name else "auto"
+        self.backend = {"runtime-trt-fp16": "tensorrt",
+                        "runtime-ort": "onnxruntime"}.get(spec.name, "auto")
         if self.backend == "tensorrt":
             if import_tensorrt() is None:
                 raise Unavailable("tensorrt is not installed")
             if spec.precision not in self.bundle.engines:
                 raise Unavailable(f"the bundle has no {spec.precision} TensorRT engine "
                                   "(build one with `make engine`)")
-        self.deblurrer = self._make(None) if spec.tiled else None
+        self.deblurrer = self._make(None)  # the whole-image path remakes it per size
+        self.precision = self.deblurrer.backend.precision
         self._reset, self._sample = _cuda_peak_sampler()
 
     def _make(self, tile: Optional[int]):
         from runtime import Deblurrer
 
+        precision = None if self.spec.precision == "best" else self.spec.precision
         deblurrer = Deblurrer(self.bundle, backend=self.backend, device=self.spec.device,
-                              precision=self.spec.precision, tile=tile, threads=self.threads,
+                              precision=precision, tile=tile, threads=self.threads,
                               self_ensemble=self.spec.self_ensemble)
         if deblurrer.backend.device != self.spec.device:
             raise Unavailable(f"the runtime fell back to {deblurrer.describe()}")
@@ -237,6 +284,10 @@ def precheck(spec: BackendSpec) -> Optional[str]:
     Cheap (no session, no GPU work): the parent uses it to skip workers, and the
     bundle export when no backend needs it. The worker's own checks stay the authority.
     """
+    if spec.family == "openvino":
+        from runtime.backend import openvino_missing
+
+        return openvino_missing()
     if spec.family == "torch" or spec.device == "cpu":
         return None
     try:
@@ -271,4 +322,6 @@ def make_runner(spec: BackendSpec, checkpoint: Optional[Path], bundle: Optional[
         raise Unavailable("no ONNX bundle (its export failed or was not asked for)")
     if spec.family == "onnx":
         return OrtRunner(spec, bundle, threads)
+    if spec.family == "openvino":
+        return OpenVinoRunner(spec, bundle, threads)
     return RuntimeRunner(spec, bundle, threads)

@@ -165,7 +165,7 @@ def run_backend(args: argparse.Namespace) -> int:
         emit("setup", status="error", error=one_line(exc))
         return 0
     emit("setup", status="ok", setup_ms=1e3 * (time.perf_counter() - start),
-         description=runner.description)
+         description=runner.description, precision=runner.precision or spec.precision)
     growth_per_pixel: Optional[float] = None
     for width, height in args.sizes:
         label, pixels = size_label(width, height), width * height

@@ -1,13 +1,14 @@
 """Benchmarks: statistics helpers, planning, analysis and an end-to-end run on a tiny model."""
 import json
 import mmap
+import os
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks import analysis, launch, memory, stats
+from benchmarks import analysis, launch, machine, memory, stats
 from benchmarks.backends import BY_NAME, baseline_for, select
 from benchmarks.inputs import parse_size, parse_sizes, synthetic_image
 from benchmarks.machine import REPO, machine_slug
@@ -111,9 +112,10 @@ def test_select_unknown_backend_is_one_line():
 
 
 def test_large_sizes_only_for_large_backends():
-    sizes = [(256, 256), (3840, 2160)]
-    assert sizes_for(BY_NAME["runtime"], sizes) == ["256x256", "3840x2160"]
+    sizes = [(256, 256), (3840, 2160), (6000, 4000)]
+    assert sizes_for(BY_NAME["runtime"], sizes) == ["256x256", "3840x2160", "6000x4000"]
     assert sizes_for(BY_NAME["torch-eager"], sizes) == ["256x256", "3840x2160"]
+    assert sizes_for(BY_NAME["runtime-whole"], sizes) == ["256x256", "3840x2160"]
     assert sizes_for(BY_NAME["ort-fp32"], sizes) == ["256x256"]
 
 
@@ -167,32 +169,47 @@ def _results(cells):
 
 def test_derive_and_targets_against_hand_computed_values():
     results = _results([
-        _cell("torch-eager", "1024x1024", 250.0, 400.0),
-        _cell("torch-compile", "1024x1024", 130.0),
+        _cell("torch-eager", "1024x1024", 650.0, 400.0),
+        _cell("torch-compile", "1024x1024", 330.0),
+        _cell("torch-compile-bf16", "1024x1024", 310.0),
         _cell("runtime", "1024x1024", 100.0, 200.0),
         _cell("runtime-whole", "1024x1024", 90.0),
-        _cell("runtime", "3840x2160", 900.0, 1500.0),
+        _cell("runtime", "3840x2160", 850.0, 1500.0),
         _cell("runtime-whole", "3840x2160", 800.0, 3000.0),
+        _cell("runtime", "6000x4000", 13000.0, 1900.0),
     ])
+    results["gemm_peak"]["cpu"]["bf16_gflops"] = 40.0
+    results["backends"] = {"runtime": {"precision": "bf16"}}   # the worker's report of "best"
     analysis.derive(results)
     rt = analysis.cell_index(results)[("runtime", "1024x1024")]
     assert rt["megapixels_per_s"] == pytest.approx(1024 * 1024 / 1e6 / 0.1)
     assert rt["gflops"] == pytest.approx(2 * 1000 * 1024 * 1024 / 0.1 / 1e9)
-    assert rt["fraction_of_peak"] == pytest.approx(rt["gflops"] / 100.0)
-    assert rt["speedup_vs_baseline"] == pytest.approx(2.5)
+    assert rt["precision"] == "bf16"
+    assert rt["fraction_of_peak"] == pytest.approx(rt["gflops"] / 40.0)   # its own precision's peak
+    compiled_bf16 = analysis.cell_index(results)[("torch-compile-bf16", "1024x1024")]
+    assert compiled_bf16["fraction_of_peak"] == pytest.approx(compiled_bf16["gflops"] / 40.0)
+    whole = analysis.cell_index(results)[("runtime-whole", "1024x1024")]
+    assert whole["fraction_of_peak"] == pytest.approx(whole["gflops"] / 100.0)  # "best" unreported: FP32
+    assert rt["speedup_vs_baseline"] == pytest.approx(6.5)
     assert rt["peak_rss_vs_baseline"] == pytest.approx(0.5)
     assert analysis.cell_index(results)[("torch-compile", "1024x1024")]["compile_ms"] == 0.0
     targets = {t["name"]: t for t in analysis.evaluate_targets(results, 2048 * 2**20, tile=512)}
     eager = targets["runtime-vs-torch-eager"]
-    assert (eager["measured"], eager["met"], eager["margin"]) == pytest.approx((2.5, True, 0.5))
-    compiled = targets["runtime-vs-torch-compile"]
-    assert compiled["measured"] == pytest.approx(1.3) and compiled["met"]
+    assert (eager["measured"], eager["met"], eager["margin"]) == pytest.approx((6.5, True, 4.5))
+    best = targets["runtime-vs-torch-compile"]   # the faster peer: torch-compile-bf16
+    assert (best["measured"], best["met"], best["margin"]) == pytest.approx((3.1, True, 0.1))
+    assert best["note"] == "vs torch-compile-bf16"
     tiling = targets["runtime-tiling-overhead"]   # largest size over one tile: 3840x2160
-    assert tiling["measured"] == pytest.approx(900 / 800 - 1) and tiling["met"]
-    assert tiling["margin"] == pytest.approx(0.15 - 0.125)
+    assert tiling["measured"] == pytest.approx(850 / 800 - 1) and tiling["met"]
+    assert tiling["margin"] == pytest.approx(0.10 - 0.0625)
     large = targets["runtime-large-memory"]
     assert (large["measured"], large["met"], large["margin"]) == pytest.approx((1500.0, True, 548.0))
     assert large["note"] == "whole-image peak RSS 3000 MiB"
+    share = targets["runtime-bf16-peak-share"]
+    assert share["measured"] == pytest.approx(rt["gflops"] / 40.0) and share["met"]
+    photo, photo_rss = targets["runtime-photo-time"], targets["runtime-photo-memory"]
+    assert (photo["measured"], photo["met"], photo["margin"]) == pytest.approx((13000.0, False, -1000.0))
+    assert (photo_rss["measured"], photo_rss["met"]) == pytest.approx((1900.0, True))
 
 
 def test_targets_missed_and_unmeasured():
@@ -201,8 +218,40 @@ def test_targets_missed_and_unmeasured():
     targets = {t["name"]: t for t in analysis.evaluate_targets(results, 2**30, tile=512)}
     eager = targets["runtime-vs-torch-eager"]
     assert eager["met"] is False and eager["margin"] == pytest.approx(-0.5)
-    for name in ("runtime-vs-torch-compile", "runtime-tiling-overhead", "runtime-large-memory"):
+    for name in ("runtime-vs-torch-compile", "runtime-tiling-overhead", "runtime-large-memory",
+                 "runtime-bf16-peak-share", "runtime-photo-time", "runtime-photo-memory"):
         assert targets[name]["met"] is None and targets[name]["measured"] is None
+    assert targets["runtime-bf16-peak-share"]["note"] == (
+        "the path did not run BF16 here (no native BF16 on this CPU)")
+
+
+@pytest.mark.parametrize("device, precision, expected", [
+    ("cpu", "fp32", 100.0), ("cpu", "bf16", 400.0), ("cpu", "fp16", 100.0), ("cuda", "fp16", 900.0),
+    ("cuda", "fp32", 300.0), ("cuda", "bf16", None),
+])
+def test_peak_of_the_paths_own_precision(device, precision, expected):
+    results = {"gemm_peak": {"cpu": {"fp32_gflops": 100.0, "bf16_gflops": 400.0},
+                             "cuda": {"fp32_gflops": 300.0, "fp16_gflops": 900.0}}}
+    assert analysis.peak_gflops(results, device, precision) == expected
+
+
+def test_gemm_child_runs_without_the_openblas_overrides(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setenv("OPENBLAS_L2_SIZE", "262144")
+    plain = launch.child_env(2)
+    assert plain["OPENBLAS_CORETYPE"] == "Haswell" and plain["OMP_NUM_THREADS"] == "2"
+    peak = launch.child_env(2, unset=launch.BLAS_TUNING_ENV)
+    assert "OPENBLAS_CORETYPE" not in peak and "OPENBLAS_L2_SIZE" not in peak
+    assert peak["OPENBLAS_NUM_THREADS"] == "2"
+
+
+def test_cpu_features_are_read_from_the_flags(tmp_path):
+    from common.cpu import cpu_flags
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 amx_tile\n")
+    assert machine.cpu_features(cpu_flags(cpuinfo)) == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"]
+    assert machine.cpu_features(set()) == []
 
 
 def _pair(median_ratio, status="ok"):
@@ -254,7 +303,8 @@ def _guarded_cells(monkeypatch, capsys, growth_per_pixel, sizes):
     """``runtime-whole``'s cell lines, with 4 GB available and a fake RSS growth per size."""
     from benchmarks import worker
 
-    monkeypatch.setattr(worker, "make_runner", lambda *a: type("R", (), {"description": "fake"})())
+    fake = type("R", (), {"description": "fake", "precision": None})
+    monkeypatch.setattr(worker, "make_runner", lambda *a: fake())
     monkeypatch.setattr(worker.memory, "available_bytes", lambda: 4 * 10**9)
     monkeypatch.setattr(worker, "measure_size", lambda runner, spec, args, w, h: {
         "rss_base_bytes": 0, "peak_rss_bytes": growth_per_pixel(w * h) * w * h})
@@ -372,8 +422,13 @@ def test_end_to_end_report(tiny_checkpoint, tmp_path, capsys):
     assert "| backend | 64x64 | 96x64 |" in readme
     assert "| `torch-eager` |" in readme and "(1.00x)" in readme
     assert "| `torch-cuda-fp32` | skipped | skipped |" in readme
-    assert ("| backend | size | median ms | p90 ms | runs | MP/s | GFLOP/s | % GEMM peak | "
-            "peak RSS MiB (x base) | GPU peak MiB | PSNR vs FP32 ref | SSIM vs ref | compile ms |") in readme
+    assert ("| backend | precision | size | median ms | p90 ms | runs | MP/s | GFLOP/s | "
+            "% own-precision peak | peak RSS MiB (x base) | GPU peak MiB | PSNR vs FP32 ref | "
+            "SSIM vs ref | compile ms |") in readme
+    assert "| `torch-eager` | fp32 | 64x64 |" in readme
+    assert "- CPU features detected at run time: " in readme
+    overrides = [f"{k}={os.environ[k]}" for k in launch.BLAS_TUNING_ENV if k in os.environ]
+    assert (f"measured with {', '.join(overrides)} unset in that process" in readme) == bool(overrides)
     assert "## Targets" in readme and "![latency](latency.png)" in readme
 
 
@@ -439,3 +494,31 @@ def test_self_ensemble_backend_runs_the_ensemble(tiny_checkpoint, tmp_path):
     quality = results["quality"]["backends"]
     assert quality["runtime-x2"]["psnr_db"] != pytest.approx(quality["runtime"]["psnr_db"], abs=1e-6)
     assert "`runtime-x2` average passes over flipped and transposed copies" in (out / "README.md").read_text()
+
+
+def test_openvino_rows_match_onnxruntime_and_report_their_precision(tiny_bundle):
+    from benchmarks.runners import Unavailable, make_runner
+    from common.cpu import cpu_flags, cpu_has_bf16
+
+    image = np.random.default_rng(0).random((40, 52, 3), dtype=np.float32)
+    reference = make_runner(BY_NAME["ort-fp32"], None, tiny_bundle[0], 1)(image)
+    openvino = make_runner(BY_NAME["openvino-fp32"], None, tiny_bundle[0], 1)
+    assert "openvino" in openvino.description and "fp32" in openvino.description
+    np.testing.assert_allclose(openvino(image), reference, atol=1e-5)
+    runtime = make_runner(BY_NAME["runtime"], None, tiny_bundle[0], 1)
+    assert runtime.precision in ("fp32", "bf16") and runtime.description.startswith("openvino")
+    assert make_runner(BY_NAME["runtime-ort"], None, tiny_bundle[0], 1).description.startswith("onnxruntime")
+    if cpu_has_bf16(cpu_flags()):
+        np.testing.assert_allclose(make_runner(BY_NAME["openvino-bf16"], None, tiny_bundle[0], 1)(image),
+                                   reference, atol=5e-2)
+    else:
+        with pytest.raises(Unavailable, match="no native BF16"):
+            make_runner(BY_NAME["openvino-bf16"], None, tiny_bundle[0], 1)
+
+
+def test_bf16_autocast_peer_is_skipped_without_native_bf16(tiny_checkpoint, monkeypatch):
+    from benchmarks import runners
+
+    monkeypatch.setattr(runners, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(runners.Unavailable, match="none of avx512_bf16, amx_bf16: bf16 autocast"):
+        runners.make_runner(BY_NAME["torch-compile-bf16"], tiny_checkpoint, None, 1)

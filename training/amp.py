@@ -5,28 +5,11 @@ step of the ``small`` preset took 0.45 s against 1.14 s in FP32 (AMD EPYC, batch
 4 x 256²). Without them PyTorch emulates bf16 and is slower than FP32, so the trainer
 falls back to FP32 (Intel Cascade Lake, AMD Zen 3).
 """
-from pathlib import Path
-
 import torch
 
-#: /proc/cpuinfo flags of native bf16 arithmetic.
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+from common.cpu import BF16_CPU_FLAGS, cpu_flags, cpu_has_bf16
 
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set:
-    """The first processor's flags from ``cpuinfo`` (Linux); empty where unreadable."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
-
-
-def cpu_has_bf16(flags: set) -> bool:
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
+__all__ = ["BF16_CPU_FLAGS", "cpu_flags", "cpu_has_bf16", "describe", "use_bf16"]
 
 
 def use_bf16(device: torch.device, amp: bool, flags: set) -> bool:
