@@ -3,13 +3,13 @@
 ``export.triton`` copies this file to ``<repo>/deblur/1/model.py``, with the
 ``runtime`` and ``common`` packages and the model bundle beside it, so the model
 runs the project's runtime with its exact tiling on whatever backend the bundle
-and the machine allow (ONNX Runtime, TensorRT engines). Only Triton imports it.
+and the machine allow (OpenVINO, ONNX Runtime, TensorRT engines). Only Triton imports it.
 
 One request is one image (``max_batch_size: 0``), of any size:
 
     inputs   exactly one of image_uint8 / image_uint16 / image_float32  (H, W, 3) RGB
              defocus_scale (1,) float32, optional (default 1.0)
-             defocus_map (H, W) float32, optional (blur-disc radius px / 10)
+             defocus_map (H, W) float32, optional, in the bundle's map units
     outputs  deblurred_<dtype> (H, W, 3) in the input's dtype
              defocus_map_used (H, W) float32
 
@@ -62,8 +62,8 @@ def _quiet_dlpack_hook(default):
     """``sys.unraisablehook`` that drops one harmless message per output tensor.
 
     The stub renames the DLPack capsule it consumes to a name NumPy's capsule
-    destructor does not know; the destructor then reports this ValueError and, rightly,
-    leaves the tensor to the stub, which frees it.
+    destructor does not know; the destructor then reports this ValueError and leaves
+    the tensor to the stub (the load test's server RSS stays flat over requests).
     """
     def hook(unraisable):
         if not (isinstance(unraisable.exc_value, ValueError) and unraisable.object is None
