@@ -223,6 +223,16 @@ def test_tiny_run_writes_checkpoints_logs_and_best(tiny_config, tmp_path):
     assert all(np.isfinite(float(r["total"])) and float(r["l_df"]) > 0 for r in log)
     assert [bool(r["l_dme"]) for r in log] == [True, True, False]
     assert [bool(r["l_wd"]) for r in log] == [False, False, True]
+    # A rerun of a finished run says so, and how to start a new one, and trains nothing.
+    again = _train(tiny_config, out)
+    stdout, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr[-2000:]
+    assert stdout.splitlines()[-1] == (f"{out}: this run is already complete (10 of 10 steps; best "
+                                       f"checkpoint in {out / 'best'}). To train again, remove {out} "
+                                       f"or give another --out.")
+    assert "train:" not in stderr  # no progress bar
+    assert len(list((out / "checkpoints").glob("step_*"))) == 2
+    assert len(list(csv.DictReader(open(out / "log.csv")))) == 3
 
 
 def test_resume_after_sigkill_reaches_the_same_weights(tiny_config, tmp_path):

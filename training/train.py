@@ -50,6 +50,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, out: Path, device: torch.device,
                  init: Optional[Path] = None):
         self.config = config
+        self.out = Path(out)
         self.device = device
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -190,6 +191,12 @@ class Trainer:
 
     def run(self) -> None:
         tc = self.config.train
+        if self.resumed and self.step >= self.config.total_steps:
+            if self.files is not None:
+                tqdm.write(f"{self.out}: this run is already complete ({self.step} of "
+                           f"{self.config.total_steps} steps; best checkpoint in {self.out / 'best'}). "
+                           f"To train again, remove {self.out} or give another --out.")
+            return
         val_set = load_validation_set(self.config.data) if self.files else None
         if self.files and self.from_init:
             # The starting weights set the bar: best/ never falls below them.
