@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 demo: $(RUNTIME_STAMP)
-	$(PY) -m runtime.infer samples/ --output-dir out/demo --save-defocus-map --save-comparison
+	$(PY) -m runtime.infer samples/*.png --output-dir out/demo --save-defocus-map --save-comparison
 
 # The photo corpus from Debian's wallpaper packages (apt-get download + dpkg -x, nothing
 # installed), curated into data/corpus/{train,holdout}; resumable. Report: data/corpus/report.md.
