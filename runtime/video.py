@@ -36,7 +36,8 @@ from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from common.atomic import atomic_write
 from runtime import validate
-from runtime.cli_common import add_model_options, build_deblurrer, fail, setup_logging
+from runtime.cli_common import (add_model_options, as_interrupted, build_deblurrer, fail, interruptible,
+                                setup_logging)
 from runtime.deblurrer import Deblurrer
 from runtime.errors import DeblurError
 from runtime.stream import PIX_FMTS, run_stream
@@ -301,8 +302,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DeblurError as err:
         fail(str(err))
     try:
-        frames = deblur_video(deblurrer, args.input, args.output, info, args.codec,
-                              None if args.crf < 0 else args.crf, args.defocus_scale, args.quiet)
+        with interruptible():
+            frames = deblur_video(deblurrer, args.input, args.output, info, args.codec,
+                                  None if args.crf < 0 else args.crf, args.defocus_scale, args.quiet)
+    except KeyboardInterrupt as err:
+        stop = as_interrupted(err)
+        print(f"error: interrupted by {stop.name} after {stop.done} frames; {args.output} is not "
+              "written", file=sys.stderr)
+        return stop.exit_code
     except DeblurError as err:
         fail(str(err), code=1)
     except MemoryError:

@@ -1,6 +1,8 @@
 """``python -m runtime.video``: frame rate, audio, bit depth, rotation and frames kept end to end."""
 import json
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -117,3 +119,25 @@ def test_not_a_video_is_one_line(tiny_bundle, tmp_path, capsys):
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {src}: not a readable video")
     assert not (tmp_path / "o.mp4").exists()
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_ends_a_video_with_one_line(tiny_bundle, tmp_path, capsys, monkeypatch, signum):
+    src = _clip(tmp_path / "in.mp4", "yuv420p")
+    run, calls = Deblurrer.run, []
+
+    def run_then_signal(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signum)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Deblurrer, "run", run_then_signal)
+    assert _run([src, tmp_path / "out.mp4"], tiny_bundle[0]) == 128 + signum
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: interrupted by {signal.Signals(signum).name} after 2 frames; {tmp_path / 'out.mp4'} "
+        "is not written"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]  # no output, no temporary file
