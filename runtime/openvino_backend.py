@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import openvino as ov  # type: ignore[import-untyped, unused-ignore]
 
+from runtime import validate
 from runtime.backend import Backend
 from runtime.bundle import Bundle
 from runtime.device_arrays import is_device_array
@@ -77,9 +78,8 @@ class OpenVinoBackend(Backend):
         self.core = core
         self.config: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
                                        "PERFORMANCE_HINT": "LATENCY"}
+        validate.check_threads(threads)
         if threads is not None:
-            if threads < 1:
-                raise BackendError(f"--threads must be >= 1, got {threads}")
             self.config["INFERENCE_NUM_THREADS"] = threads
         self.models = {name: self._read(name) for name in bundle.graphs}
         self.outputs = {name: [o.get_any_name() for o in model.outputs]

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
 
+from runtime import validate
 from runtime.backend import Backend
 from runtime.bundle import Bundle
 from runtime.device_arrays import cupy_module, is_device_array, to_cupy
@@ -66,9 +67,8 @@ class OrtBackend(Backend):
         # Tiles of varying shapes make the CPU arena keep the largest of every
         # buffer: without it, peak RSS per megapixel halves at the same speed.
         options.enable_cpu_mem_arena = False
+        validate.check_threads(threads)
         if threads is not None:
-            if threads < 1:
-                raise BackendError(f"--threads must be >= 1, got {threads}")
             options.intra_op_num_threads = threads
         # Providers this onnxruntime build lacks are not asked for: ONNX Runtime would warn
         # about each (a UserWarning and C++ log lines) before the one warning below.

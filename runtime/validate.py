@@ -12,7 +12,7 @@ Rules (also in ``runtime/README.md``, *Validation*):
 - a user map must be finite and >= 0; a map as used (times the scale) above
   ``MAP_LIMIT_FACTOR`` times the model's trained range is refused, above the trained
   range it runs with a warning;
-- tile >= 1 px, overlap >= 0 px, tile batch >= 1 (0 is not "default": None is);
+- tile >= 1 px, overlap >= 0 px, tile batch >= 1, threads >= 1 (0 is not "default": None is);
 - bundle fields: size_multiple an integer in [1, 256], map_radius_scale_px finite > 0,
   receptive fields integers >= 0, map_max (optional) finite > 0.
 """
@@ -128,6 +128,12 @@ def check_tiling(tile: Optional[int], overlap: Optional[int], tile_batch: Option
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
                                   or value < low):
             raise BackendError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def check_threads(threads: Optional[int]) -> None:
+    """Refuse a thread count below 1 (None: the backend's default, all cores)."""
+    if threads is not None and threads < 1:
+        raise BackendError(f"--threads must be >= 1, got {threads}")
 
 
 def check_bundle_fields(size_multiple: int, radius_scale_px: float, receptive_field: Mapping[str, int],

@@ -76,7 +76,8 @@ def test_output_onto_the_input_is_refused(tiny_bundle, tmp_path, capsys, no_mode
     original = _image(src)
     assert _infer(tiny_bundle[0], src, "-o", src) == 2
     (line,), _ = _errors(capsys)
-    assert line == f"error: {src} is an input: refusing to overwrite it (name another output, or use --output-dir)"
+    assert line == (f"error: {src} is an input: refusing to overwrite it (name another output, or use "
+                    "--output-dir)")
     assert src.read_bytes() == original and _files(tmp_path) == ["photo.jpg"]
 
 

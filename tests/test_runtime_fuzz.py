@@ -8,8 +8,8 @@ flips get theirs fixed, so libpng reads on into zlib and the filters).
 One ``runtime.infer`` batch in a subprocess (a decoder crash cannot take pytest with it)
 must give, for every file, a sane output (decodes, the input's size and sample type,
 finite) or exactly one ``error:`` line naming it: no traceback, no hang, no crash, no
-leftover file. ``DEFOCUS_FUZZ_FILES=N`` runs N files instead of CI's short run; the
-counts are printed (``pytest -s``).
+leftover file. ``DEFOCUS_FUZZ_FILES=N`` runs N files instead of CI's short run,
+``DEFOCUS_FUZZ_SEED=S`` another seed (default 0); the counts are printed (``pytest -s``).
 """
 import collections
 import os
@@ -62,7 +62,8 @@ def _fix_png_crcs(data: bytearray) -> None:
         length = struct.unpack(">I", data[at:at + 4])[0]
         if at + 12 + length > len(data):
             return
-        data[at + 8 + length:at + 12 + length] = struct.pack(">I", zlib.crc32(bytes(data[at + 4:at + 8 + length])))
+        crc = zlib.crc32(bytes(data[at + 4:at + 8 + length]))
+        data[at + 8 + length:at + 12 + length] = struct.pack(">I", crc)
         at += 12 + length
 
 
@@ -86,7 +87,8 @@ def _jpeg_header(data: bytearray, rng: np.random.Generator) -> str:
     while i + 9 < len(data) and data[i] == 0xFF:
         if 0xC0 <= data[i + 1] <= 0xC2:
             field = str(rng.choice(["precision", "height", "width", "components"]))
-            offset, size = {"precision": (4, 1), "height": (5, 2), "width": (7, 2), "components": (9, 1)}[field]
+            offset, size = {"precision": (4, 1), "height": (5, 2), "width": (7, 2),
+                            "components": (9, 1)}[field]
             value = int(rng.choice(_NUMBERS)) % (256 ** size)
             data[i + offset:i + offset + size] = value.to_bytes(size, "big")
             return f"JPEG {field} = {value}"
@@ -150,9 +152,10 @@ def _sane(src: Path, out: Path) -> bool:
 
 def test_mutated_files_give_a_sane_output_or_one_error_line(tiny_bundle, tmp_path):
     count = int(os.environ.get("DEFOCUS_FUZZ_FILES", CI_FILES))
+    seed = int(os.environ.get("DEFOCUS_FUZZ_SEED", 0))
     folder, out = tmp_path / "fuzz", tmp_path / "out"
     folder.mkdir()
-    made = mutated_files(folder, count)
+    made = mutated_files(folder, count, seed)
     result = subprocess.run(
         [sys.executable, "-m", "runtime.infer", str(folder), "--output-dir", str(out), "--model",
          str(tiny_bundle[0]), "--device", "cpu", "--threads", "1", "-q"],
@@ -174,7 +177,7 @@ def test_mutated_files_give_a_sane_output_or_one_error_line(tiny_bundle, tmp_pat
             counts["anything else"] += 1
             badly.append(f"{name} ({how}): {refused} error lines, output {wrote}")
     leftovers = sorted(p.name for p in out.glob(".*")) if out.exists() else []
-    print(f"\nfuzz: {count} files, {counts['clean refusals']} clean refusals, "
+    print(f"\nfuzz (seed {seed}): {count} files, {counts['clean refusals']} clean refusals, "
           f"{counts['sane outputs']} sane outputs, {counts['anything else']} anything else; "
           f"exit {result.returncode}")
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
