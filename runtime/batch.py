@@ -43,11 +43,15 @@ def is_own_output(path: Path) -> bool:
     return path.stem.endswith(OWN_SUFFIXES)
 
 
+def _names(paths: Sequence[Path], shown: int = 5) -> str:
+    return ", ".join(p.name for p in paths[:shown]) + (", ..." if len(paths) > shown else "")
+
+
 def collect_inputs(paths: Sequence[str]) -> List[Path]:
     """Files as given and the images inside given folders (sorted, not recursive).
 
-    In folders, earlier outputs of this project are skipped and other file types are
-    reported (logged). Missing paths are kept: reading them reports the error.
+    In folders, earlier outputs of this project are skipped, and other file types and
+    entries that are not regular files are reported (logged). Missing paths are kept: reading them reports the error.
     """
     found: List[Path] = []
     for name in paths:
@@ -55,7 +59,13 @@ def collect_inputs(paths: Sequence[str]) -> List[Path]:
         if not path.is_dir():
             found.append(path)
             continue
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        entries = sorted(p for p in path.iterdir() if not p.name.startswith(".") and not p.is_dir())
+        files = [p for p in entries if p.is_file()]
+        special = [p for p in entries if not p.is_file()]
+        if special:
+            log.warning("%s: skipped %d entr%s that %s not regular files (FIFO, device, socket or broken "
+                        "link): %s", path, len(special), "y" if len(special) == 1 else "ies",
+                        "is" if len(special) == 1 else "are", _names(special))
         images = [p for p in files if p.suffix.lower() in EXTENSIONS]
         own = [p for p in images if is_own_output(p)]
         others = [p for p in files if p.suffix.lower() not in EXTENSIONS]
@@ -66,8 +76,7 @@ def collect_inputs(paths: Sequence[str]) -> List[Path]:
             kinds = sorted({p.suffix.lower() or "no extension" for p in others})
             log.warning("%s: skipped %d file%s of other types (%s): %s; this tool reads %s", path,
                         len(others), "" if len(others) == 1 else "s", ", ".join(kinds),
-                        ", ".join(p.name for p in others[:5]) + (", ..." if len(others) > 5 else ""),
-                        ", ".join(EXTENSIONS))
+                        _names(others), ", ".join(EXTENSIONS))
         found.extend(p for p in images if p not in own)
     return found
 

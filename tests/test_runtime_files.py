@@ -127,9 +127,14 @@ def test_other_file_types_in_a_folder_are_reported(tiny_bundle, tmp_path, caplog
     _image(folder / "a.png")
     Image = pytest.importorskip("PIL.Image")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "anim.gif")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
     assert _infer(tiny_bundle[0], folder, "-q") == 0
-    assert (f"{folder}: skipped 1 file of other types (.gif): anim.gif; this tool reads "
-            ".png, .jpg, .jpeg, .tif, .tiff, .webp") in _warnings(caplog)
+    assert _warnings(caplog) == [
+        f"{folder}: skipped 2 entries that are not regular files (FIFO, device, socket or broken link): "
+        "gone.png, pipe.png",
+        f"{folder}: skipped 1 file of other types (.gif): anim.gif; this tool reads .png, .jpg, .jpeg, "
+        ".tif, .tiff, .webp"]
 
 
 def test_alpha_into_jpeg_warns(tiny_bundle, tmp_path, caplog):
