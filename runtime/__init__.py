@@ -23,7 +23,8 @@ overlap=None, tile_batch=None, threads=None, cuda_graphs=False, self_ensemble=1)
 defocus_scale=1.0, defocus_map=None) -> (deblurred, defocus_map)``: the output has the
 input's dtype (float32 clipped to [0, 1]); the map is (H, W) float32 as used (averaged
 over the self-ensemble).
-Errors are ``runtime.errors.DeblurError`` subclasses with one-line messages.
+Errors are ``runtime.errors.DeblurError`` subclasses with one-line messages; the input rules
+(samples, maps, scales, tiling, bundle fields) are those of ``runtime.validate``.
 
 Command lines: ``python -m runtime.infer`` (files) and ``python -m runtime.stream``
 (raw frames on stdin / stdout); see ``runtime/README.md``.

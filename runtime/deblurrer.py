@@ -104,9 +104,10 @@ class Deblurrer:
         """Deblur one image.
 
         Args:
-            image: (H, W, 3) RGB, uint8, uint16 or float32 in [0, 1]; a NumPy array, or a
-                GPU array (CuPy, torch CUDA tensor: anything with ``__cuda_array_interface__``
-                or CUDA DLPack) for the GPU backends.
+            image: (H, W, 3) RGB, uint8, uint16 or float32 in [0, 1] (finite; samples at most
+                0.01 outside are clipped, further out refused); a NumPy array, or a GPU array
+                (CuPy, torch CUDA tensor: anything with ``__cuda_array_interface__`` or CUDA
+                DLPack) for the GPU backends.
             defocus_scale: Multiplies the defocus map (deblurring strength), in [0, 10].
                 Default: 1.0.
             defocus_map: (H, W) float32 map to use instead of the estimate, in the
