@@ -1,5 +1,6 @@
 """Datasets, sources and the validation set (training/data/datasets.py, sources.py, validation.py)."""
 import logging
+import signal
 
 import cv2
 import numpy as np
@@ -86,7 +87,14 @@ class TestSynthetic:
         # and its background threads make fork-started workers hang.
         loader = DataLoader(ds, batch_size=2, num_workers=2, worker_init_fn=worker_init_fn,
                             multiprocessing_context="spawn")
-        batches = list(loader)
+        # The loader leaves torch's SIGCHLD handler installed in this process; with OpenVINO
+        # loaded (benchmark and runtime tests), a later subprocess's exit then crashed pytest
+        # with SIGSEGV. Restore the handler this process had.
+        previous = signal.getsignal(signal.SIGCHLD)
+        try:
+            batches = list(loader)
+        finally:
+            signal.signal(signal.SIGCHLD, previous)
         assert batches[0]["blurry"].shape == (2, 3, 32, 32) and batches[0]["has_map"].shape == (2,)
         assert torch.equal(batches[1]["blurry"][1], ds[3]["blurry"])
 
