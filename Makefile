@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 CKPT ?= models/default
 CONFIG ?= configs/small.toml
 
-.PHONY: install test typecheck lint demo data train train-continue train-tiny train-gpu export engine verify-engine bench bench-gpu serve clean
+.PHONY: install test typecheck lint cpp demo data train train-continue train-tiny train-gpu export engine verify-engine bench bench-gpu serve clean
 
 # Two install levels: the runtime alone (numpy, OpenCV, onnxruntime, OpenVINO, tqdm: what `make
 # demo` needs) and everything (training, export, tests), which `make test` adds on top.
@@ -44,6 +44,11 @@ typecheck: $(STAMP)
 # Ruff: pycodestyle, pyflakes and import order, one line length (pyproject.toml [tool.ruff]).
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+# The C++ runtime (cpp/README.md): fetches its headers from Debian into build/deps,
+# builds libdeblur.so and deblur_cpp into build/cpp. tests/test_cpp.py runs the same.
+cpp: $(RUNTIME_STAMP)
+	bash cpp/build.sh build/cpp $(PY)
 
 demo: $(RUNTIME_STAMP)
 	$(PY) -m runtime.infer samples/*.png --output-dir out/demo --save-defocus-map --save-comparison

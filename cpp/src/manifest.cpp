@@ -1,6 +1,7 @@
 #include "manifest.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -122,13 +123,18 @@ Manifest load_manifest(const std::string& path_text) {
     m.size_multiple = m.raw.at("size_multiple").get<int>();
     m.map_radius_scale_px = m.raw.at("map_radius_scale_px").get<double>();
     m.map_units = m.raw.value("map_units", "");
+    m.map_max = m.raw.value("map_max", 1.0);
     for (const auto& [key, value] : m.raw.at("receptive_field").items()) m.receptive_field[key] = value.get<int>();
   } catch (const std::exception& err) {
     fail(manifest_path.string() + ": missing or bad key (" + err.what() + ")");
   }
   for (const char* graph : {"estimate", "restore"})
     if (!m.receptive_field.count(graph)) fail(manifest_path.string() + ": receptive_field lacks '" + graph + "'");
-  if (m.size_multiple < 1) fail(manifest_path.string() + ": size_multiple must be >= 1");
+  // runtime.validate.check_bundle_fields
+  if (m.size_multiple < 1 || m.size_multiple > 256)
+    fail(manifest_path.string() + ": size_multiple " + std::to_string(m.size_multiple) + " must be in [1, 256]");
+  for (const auto& [key, value] : {std::pair{"map_radius_scale_px", m.map_radius_scale_px}, {"map_max", m.map_max}})
+    if (!std::isfinite(value) || value <= 0) fail(manifest_path.string() + ": " + key + " must be finite and > 0");
   for (const auto& [key, value] : m.receptive_field)
     if (value < 0) fail(manifest_path.string() + ": receptive_field '" + key + "' must be >= 0");
   return m;

@@ -43,6 +43,7 @@ struct Manifest {
   std::string root;  // the bundle folder
   int size_multiple = 1;
   double map_radius_scale_px = 0;
+  double map_max = 1.0;  // the trained map range [0, map_max] (optional key; runtime.validate's default)
   std::string map_units;
   std::map<std::string, int> receptive_field;  // estimate, restore (, total)
   std::map<std::string, GraphSpec> graphs;

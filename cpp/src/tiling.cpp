@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
+#include <limits>
 #include <map>
 
 #include "errors.hpp"
@@ -53,9 +55,52 @@ const char* output_of(const std::string& graph) {
   return graph == "estimate" ? "defocus_map" : graph == "condition" ? "cond_mean" : "deblurred";
 }
 
-void check_finite(const float* data, size_t count, const char* what) {
-  for (size_t i = 0; i < count; ++i)
-    if (!std::isfinite(data[i])) bad_argument(std::string(what) + " has non-finite values (NaN or Inf)");
+// Input rules of runtime/validate.py, mirrored (same limits, same wording where it fits).
+constexpr float kFloatSlack = 0.01f;       // FLOAT_SLACK: float samples this far outside [0, 1] are clipped
+constexpr float kMaxDefocusScale = 10.0f;  // MAX_DEFOCUS_SCALE
+constexpr double kMapLimitFactor = 10.0;   // MAP_LIMIT_FACTOR: times the trained map range
+
+std::string number(double v) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.4g", v);
+  return text;
+}
+
+// (min, max) of finite samples; refuses NaN / Inf.
+std::pair<float, float> finite_range(const float* data, size_t count, const std::string& what) {
+  float low = std::numeric_limits<float>::infinity(), high = -low;
+  size_t bad = 0;
+  for (size_t i = 0; i < count; ++i) {
+    if (!std::isfinite(data[i])) {
+      ++bad;
+      continue;
+    }
+    low = std::min(low, data[i]);
+    high = std::max(high, data[i]);
+  }
+  if (bad) bad_argument(what + " has " + std::to_string(bad) + " non-finite values (NaN or Inf)");
+  return {low, high};
+}
+
+void check_inputs(const ImageRef& input, float scale, const float* map, double map_max) {
+  if (!std::isfinite(scale) || scale < 0 || scale > kMaxDefocusScale)
+    bad_argument("defocus scale must be in [0, " + number(kMaxDefocusScale) + "], got " + number(scale));
+  const size_t pixels = static_cast<size_t>(input.height) * input.width;
+  if (input.type == SampleType::kFloat32) {
+    const auto [low, high] = finite_range(static_cast<const float*>(input.data), pixels * 3, "image");
+    if (low < -kFloatSlack || high > 1.0f + kFloatSlack)
+      bad_argument("image has float32 samples in [" + number(low) + ", " + number(high) + "]; expected [0, 1]");
+  }
+  if (map == nullptr) return;
+  const auto [low, high] = finite_range(map, pixels, "defocus map");
+  if (low < 0)
+    bad_argument("defocus map has negative values (range [" + number(low) + ", " + number(high) +
+                 "]); map units are blur radii >= 0");
+  const double limit = kMapLimitFactor * map_max;
+  if (static_cast<double>(high) * scale > limit)
+    bad_argument("defocus map reaches " + number(static_cast<double>(high) * scale) + " map units as used (scale " +
+                 number(scale) + "), over " + number(limit) + ": " + number(kMapLimitFactor) +
+                 " times the model's trained range of " + number(map_max));
 }
 
 }  // namespace
@@ -335,11 +380,7 @@ void Pipeline::run(const ImageRef& input, float defocus_scale, const float* map,
   if (output.height != h || output.width != w)
     bad_argument("output is " + std::to_string(output.height) + " x " + std::to_string(output.width) +
                  ", the image is " + std::to_string(h) + " x " + std::to_string(w) + ": they must match");
-  if (!std::isfinite(defocus_scale) || defocus_scale < 0)
-    bad_argument("defocus scale must be a finite number >= 0, got " + std::to_string(defocus_scale));
-  const size_t pixels = static_cast<size_t>(h) * w;
-  if (input.type == SampleType::kFloat32) check_finite(static_cast<const float*>(input.data), pixels * 3, "image");
-  if (map != nullptr) check_finite(map, pixels, "defocus map");
+  check_inputs(input, defocus_scale, map, manifest_.map_max);
 
   const auto [ph, pw] = padded_size(h, w);
   const bool reflect = ph - h < h && pw - w < w;  // runtime.tiling.pad_to
@@ -353,7 +394,7 @@ void Pipeline::run(const ImageRef& input, float defocus_scale, const float* map,
       for (int c = 0; c < 3; ++c)
         image[c * plane + dst] = input.type == SampleType::kUint8
                                      ? static_cast<float>(static_cast<const uint8_t*>(input.data)[src + c]) * u8_scale
-                                     : static_cast<const float*>(input.data)[src + c];
+                                     : std::min(std::max(static_cast<const float*>(input.data)[src + c], 0.0f), 1.0f);
     }
 
   const TileGrid est = grid(kEstimate, ph, pw), res = grid(kRestore, ph, pw);
@@ -376,7 +417,7 @@ void Pipeline::run(const ImageRef& input, float defocus_scale, const float* map,
     for (int x = 0; x < w; ++x)
       for (int c = 0; c < 3; ++c) {
         const float v = restored[c * plane + static_cast<size_t>(y) * pw + x];
-        if (!std::isfinite(v)) throw Error(DEBLUR_ERROR_BACKEND, "the restore graph returned non-finite values");
+        if (!std::isfinite(v)) throw Error(DEBLUR_ERROR_BACKEND, "the model produced non-finite output samples (NaN or Inf)");
         const float clipped = std::min(std::max(v, 0.0f), 1.0f);
         const size_t at = (static_cast<size_t>(y) * w + x) * 3 + c;
         if (output.type == SampleType::kUint8)  // as _to_image: clip, * 255 + 0.5, truncate
