@@ -17,8 +17,8 @@ class BackendSpec:
         device: ``cpu`` or ``cuda``.
         precision: ``fp32``, ``fp16`` or ``bf16`` (of the arithmetic); ``best``: the runtime's
             own choice on this machine, which the worker reports.
-        family: ``torch`` (needs the checkpoint), ``onnx``, ``openvino`` or ``runtime``
-            (need the bundle).
+        family: ``torch`` (needs the checkpoint), ``onnx``, ``openvino``, ``runtime`` or ``cpp``
+            (the C++ runtime's C API, ``make cpp``) (need the bundle).
         tiled: Runs the runtime's tiles (its memory does not grow with the activations
             of the whole image).
         large: Also measured at sizes above ``LARGE_MPIX`` (tiled paths, their
@@ -67,6 +67,8 @@ SPECS: List[BackendSpec] = [
                 "runtime", tiled=True, self_ensemble=2),
     BackendSpec("runtime-x8", "runtime Deblurrer, self-ensemble of 8 passes (tiled 1024)", "cpu", "best",
                 "runtime", tiled=True, self_ensemble=8),
+    BackendSpec("cpp-ort", "C++ runtime through its C API (ORT CPU, tiled 1024)", "cpu", "fp32", "cpp",
+                tiled=True),
     BackendSpec("torch-cuda-fp32", "PyTorch CUDA FP32 (TF32 off)", "cuda", "fp32", "torch",
                 large=True, baseline=True),
     BackendSpec("torch-cuda-fp16", "PyTorch CUDA FP16 autocast (channels_last)", "cuda", "fp16", "torch",

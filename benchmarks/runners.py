@@ -278,6 +278,33 @@ class RuntimeRunner(Runner):
         return self._sample() if self.spec.device == "cuda" else None
 
 
+class CppRunner(Runner):
+    """The C++ runtime (``cpp/``) through its C API, tiled like the default runtime path.
+
+    Args:
+        bundle: Bundle folder.
+        threads: ONNX Runtime intra-op threads.
+    """
+
+    def __init__(self, bundle: Path, threads: int):
+        from cpp.capi import LIBRARY, OK, CApi
+
+        if not LIBRARY.is_file():
+            raise Unavailable(f"{LIBRARY} is not built (run `make cpp`)")
+        self.api = CApi(LIBRARY)
+        status, self.handle = self.api.create(bundle, tile=DEFAULT_TILE, threads=threads)
+        if status != OK:
+            raise Unavailable(f"the C API refused the bundle: {self.api.error()}")
+        self.ok = OK
+        self.description = self.api.describe(self.handle)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        status, out, _ = self.api.run(self.handle, image)
+        if status != self.ok:
+            raise RuntimeError(self.api.error())
+        return out
+
+
 def precheck(spec: BackendSpec) -> Optional[str]:
     """Why a bundle backend surely cannot run here (no CUDA provider, no TensorRT), else None.
 
@@ -324,4 +351,6 @@ def make_runner(spec: BackendSpec, checkpoint: Optional[Path], bundle: Optional[
         return OrtRunner(spec, bundle, threads)
     if spec.family == "openvino":
         return OpenVinoRunner(spec, bundle, threads)
+    if spec.family == "cpp":
+        return CppRunner(bundle, threads)
     return RuntimeRunner(spec, bundle, threads)

@@ -14,14 +14,13 @@ import cv2
 import numpy as np
 import pytest
 
+from cpp.capi import ERROR_ARGUMENT, ERROR_BACKEND, ERROR_BUNDLE, OK, CApi, image_of
 from runtime import Deblurrer
 from test_runtime_fixtures import concat_bundle, tiny_bundle  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "models" / "default"
 FETCH_FAILED = 3  # cpp/build.sh's exit status when the dependencies cannot be fetched
-OK, ERROR_ARGUMENT, ERROR_BUNDLE, ERROR_BACKEND = 0, 1, 2, 3
-UINT8, FLOAT32 = 0, 1
 
 
 def build(folder: str, *cmake_args: str) -> Path:
@@ -36,68 +35,6 @@ def build(folder: str, *cmake_args: str) -> Path:
         pytest.skip(reason)
     assert proc.returncode == 0, f"C++ build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return out
-
-
-class Options(ctypes.Structure):
-    _fields_ = [("tile", ctypes.c_int32), ("overlap", ctypes.c_int32), ("tile_batch", ctypes.c_int32),
-                ("threads", ctypes.c_int32), ("precision", ctypes.c_char_p),
-                ("progress", ctypes.c_void_p), ("progress_user", ctypes.c_void_p)]
-
-
-class Info(ctypes.Structure):
-    _fields_ = [("size_multiple", ctypes.c_int32), ("tile", ctypes.c_int32), ("estimate_tile", ctypes.c_int32),
-                ("overlap", ctypes.c_int32), ("estimate_overlap", ctypes.c_int32),
-                ("uses_pooling", ctypes.c_int32), ("map_radius_scale_px", ctypes.c_double)]
-
-
-class Image(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("size_bytes", ctypes.c_size_t), ("height", ctypes.c_int32),
-                ("width", ctypes.c_int32), ("dtype", ctypes.c_int32)]
-
-
-def image_of(array: np.ndarray) -> Image:
-    dtype = {np.dtype(np.uint8): UINT8, np.dtype(np.float32): FLOAT32}[array.dtype]
-    return Image(array.ctypes.data, array.nbytes, array.shape[0], array.shape[1], dtype)
-
-
-class CApi:
-    """ctypes view of cpp/include/deblur.h."""
-
-    def __init__(self, path: Path):
-        lib = ctypes.CDLL(str(path))
-        lib.deblur_default_options.argtypes = [ctypes.POINTER(Options)]
-        lib.deblur_create.argtypes = [ctypes.c_char_p, ctypes.POINTER(Options), ctypes.POINTER(ctypes.c_void_p)]
-        lib.deblur_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(Image), ctypes.c_float, ctypes.c_void_p,
-                                   ctypes.c_size_t, ctypes.POINTER(Image), ctypes.c_void_p, ctypes.c_size_t]
-        lib.deblur_get_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(Info)]
-        lib.deblur_describe.argtypes = [ctypes.c_void_p]
-        lib.deblur_describe.restype = ctypes.c_char_p
-        lib.deblur_last_error.restype = ctypes.c_char_p
-        lib.deblur_destroy.argtypes = [ctypes.c_void_p]
-        self.lib = lib
-
-    def error(self) -> str:
-        return self.lib.deblur_last_error().decode()
-
-    def create(self, bundle, **options):
-        """(status, handle or None)."""
-        opts = Options()
-        self.lib.deblur_default_options(ctypes.byref(opts))
-        for key, value in options.items():
-            setattr(opts, key, value)
-        handle = ctypes.c_void_p()
-        status = self.lib.deblur_create(str(bundle).encode(), ctypes.byref(opts), ctypes.byref(handle))
-        return status, handle if status == OK else None
-
-    def run(self, handle, image: np.ndarray, scale=1.0, dmap=None, out=None, map_out=None):
-        """(status, deblurred, map); buffers may be passed to test their checks."""
-        out = np.empty(image.shape, image.dtype) if out is None else out
-        map_out = np.empty(image.shape[:2], np.float32) if map_out is None else map_out
-        status = self.lib.deblur_run(handle, ctypes.byref(image_of(image)), scale,
-                                     None if dmap is None else dmap.ctypes.data,
-                                     0 if dmap is None else dmap.nbytes, ctypes.byref(image_of(out)),
-                                     map_out.ctypes.data, map_out.nbytes)
-        return status, out, map_out
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +61,7 @@ def handles(capi):
 
     yield get
     for handle in made.values():
-        capi.lib.deblur_destroy(handle)
+        capi.destroy(handle)
 
 
 def wide_image(path: Path) -> np.ndarray:
@@ -177,8 +114,7 @@ def test_c_api_matches_deblurrer(capi, handles, bundle, tmp_path):
     image = wide_image(tmp_path / "wide.png")
     deblurrer = Deblurrer(bundle, backend="onnxruntime", tile=tile, threads=1)
     handle = handles(bundle, tile)
-    info = Info()
-    assert capi.lib.deblur_get_info(handle, ctypes.byref(info)) == OK
+    info = capi.info(handle)
     assert (info.tile, info.estimate_tile) == (deblurrer.tile, deblurrer.estimate_tile)
     assert info.size_multiple == deblurrer.bundle.size_multiple
     assert info.map_radius_scale_px == deblurrer.bundle.map_radius_scale_px
@@ -334,3 +270,15 @@ def test_asan_tiling(tmp_path):
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and "AddressSanitizer" not in proc.stderr, proc.stderr[-4000:]
     assert cv2.imread(str(tmp_path / "out.png")).shape == (397, 599, 3)
+
+
+def test_benchmark_runner(cpp_build):
+    """The cpp-ort benchmark row runs the C API on the default tiled path."""
+    from benchmarks.backends import BY_NAME
+    from benchmarks.runners import DEFAULT_TILE, make_runner
+
+    runner = make_runner(BY_NAME["cpp-ort"], None, DEFAULT, 1)
+    image = np.random.default_rng(2).uniform(0, 1, (70, 90, 3)).astype(np.float32)
+    want, _ = Deblurrer(DEFAULT, backend="onnxruntime", tile=DEFAULT_TILE, threads=1).run(image)
+    np.testing.assert_array_equal(runner(image), want)
+    assert f"tile {DEFAULT_TILE}" in runner.description
