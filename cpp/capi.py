@@ -26,9 +26,10 @@ class Options(ctypes.Structure):
 
 
 class Info(ctypes.Structure):
-    _fields_ = [("size_multiple", ctypes.c_int32), ("tile", ctypes.c_int32), ("estimate_tile", ctypes.c_int32),
-                ("overlap", ctypes.c_int32), ("estimate_overlap", ctypes.c_int32),
-                ("uses_pooling", ctypes.c_int32), ("map_radius_scale_px", ctypes.c_double)]
+    _fields_ = [("size_multiple", ctypes.c_int32), ("tile", ctypes.c_int32),
+                ("estimate_tile", ctypes.c_int32), ("overlap", ctypes.c_int32),
+                ("estimate_overlap", ctypes.c_int32), ("uses_pooling", ctypes.c_int32),
+                ("map_radius_scale_px", ctypes.c_double)]
 
 
 class Image(ctypes.Structure):
@@ -52,7 +53,8 @@ class CApi:
     def __init__(self, path: Path = LIBRARY):
         lib = ctypes.CDLL(str(path))
         lib.deblur_default_options.argtypes = [ctypes.POINTER(Options)]
-        lib.deblur_create.argtypes = [ctypes.c_char_p, ctypes.POINTER(Options), ctypes.POINTER(ctypes.c_void_p)]
+        lib.deblur_create.argtypes = [ctypes.c_char_p, ctypes.POINTER(Options),
+                                      ctypes.POINTER(ctypes.c_void_p)]
         lib.deblur_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(Image), ctypes.c_float, ctypes.c_void_p,
                                    ctypes.c_size_t, ctypes.POINTER(Image), ctypes.c_void_p, ctypes.c_size_t]
         lib.deblur_get_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(Info)]

@@ -28,11 +28,11 @@ namespace {
 
 using deblur::Error;
 
-#define CUDA_CHECK(call)                                                                                   \
-  do {                                                                                                     \
-    const cudaError_t err_ = (call);                                                                       \
-    if (err_ != cudaSuccess)                                                                               \
-      throw Error(DEBLUR_ERROR_BACKEND, std::string(#call) + " failed: " + cudaGetErrorName(err_));        \
+#define CUDA_CHECK(call)                                                                            \
+  do {                                                                                              \
+    const cudaError_t err_ = (call);                                                                \
+    if (err_ != cudaSuccess)                                                                        \
+      throw Error(DEBLUR_ERROR_BACKEND, std::string(#call) + " failed: " + cudaGetErrorName(err_)); \
   } while (0)
 
 class Logger : public nvinfer1::ILogger {
@@ -92,16 +92,16 @@ class Engine {
     for (auto& [name, buffer] : buffers_) cudaFree(buffer.first);
   }
 
-  void run(const std::vector<deblur::Feed>& feeds, const std::string& output, const std::vector<int64_t>& shape,
-           float* out) {
+  void run(const std::vector<deblur::Feed>& feeds, const std::string& output,
+           const std::vector<int64_t>& shape, float* out) {
     for (const deblur::Feed& f : feeds) {
       const nvinfer1::Dims dims = dims_of(f.shape);
       if (volume(dims) > buffer(f.name).second)
         throw Error(DEBLUR_ERROR_ARGUMENT, "input " + f.name + " exceeds the engine profile");
       if (!context_->setInputShape(f.name.c_str(), dims))
         throw Error(DEBLUR_ERROR_ARGUMENT, "TensorRT refused the shape of " + f.name);
-      CUDA_CHECK(cudaMemcpyAsync(buffer(f.name).first, f.data, volume(dims) * sizeof(float), cudaMemcpyHostToDevice,
-                                 stream_));
+      CUDA_CHECK(cudaMemcpyAsync(buffer(f.name).first, f.data, volume(dims) * sizeof(float),
+                                 cudaMemcpyHostToDevice, stream_));
     }
     for (auto& [name, b] : buffers_)
       if (!context_->setTensorAddress(name.c_str(), b.first))
@@ -148,22 +148,26 @@ void check_engine_entry(const nlohmann::json& entry, const std::string& bundle) 
   const std::string cc = std::to_string(prop.major) + "." + std::to_string(prop.minor);
   const std::string wanted = entry.at("compute_capability").get<std::string>();
   if (entry.value("hardware_compatibility", "none") != "ampere_plus" && wanted != cc)
-    throw Error(DEBLUR_ERROR_BUNDLE, "engine built for compute capability " + wanted + ", this GPU is " + cc + hint);
+    throw Error(DEBLUR_ERROR_BUNDLE,
+                "engine built for compute capability " + wanted + ", this GPU is " + cc + hint);
 }
 
 class TrtBackend : public deblur::Backend {
  public:
-  TrtBackend(const deblur::Manifest& manifest, const std::string& precision) : runtime_(nvinfer1::createInferRuntime(logger_)) {
+  TrtBackend(const deblur::Manifest& manifest, const std::string& precision)
+      : runtime_(nvinfer1::createInferRuntime(logger_)) {
     if (!runtime_) throw Error(DEBLUR_ERROR_BACKEND, "cannot create the TensorRT runtime");
     const nlohmann::json& entry = manifest.raw.at("engines").at(precision);
     check_engine_entry(entry, manifest.root);
     const auto& lo = entry.at("profile").at("min");
     const auto& hi = entry.at("profile").at("max");
-    profile_ = deblur::Profile{lo[1].get<int>(), lo[2].get<int>(), hi[1].get<int>(), hi[2].get<int>(), hi[0].get<int>()};
+    profile_ = deblur::Profile{lo[1].get<int>(), lo[2].get<int>(), hi[1].get<int>(), hi[2].get<int>(),
+                               hi[0].get<int>()};
     CUDA_CHECK(cudaStreamCreate(&stream_));
     for (const auto& [name, spec] : manifest.graphs)
       engines_[name] = std::make_unique<Engine>(
-          *runtime_, manifest.root + "/" + entry.at("graphs").at(name).at("file").get<std::string>(), stream_);
+          *runtime_, manifest.root + "/" + entry.at("graphs").at(name).at("file").get<std::string>(),
+          stream_);
   }
 
   ~TrtBackend() override {
@@ -190,8 +194,9 @@ class TrtBackend : public deblur::Backend {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: deblur_trt BUNDLE_DIR INPUT OUTPUT.png [--precision fp16|fp32] [--tile 512] "
-                         "[--scale 1.0] [--tile-batch N]\n");
+    std::fprintf(stderr,
+                 "usage: deblur_trt BUNDLE_DIR INPUT OUTPUT.png [--precision fp16|fp32] [--tile 512] "
+                 "[--scale 1.0] [--tile-batch N]\n");
     return 2;
   }
   const std::string bundle = argv[1], input = argv[2], output = argv[3];
@@ -203,11 +208,16 @@ int main(int argc, char** argv) {
   try {
     for (int i = 4; i + 1 < argc; i += 2) {
       const std::string key = argv[i];
-      if (key == "--precision") precision = argv[i + 1];
-      else if (key == "--tile") tiling.tile = std::stoi(argv[i + 1]);
-      else if (key == "--tile-batch") tiling.tile_batch = std::stoi(argv[i + 1]);
-      else if (key == "--scale") scale = std::stof(argv[i + 1]);
-      else throw std::invalid_argument("unknown option " + key);
+      if (key == "--precision")
+        precision = argv[i + 1];
+      else if (key == "--tile")
+        tiling.tile = std::stoi(argv[i + 1]);
+      else if (key == "--tile-batch")
+        tiling.tile_batch = std::stoi(argv[i + 1]);
+      else if (key == "--scale")
+        scale = std::stof(argv[i + 1]);
+      else
+        throw std::invalid_argument("unknown option " + key);
     }
     deblur::check_png_output(output);
   } catch (const std::exception& err) {

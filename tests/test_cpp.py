@@ -16,7 +16,7 @@ import pytest
 
 from cpp.capi import ERROR_ARGUMENT, ERROR_BACKEND, ERROR_BUNDLE, OK, CApi, image_of
 from runtime import Deblurrer
-from test_runtime_fixtures import concat_bundle, tiny_bundle  # noqa: F401  (fixtures)
+from runtime.errors import DeblurError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "models" / "default"
@@ -90,8 +90,9 @@ def test_cli_matches_runtime_infer(cpp_build, tmp_path, case):
     cli = subprocess.run([str(cpp_build / "deblur_cpp"), str(DEFAULT), str(src), str(cpp_out),
                           "--tile", str(tile), "--threads", "1"], capture_output=True, text=True, env=env)
     assert cli.returncode == 0, cli.stderr
-    py = subprocess.run([sys.executable, "-m", "runtime.infer", str(src), "-o", str(py_out), "--tile", str(tile),
-                         "--threads", "1", "--backend", "onnxruntime", "--device", "cpu", "-q"],
+    py = subprocess.run([sys.executable, "-m", "runtime.infer", str(src), "-o", str(py_out),
+                         "--tile", str(tile), "--threads", "1", "--backend", "onnxruntime", "--device", "cpu",
+                         "-q"],
                         capture_output=True, text=True, env=env, cwd=ROOT)
     assert py.returncode == 0, py.stderr
     a, b = cv2.imread(str(cpp_out)), cv2.imread(str(py_out))
@@ -128,8 +129,8 @@ def test_c_api_matches_deblurrer(capi, handles, bundle, tmp_path):
         assert status == OK, capi.error()
         assert got.dtype == source.dtype and got.shape == want.shape
         assert np.abs(got_map - want_map).max() <= 1e-5
-        assert np.abs(got.astype(np.float32) - want.astype(np.float32)).max() <= (1e-5 if got.dtype == np.float32
-                                                                                 else 1)
+        tolerance = 1e-5 if got.dtype == np.float32 else 1
+        assert np.abs(got.astype(np.float32) - want.astype(np.float32)).max() <= tolerance
 
 
 def test_c_api_scale_and_supplied_map(capi, handles, tmp_path):
@@ -219,7 +220,8 @@ def test_c_api_bad_buffers(capi, handles):
         (dict(dmap=np.where(np.eye(40, 52) > 0, np.inf, 0).astype(np.float32)),
          "defocus map has 40 non-finite values"),
         (dict(dmap=np.full((40, 52), -0.5, np.float32)), "defocus map has negative values"),
-        (dict(dmap=np.full((40, 52), 6.0, np.float32), scale=2.0), "defocus map reaches 12 map units as used"),
+        (dict(dmap=np.full((40, 52), 6.0, np.float32), scale=2.0),
+         "defocus map reaches 12 map units as used"),
     ]
     for kwargs, message in checks:
         status = capi.run(handle, image, **kwargs)[0]
@@ -227,14 +229,15 @@ def test_c_api_bad_buffers(capi, handles):
     nan_image = image.copy()
     nan_image[3, 4, 1] = np.nan
     assert capi.run(handle, nan_image)[0] == ERROR_ARGUMENT and "image has 1 non-finite" in capi.error()
-    assert capi.run(handle, image * 3)[0] == ERROR_ARGUMENT and "samples in [1.5, 1.5]; expected [0, 1]" in capi.error()
+    assert capi.run(handle, image * 3)[0] == ERROR_ARGUMENT
+    assert "samples in [1.5, 1.5]; expected [0, 1]" in capi.error()
     wrong = image_of(image)
     wrong.size_bytes -= 4
     out = np.empty_like(image)
-    status = capi.lib.deblur_run(handle, ctypes.byref(wrong), 1.0, None, 0, ctypes.byref(image_of(out)), None, 0)
+    out_ref = ctypes.byref(image_of(out))
+    status = capi.lib.deblur_run(handle, ctypes.byref(wrong), 1.0, None, 0, out_ref, None, 0)
     assert status == ERROR_ARGUMENT and "input buffer holds 24956 bytes" in capi.error()
-    status = capi.lib.deblur_run(None, ctypes.byref(image_of(image)), 1.0, None, 0, ctypes.byref(image_of(out)),
-                                 None, 0)
+    status = capi.lib.deblur_run(None, ctypes.byref(image_of(image)), 1.0, None, 0, out_ref, None, 0)
     assert status == ERROR_ARGUMENT and "model is NULL" in capi.error()
     # The handle still works after the refusals.
     assert capi.run(handle, image)[0] == OK and capi.error() == ""
@@ -243,14 +246,15 @@ def test_c_api_bad_buffers(capi, handles):
 def test_cli_errors(cpp_build, tmp_path):
     """One error line and exit 1 for a bad image, 2 for bad usage or model; no output left."""
     cli = str(cpp_build / "deblur_cpp")
+    sample = str(ROOT / "samples" / "coffee_blurry.png")
     out = tmp_path / "out.png"
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     cases = [
         ([str(DEFAULT), str(tmp_path / "bad.png"), str(out)], 1, "not a readable image"),
         ([str(DEFAULT), str(tmp_path / "missing.png"), str(out)], 1, "no such file"),
-        ([str(tmp_path), str(ROOT / "samples" / "coffee_blurry.png"), str(out)], 2, "no manifest.json"),
-        ([str(DEFAULT), str(ROOT / "samples" / "coffee_blurry.png"), str(out), "--tile", "x"], 2, "not a number"),
-        ([str(DEFAULT), str(ROOT / "samples" / "coffee_blurry.png"), str(tmp_path / "o.jpg")], 2, "must be a .png"),
+        ([str(tmp_path), sample, str(out)], 2, "no manifest.json"),
+        ([str(DEFAULT), sample, str(out), "--tile", "x"], 2, "not a number"),
+        ([str(DEFAULT), sample, str(tmp_path / "o.jpg")], 2, "must be a .png"),
     ]
     for args, code, message in cases:
         proc = subprocess.run([cli, *args], capture_output=True, text=True)
@@ -282,3 +286,32 @@ def test_benchmark_runner(cpp_build):
     want, _ = Deblurrer(DEFAULT, backend="onnxruntime", tile=DEFAULT_TILE, threads=1).run(image)
     np.testing.assert_array_equal(runner(image), want)
     assert f"tile {DEFAULT_TILE}" in runner.description
+
+
+@pytest.fixture(scope="module")
+def small_deblurrer():
+    return Deblurrer(DEFAULT, backend="onnxruntime", tile=192, threads=1)
+
+
+@pytest.mark.parametrize("case", ["scale nan", "scale -1", "scale 10.5", "map nan", "map -0.5", "map huge",
+                                  "image nan", "image 1.5", "image -0.02", "ok: scale 10", "ok: image 1.008"])
+def test_c_api_input_rules_are_runtime_validate(capi, handles, small_deblurrer, case):
+    """The C API refuses exactly what runtime.validate refuses (and accepts the rest alike)."""
+    image = np.full((40, 52, 3), 0.5, np.float32)
+    scale, dmap = 1.0, None
+    kind, _, value = case.removeprefix("ok: ").partition(" ")
+    number = float(value) if value != "huge" else 20.0
+    if kind == "scale":
+        scale = number
+    elif kind == "map":
+        dmap = np.full((40, 52), number, np.float32)
+    else:
+        image[5, 7, 2] = number
+    try:
+        small_deblurrer.run(image, defocus_scale=scale, defocus_map=dmap)
+        python_refuses = False
+    except DeblurError:
+        python_refuses = True
+    status = capi.run(handles(DEFAULT, 192), image, scale=scale, dmap=dmap)[0]
+    assert python_refuses == (not case.startswith("ok"))
+    assert status == (OK if case.startswith("ok") else ERROR_ARGUMENT), capi.error()

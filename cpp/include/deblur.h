@@ -47,11 +47,11 @@ typedef enum deblur_dtype { DEBLUR_UINT8 = 0, DEBLUR_FLOAT32 = 1 } deblur_dtype;
 typedef void (*deblur_progress_fn)(int32_t done, int32_t total, void* user);
 
 typedef struct deblur_options {
-  int32_t tile;          /* restore tile side (px), a multiple of size_multiple. Default 1024 */
-  int32_t overlap;       /* px shared by tiles of both passes; -1: receptive field + 16 (default) */
-  int32_t tile_batch;    /* tiles per graph call. Default 1 */
-  int32_t threads;       /* ONNX Runtime intra-op threads; 0: all cores (default) */
-  const char* precision; /* "fp32" (default, also for NULL) or "fp16" */
+  int32_t tile;                /* restore tile side (px), a multiple of size_multiple. Default 1024 */
+  int32_t overlap;             /* px shared by tiles of both passes; -1: receptive field + 16 (default) */
+  int32_t tile_batch;          /* tiles per graph call. Default 1 */
+  int32_t threads;             /* ONNX Runtime intra-op threads; 0: all cores (default) */
+  const char* precision;       /* "fp32" (default, also for NULL) or "fp16" */
   deblur_progress_fn progress; /* NULL: none (default) */
   void* progress_user;
 } deblur_options;
@@ -60,8 +60,8 @@ typedef struct deblur_info {
   int32_t size_multiple;       /* graph inputs are padded to multiples of it */
   int32_t tile, estimate_tile; /* tile sides of the restore and estimate passes */
   int32_t overlap, estimate_overlap;
-  int32_t uses_pooling;        /* 1: restore takes cond_mean pooled over the whole image */
-  double map_radius_scale_px;  /* map value 1.0 = blur disc of this radius */
+  int32_t uses_pooling;       /* 1: restore takes cond_mean pooled over the whole image */
+  double map_radius_scale_px; /* map value 1.0 = blur disc of this radius */
 } deblur_info;
 
 /* An image buffer: data holds height * width * 3 samples of dtype (size_bytes exactly).
@@ -91,8 +91,8 @@ DEBLUR_API int deblur_create(const char* bundle, const deblur_options* options, 
  *     exactly height * width * 3 * sample size; the result is clipped to [0, 1].
  *   map_out: NULL, or height * width float32 (map_out_bytes) for the map as used. */
 DEBLUR_API int deblur_run(deblur_model* model, const deblur_image* input, float defocus_scale,
-               const float* defocus_map, size_t defocus_map_bytes, deblur_image* output,
-               float* map_out, size_t map_out_bytes);
+                          const float* defocus_map, size_t defocus_map_bytes, deblur_image* output,
+                          float* map_out, size_t map_out_bytes);
 
 DEBLUR_API int deblur_get_info(const deblur_model* model, deblur_info* info);
 

@@ -41,7 +41,9 @@ int guarded(F&& body) {
   }
 }
 
-[[noreturn]] void bad_argument(const std::string& message) { throw deblur::Error(DEBLUR_ERROR_ARGUMENT, message); }
+[[noreturn]] void bad_argument(const std::string& message) {
+  throw deblur::Error(DEBLUR_ERROR_ARGUMENT, message);
+}
 
 size_t sample_size(int32_t dtype, const char* what) {
   if (dtype == DEBLUR_UINT8) return 1;
@@ -94,8 +96,8 @@ int deblur_create(const char* bundle, const deblur_options* options, deblur_mode
     if (options != nullptr) opts = *options;
     auto handle = std::make_unique<deblur_model>();
     handle->manifest = deblur::load_manifest(bundle);
-    handle->backend = std::make_unique<deblur::OrtBackend>(handle->manifest, opts.precision ? opts.precision : "fp32",
-                                                          opts.threads);
+    handle->backend = std::make_unique<deblur::OrtBackend>(
+        handle->manifest, opts.precision ? opts.precision : "fp32", opts.threads);
     deblur::TilingOptions tiling{opts.tile, opts.overlap, opts.tile_batch, {}};
     if (opts.progress != nullptr) {
       const deblur_progress_fn progress = opts.progress;
@@ -124,8 +126,12 @@ int deblur_get_info(const deblur_model* model, deblur_info* info) {
   return guarded([&] {
     if (model == nullptr || info == nullptr) bad_argument("model and info must not be NULL");
     const deblur::Pipeline& p = *model->pipeline;
-    *info = deblur_info{model->manifest.size_multiple, p.tile(), p.estimate_tile(), p.overlap_for("restore"),
-                        p.overlap_for("estimate"), model->manifest.uses_pooling() ? 1 : 0,
+    *info = deblur_info{model->manifest.size_multiple,
+                        p.tile(),
+                        p.estimate_tile(),
+                        p.overlap_for("restore"),
+                        p.overlap_for("estimate"),
+                        model->manifest.uses_pooling() ? 1 : 0,
                         model->manifest.map_radius_scale_px};
   });
 }

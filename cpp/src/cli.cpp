@@ -4,6 +4,8 @@
 //              [--threads N] [--precision fp32|fp16]
 //
 // Exit status: 0 done, 1 the image failed, 2 bad usage or a bad model (as runtime.infer).
+#include <unistd.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -11,8 +13,6 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
-
-#include <unistd.h>
 
 #include "deblur.h"
 #include "image_io.hpp"
@@ -61,13 +61,20 @@ int main(int argc, char** argv) {
     if (i + 1 >= argc) return usage_error(key + " needs a value");
     const char* value = argv[i + 1];
     bool ok = true;
-    if (key == "--tile") ok = parse_int(value, options.tile);
-    else if (key == "--overlap") ok = parse_int(value, options.overlap);
-    else if (key == "--tile-batch") ok = parse_int(value, options.tile_batch);
-    else if (key == "--threads") ok = parse_int(value, options.threads);
-    else if (key == "--scale") ok = parse_float(value, scale);
-    else if (key == "--precision") options.precision = value;
-    else return usage_error("unknown option " + key);
+    if (key == "--tile")
+      ok = parse_int(value, options.tile);
+    else if (key == "--overlap")
+      ok = parse_int(value, options.overlap);
+    else if (key == "--tile-batch")
+      ok = parse_int(value, options.tile_batch);
+    else if (key == "--threads")
+      ok = parse_int(value, options.threads);
+    else if (key == "--scale")
+      ok = parse_float(value, scale);
+    else if (key == "--precision")
+      options.precision = value;
+    else
+      return usage_error("unknown option " + key);
     if (!ok) return usage_error(key + " " + value + " is not a number");
   }
   if (!std::isfinite(scale) || scale < 0) return usage_error("--scale must be a finite number >= 0");

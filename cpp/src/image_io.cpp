@@ -1,11 +1,11 @@
 #include "image_io.hpp"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <stdexcept>
 #include <system_error>
-
-#include <unistd.h>
 
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_FAILURE_USERMSG
@@ -29,7 +29,8 @@ Rgb8 read_rgb8(const std::string& path) {
   int width = 0, height = 0, channels = 0;
   stbi_uc* data = stbi_load_from_file(file, &width, &height, &channels, 3);
   std::fclose(file);
-  if (data == nullptr) throw std::runtime_error(path + ": not a readable image (" + stbi_failure_reason() + ")");
+  if (data == nullptr)
+    throw std::runtime_error(path + ": not a readable image (" + stbi_failure_reason() + ")");
   Rgb8 image;
   image.height = height;
   image.width = width;
@@ -46,9 +47,11 @@ void check_png_output(const std::string& path) {
   if (ext != ".png") throw std::runtime_error(path + ": the output must be a .png file");
   const fs::path folder = p.has_parent_path() ? p.parent_path() : fs::path(".");
   std::error_code ec;
-  if (!fs::is_directory(folder, ec)) throw std::runtime_error(path + ": folder " + folder.string() + " does not exist");
+  if (!fs::is_directory(folder, ec))
+    throw std::runtime_error(path + ": folder " + folder.string() + " does not exist");
   if (fs::is_directory(p, ec)) throw std::runtime_error(path + " is a folder");
-  if (access(folder.c_str(), W_OK) != 0) throw std::runtime_error(path + ": folder " + folder.string() + " is not writable");
+  if (access(folder.c_str(), W_OK) != 0)
+    throw std::runtime_error(path + ": folder " + folder.string() + " is not writable");
 }
 
 void write_png_atomic(const std::string& path, const Rgb8& image) {
@@ -75,8 +78,9 @@ void write_png_atomic(const std::string& path, const Rgb8& image) {
     fs::remove(tmp, ec);
     throw std::runtime_error(path + ": cannot be written (disk full?)");
   }
-  fs::permissions(tmp, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read,
-                  ec);
+  fs::permissions(
+      tmp, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read,
+      ec);
   fs::rename(tmp, path, ec);
   if (ec) {
     const std::string reason = ec.message();

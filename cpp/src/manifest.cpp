@@ -24,8 +24,10 @@ std::vector<TensorSpec> tensor_specs(const json& items) {
   for (const json& item : items) {
     TensorSpec spec{item.at("name").get<std::string>(), item.at("dtype").get<std::string>(), {}};
     for (const json& d : item.at("shape")) {
-      if (d.is_string()) spec.shape.push_back({-1, d.get<std::string>()});
-      else spec.shape.push_back({d.get<int64_t>(), ""});
+      if (d.is_string())
+        spec.shape.push_back({-1, d.get<std::string>()});
+      else
+        spec.shape.push_back({d.get<int64_t>(), ""});
     }
     specs.push_back(std::move(spec));
   }
@@ -69,7 +71,8 @@ json read_json(const fs::path& path) {
 
 }  // namespace
 
-std::vector<int64_t> GraphSpec::output_shape(const std::string& output, const std::vector<Shaped>& inputs) const {
+std::vector<int64_t> GraphSpec::output_shape(const std::string& output,
+                                             const std::vector<Shaped>& inputs) const {
   std::map<std::string, int64_t> sizes;
   for (const TensorSpec& spec : this->inputs)
     for (const Shaped& given : inputs)
@@ -80,9 +83,13 @@ std::vector<int64_t> GraphSpec::output_shape(const std::string& output, const st
     if (spec.name != output) continue;
     std::vector<int64_t> shape;
     for (const Dim& d : spec.shape) {
-      if (d.symbol.empty()) shape.push_back(d.size);
-      else if (sizes.count(d.symbol)) shape.push_back(sizes[d.symbol]);
-      else fail("output '" + output + "' of '" + name + "': dimension '" + d.symbol + "' is not set by the inputs");
+      if (d.symbol.empty())
+        shape.push_back(d.size);
+      else if (sizes.count(d.symbol))
+        shape.push_back(sizes[d.symbol]);
+      else
+        fail("output '" + output + "' of '" + name + "': dimension '" + d.symbol +
+             "' is not set by the inputs");
     }
     return shape;
   }
@@ -124,17 +131,22 @@ Manifest load_manifest(const std::string& path_text) {
     m.map_radius_scale_px = m.raw.at("map_radius_scale_px").get<double>();
     m.map_units = m.raw.value("map_units", "");
     m.map_max = m.raw.value("map_max", 1.0);
-    for (const auto& [key, value] : m.raw.at("receptive_field").items()) m.receptive_field[key] = value.get<int>();
+    for (const auto& [key, value] : m.raw.at("receptive_field").items())
+      m.receptive_field[key] = value.get<int>();
   } catch (const std::exception& err) {
     fail(manifest_path.string() + ": missing or bad key (" + err.what() + ")");
   }
   for (const char* graph : {"estimate", "restore"})
-    if (!m.receptive_field.count(graph)) fail(manifest_path.string() + ": receptive_field lacks '" + graph + "'");
+    if (!m.receptive_field.count(graph))
+      fail(manifest_path.string() + ": receptive_field lacks '" + graph + "'");
   // runtime.validate.check_bundle_fields
   if (m.size_multiple < 1 || m.size_multiple > 256)
-    fail(manifest_path.string() + ": size_multiple " + std::to_string(m.size_multiple) + " must be in [1, 256]");
-  for (const auto& [key, value] : {std::pair{"map_radius_scale_px", m.map_radius_scale_px}, {"map_max", m.map_max}})
-    if (!std::isfinite(value) || value <= 0) fail(manifest_path.string() + ": " + key + " must be finite and > 0");
+    fail(manifest_path.string() + ": size_multiple " + std::to_string(m.size_multiple) +
+         " must be in [1, 256]");
+  for (const auto& [key, value] :
+       {std::pair{"map_radius_scale_px", m.map_radius_scale_px}, {"map_max", m.map_max}})
+    if (!std::isfinite(value) || value <= 0)
+      fail(manifest_path.string() + ": " + key + " must be finite and > 0");
   for (const auto& [key, value] : m.receptive_field)
     if (value < 0) fail(manifest_path.string() + ": receptive_field '" + key + "' must be >= 0");
   return m;

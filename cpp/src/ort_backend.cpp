@@ -16,7 +16,8 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 }  // namespace
 
 OrtBackend::OrtBackend(const Manifest& manifest, const std::string& precision, int threads)
-    : precision_(precision), threads_(threads),
+    : precision_(precision),
+      threads_(threads),
       memory_(Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault)) {
   if (precision != "fp32" && precision != "fp16")
     throw Error(DEBLUR_ERROR_ARGUMENT, "precision must be fp32 or fp16, got '" + precision + "'");
@@ -41,7 +42,8 @@ OrtBackend::OrtBackend(const Manifest& manifest, const std::string& precision, i
       found += (i ? ", " : "") + std::string(session.GetInputNameAllocated(i, allocator).get());
     for (size_t i = 0; i < spec.inputs.size(); ++i) expected += (i ? ", " : "") + spec.inputs[i].name;
     if (found != expected)
-      throw Error(DEBLUR_ERROR_BUNDLE, path + ": inputs [" + found + "] differ from the manifest's [" + expected + "]");
+      throw Error(DEBLUR_ERROR_BUNDLE,
+                  path + ": inputs [" + found + "] differ from the manifest's [" + expected + "]");
   }
 }
 
@@ -53,8 +55,8 @@ void OrtBackend::run(const std::string& graph, const std::vector<Feed>& feeds, c
     size_t count = 1;
     for (int64_t d : f.shape) count *= static_cast<size_t>(d);
     // ONNX Runtime only reads inputs; its API takes a non-const pointer.
-    values.push_back(Ort::Value::CreateTensor<float>(memory_, const_cast<float*>(f.data), count, f.shape.data(),
-                                                     f.shape.size()));
+    values.push_back(Ort::Value::CreateTensor<float>(memory_, const_cast<float*>(f.data), count,
+                                                     f.shape.data(), f.shape.size()));
     names.push_back(f.name.c_str());
   }
   size_t count = 1;
@@ -62,8 +64,8 @@ void OrtBackend::run(const std::string& graph, const std::vector<Feed>& feeds, c
   Ort::Value result = Ort::Value::CreateTensor<float>(memory_, out, count, shape.data(), shape.size());
   const char* output_name = output.c_str();
   try {
-    sessions_.at(graph)->Run(Ort::RunOptions{nullptr}, names.data(), values.data(), values.size(), &output_name,
-                             &result, 1);
+    sessions_.at(graph)->Run(Ort::RunOptions{nullptr}, names.data(), values.data(), values.size(),
+                             &output_name, &result, 1);
   } catch (const Ort::Exception& err) {
     throw Error(DEBLUR_ERROR_BACKEND, "ONNX Runtime failed on '" + graph + "': " + first_line(err.what()));
   }

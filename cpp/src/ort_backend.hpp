@@ -1,11 +1,11 @@
 // ONNX Runtime (C++ API, CPU) backend of the tiling core: one session per graph, reused.
 #pragma once
 
+#include <onnxruntime_cxx_api.h>
+
 #include <map>
 #include <memory>
 #include <string>
-
-#include <onnxruntime_cxx_api.h>
 
 #include "tiling.hpp"
 

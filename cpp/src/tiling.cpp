@@ -47,7 +47,8 @@ void check_contract(const Manifest& m) {
     for (const TensorSpec& t : spec.outputs) has_output |= t.name == outputs.at(graph);
     if (found != expected || !has_output)
       throw Error(DEBLUR_ERROR_BUNDLE, "manifest: graph '" + graph + "' has inputs " + names_of(spec.inputs) +
-                                           " and outputs " + names_of(spec.outputs) + ", not the bundle format's");
+                                           " and outputs " + names_of(spec.outputs) +
+                                           ", not the bundle format's");
   }
 }
 
@@ -89,7 +90,8 @@ void check_inputs(const ImageRef& input, float scale, const float* map, double m
   if (input.type == SampleType::kFloat32) {
     const auto [low, high] = finite_range(static_cast<const float*>(input.data), pixels * 3, "image");
     if (low < -kFloatSlack || high > 1.0f + kFloatSlack)
-      bad_argument("image has float32 samples in [" + number(low) + ", " + number(high) + "]; expected [0, 1]");
+      bad_argument("image has float32 samples in [" + number(low) + ", " + number(high) +
+                   "]; expected [0, 1]");
   }
   if (map == nullptr) return;
   const auto [low, high] = finite_range(map, pixels, "defocus map");
@@ -98,9 +100,9 @@ void check_inputs(const ImageRef& input, float scale, const float* map, double m
                  "]); map units are blur radii >= 0");
   const double limit = kMapLimitFactor * map_max;
   if (static_cast<double>(high) * scale > limit)
-    bad_argument("defocus map reaches " + number(static_cast<double>(high) * scale) + " map units as used (scale " +
-                 number(scale) + "), over " + number(limit) + ": " + number(kMapLimitFactor) +
-                 " times the model's trained range of " + number(map_max));
+    bad_argument("defocus map reaches " + number(static_cast<double>(high) * scale) +
+                 " map units as used (scale " + number(scale) + "), over " + number(limit) + ": " +
+                 number(kMapLimitFactor) + " times the model's trained range of " + number(map_max));
 }
 
 }  // namespace
@@ -109,7 +111,9 @@ int round_up(int value, int multiple) { return ceil_div(value, multiple) * multi
 
 int margin_for(int receptive_field) { return (receptive_field + 1) / 2 + 1; }
 
-int min_overlap(int receptive_field, int multiple) { return round_up(2 * margin_for(receptive_field), multiple); }
+int min_overlap(int receptive_field, int multiple) {
+  return round_up(2 * margin_for(receptive_field), multiple);
+}
 
 int default_overlap(int receptive_field, int multiple) {
   return round_up(2 * margin_for(receptive_field) + kDefaultBlendPx, multiple);
@@ -140,16 +144,18 @@ int balanced_tile(int length, int tile, int overlap, int multiple) {
   return std::min(tile, round_up(ceil_div(length + (count - 1) * overlap, count), multiple));
 }
 
-std::vector<std::vector<float>> axis_weights(const std::vector<int>& starts, int tile, int length, int margin) {
+std::vector<std::vector<float>> axis_weights(const std::vector<int>& starts, int tile, int length,
+                                             int margin) {
   const int size = std::min(tile, length);
   std::vector<std::vector<double>> raw(starts.size(), std::vector<double>(size, 1.0));
   std::vector<double> fade(length);
   for (size_t k = 0; k + 1 < starts.size(); ++k) {
     const int lo = starts[k + 1] + margin, hi = starts[k] + size - margin;
     if (hi < lo)
-      bad_argument("tiles at " + std::to_string(starts[k]) + " and " + std::to_string(starts[k + 1]) + " (size " +
-                   std::to_string(size) + ") overlap by " + std::to_string(starts[k] + size - starts[k + 1]) +
-                   " px, less than the " + std::to_string(2 * margin) + " px that exact tiling needs");
+      bad_argument("tiles at " + std::to_string(starts[k]) + " and " + std::to_string(starts[k + 1]) +
+                   " (size " + std::to_string(size) + ") overlap by " +
+                   std::to_string(starts[k] + size - starts[k + 1]) + " px, less than the " +
+                   std::to_string(2 * margin) + " px that exact tiling needs");
     for (int p = 0; p < length; ++p) {
       const double t = (static_cast<double>(p - lo) + 0.5) / (hi - lo);  // _ramp on [lo, hi)
       fade[p] = p >= hi ? 1.0 : p < lo ? 0.0 : 0.5 - 0.5 * std::cos(kPi * t);
@@ -172,10 +178,11 @@ TileGrid make_grid(int height, int width, int tile, int overlap, int receptive_f
   const int need = min_overlap(receptive_field, multiple);
   if (overlap < need && (tile < height || tile < width))
     bad_argument("overlap " + std::to_string(overlap) + " is below " + std::to_string(need) +
-                 " px, the minimum for exact tiling with a receptive field of " + std::to_string(receptive_field) +
-                 " px");
+                 " px, the minimum for exact tiling with a receptive field of " +
+                 std::to_string(receptive_field) + " px");
   if (tile % multiple || tile <= 0)
-    bad_argument("tile " + std::to_string(tile) + " must be a positive multiple of " + std::to_string(multiple));
+    bad_argument("tile " + std::to_string(tile) + " must be a positive multiple of " +
+                 std::to_string(multiple));
   const int margin = margin_for(receptive_field);
   TileGrid g;
   g.tile_h = balanced_tile(height, tile, overlap, multiple);
@@ -212,8 +219,10 @@ Pipeline::Pipeline(const Manifest& manifest, Backend& backend, const TilingOptio
   const int tile = options.tile;
   if (tile <= 0 || tile % m)
     bad_argument("tile " + std::to_string(tile) + " must be a positive multiple of " + std::to_string(m));
-  if (options.tile_batch < 1) bad_argument("tile batch must be >= 1, got " + std::to_string(options.tile_batch));
-  if (options.overlap < -1) bad_argument("overlap must be >= 0 (or -1: default), got " + std::to_string(options.overlap));
+  if (options.tile_batch < 1)
+    bad_argument("tile batch must be >= 1, got " + std::to_string(options.tile_batch));
+  if (options.overlap < -1)
+    bad_argument("overlap must be >= 0 (or -1: default), got " + std::to_string(options.overlap));
   std::optional<int> max_side;
   if (const auto p = backend.profile()) {
     // Condition chunks are at least about tile / 2: keep them above the profile minimum.
@@ -232,8 +241,8 @@ Pipeline::Pipeline(const Manifest& manifest, Backend& backend, const TilingOptio
     const int rf = manifest.receptive_field.at(graph), used = overlap_for(graph);
     if (used < min_overlap(rf, m))
       bad_argument("overlap " + std::to_string(used) + " is below " + std::to_string(min_overlap(rf, m)) +
-                   " px, the minimum for exact tiling of '" + graph + "' (receptive field " + std::to_string(rf) +
-                   " px)");
+                   " px, the minimum for exact tiling of '" + graph + "' (receptive field " +
+                   std::to_string(rf) + " px)");
     if (used >= tiles_[pass]) {
       const std::string sides =
           pass == kRestore ? "" : " (" + graph + " tiles: " + std::to_string(tiles_[pass]) + " px)";
@@ -257,7 +266,8 @@ TileGrid Pipeline::grid(Pass pass, int height, int width) const {
 std::pair<int, int> Pipeline::padded_size(int height, int width) const {
   const auto p = backend_.profile();
   const int m = manifest_.size_multiple;
-  return {round_up(std::max(height, p ? p->min_height : 1), m), round_up(std::max(width, p ? p->min_width : 1), m)};
+  return {round_up(std::max(height, p ? p->min_height : 1), m),
+          round_up(std::max(width, p ? p->min_width : 1), m)};
 }
 
 int Pipeline::count_tiles(int height, int width) const {
@@ -272,8 +282,8 @@ int Pipeline::count_tiles(int height, int width) const {
 
 void Pipeline::tiled(Pass pass, const std::vector<const std::vector<float>*>& sources,
                      const std::vector<int>& channels, const std::vector<std::string>& names,
-                     const std::vector<float>* cond_mean, int height, int width, std::vector<float>& out, int& done,
-                     int total) const {
+                     const std::vector<float>* cond_mean, int height, int width, std::vector<float>& out,
+                     int& done, int total) const {
   const std::string graph = kPassGraph[pass];
   const GraphSpec& spec = manifest_.graph(graph);
   const TileGrid g = grid(pass, height, width);
@@ -303,14 +313,17 @@ void Pipeline::tiled(Pass pass, const std::vector<const std::vector<float>*>& so
     }
     if (cond_mean != nullptr) {
       cond_block.clear();
-      for (size_t k = 0; k < n; ++k) cond_block.insert(cond_block.end(), cond_mean->begin(), cond_mean->end());
-      feeds.push_back({"cond_mean", {static_cast<int64_t>(n), static_cast<int64_t>(cond_mean->size())},
+      for (size_t k = 0; k < n; ++k)
+        cond_block.insert(cond_block.end(), cond_mean->begin(), cond_mean->end());
+      feeds.push_back({"cond_mean",
+                       {static_cast<int64_t>(n), static_cast<int64_t>(cond_mean->size())},
                        cond_block.data()});
     }
     for (const Feed& f : feeds) shapes.push_back({f.name, f.shape});
     const std::vector<int64_t> shape = spec.output_shape(output_of(graph), shapes);
     if (shape.size() != 4 || shape[0] != static_cast<int64_t>(n) || shape[2] != th || shape[3] != tw)
-      throw Error(DEBLUR_ERROR_BUNDLE, "manifest: output of '" + graph + "' is not (batch, C, height, width)");
+      throw Error(DEBLUR_ERROR_BUNDLE,
+                  "manifest: output of '" + graph + "' is not (batch, C, height, width)");
     const int out_channels = static_cast<int>(shape[1]);
     result.resize(n * out_channels * plane);
     backend_.run(graph, feeds, output_of(graph), shape, result.data());
@@ -347,7 +360,8 @@ std::vector<float> Pipeline::condition_mean(const std::vector<float>& map, int h
       const int h = y1 - y0, w = x1 - x0;
       chunk.resize(static_cast<size_t>(h) * w);
       for (int r = 0; r < h; ++r)
-        std::copy_n(map.data() + static_cast<size_t>(y0 + r) * width + x0, w, chunk.data() + static_cast<size_t>(r) * w);
+        std::copy_n(map.data() + static_cast<size_t>(y0 + r) * width + x0, w,
+                    chunk.data() + static_cast<size_t>(r) * w);
       const std::vector<Feed> feeds = {{"defocus_map", {1, 1, h, w}, chunk.data()}};
       const std::vector<int64_t> shape = spec.output_shape("cond_mean", {{"defocus_map", {1, 1, h, w}}});
       if (shape.size() != 2 || shape[0] != 1)
@@ -357,7 +371,8 @@ std::vector<float> Pipeline::condition_mean(const std::vector<float>& map, int h
       // float32 arithmetic, as NumPy does with `mean * pixels` and `total / weight`.
       const float pixels = static_cast<float>(static_cast<int64_t>(h) * w);
       if (total.empty()) total.assign(mean.size(), 0.0f);
-      for (size_t c = 0; c < mean.size(); ++c) total[c] = weight == 0 ? mean[c] * pixels : total[c] + mean[c] * pixels;
+      for (size_t c = 0; c < mean.size(); ++c)
+        total[c] = weight == 0 ? mean[c] * pixels : total[c] + mean[c] * pixels;
       weight += static_cast<int64_t>(h) * w;
     }
   for (float& t : total) t /= static_cast<float>(weight);
@@ -368,8 +383,8 @@ std::vector<float> Pipeline::restore(const std::vector<float>& image, const std:
                                      const std::vector<float>& cond_mean, int height, int width, int& done,
                                      int total) const {
   std::vector<float> out(static_cast<size_t>(3) * height * width, 0.0f);
-  tiled(kRestore, {&image, &map}, {3, 1}, {"image", "defocus_map"}, manifest_.uses_pooling() ? &cond_mean : nullptr,
-        height, width, out, done, total);
+  tiled(kRestore, {&image, &map}, {3, 1}, {"image", "defocus_map"},
+        manifest_.uses_pooling() ? &cond_mean : nullptr, height, width, out, done, total);
   return out;
 }
 
@@ -392,13 +407,15 @@ void Pipeline::run(const ImageRef& input, float defocus_scale, const float* map,
     for (int x = 0; x < pw; ++x) {
       const size_t src = (static_cast<size_t>(ry[y]) * w + rx[x]) * 3, dst = static_cast<size_t>(y) * pw + x;
       for (int c = 0; c < 3; ++c)
-        image[c * plane + dst] = input.type == SampleType::kUint8
-                                     ? static_cast<float>(static_cast<const uint8_t*>(input.data)[src + c]) * u8_scale
-                                     : std::min(std::max(static_cast<const float*>(input.data)[src + c], 0.0f), 1.0f);
+        image[c * plane + dst] =
+            input.type == SampleType::kUint8
+                ? static_cast<float>(static_cast<const uint8_t*>(input.data)[src + c]) * u8_scale
+                : std::min(std::max(static_cast<const float*>(input.data)[src + c], 0.0f), 1.0f);
     }
 
   const TileGrid est = grid(kEstimate, ph, pw), res = grid(kRestore, ph, pw);
-  const int total = static_cast<int>(res.ys.size() * res.xs.size() + (map ? 0 : est.ys.size() * est.xs.size()));
+  const int total =
+      static_cast<int>(res.ys.size() * res.xs.size() + (map ? 0 : est.ys.size() * est.xs.size()));
   int done = 0;
   std::vector<float> dmap;
   if (map == nullptr) {
@@ -406,18 +423,21 @@ void Pipeline::run(const ImageRef& input, float defocus_scale, const float* map,
   } else {
     dmap.resize(plane);
     for (int y = 0; y < ph; ++y)
-      for (int x = 0; x < pw; ++x) dmap[static_cast<size_t>(y) * pw + x] = map[static_cast<size_t>(ry[y]) * w + rx[x]];
+      for (int x = 0; x < pw; ++x)
+        dmap[static_cast<size_t>(y) * pw + x] = map[static_cast<size_t>(ry[y]) * w + rx[x]];
   }
   if (defocus_scale != 1.0f)
     for (float& v : dmap) v *= defocus_scale;
-  const std::vector<float> cond = manifest_.uses_pooling() ? condition_mean(dmap, ph, pw) : std::vector<float>();
+  const std::vector<float> cond =
+      manifest_.uses_pooling() ? condition_mean(dmap, ph, pw) : std::vector<float>();
   const std::vector<float> restored = restore(image, dmap, cond, ph, pw, done, total);
 
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x)
       for (int c = 0; c < 3; ++c) {
         const float v = restored[c * plane + static_cast<size_t>(y) * pw + x];
-        if (!std::isfinite(v)) throw Error(DEBLUR_ERROR_BACKEND, "the model produced non-finite output samples (NaN or Inf)");
+        if (!std::isfinite(v))
+          throw Error(DEBLUR_ERROR_BACKEND, "the model produced non-finite output samples (NaN or Inf)");
         const float clipped = std::min(std::max(v, 0.0f), 1.0f);
         const size_t at = (static_cast<size_t>(y) * w + x) * 3 + c;
         if (output.type == SampleType::kUint8)  // as _to_image: clip, * 255 + 0.5, truncate
@@ -426,7 +446,8 @@ void Pipeline::run(const ImageRef& input, float defocus_scale, const float* map,
           static_cast<float*>(output.data)[at] = clipped;
       }
   if (map_out != nullptr)
-    for (int y = 0; y < h; ++y) std::copy_n(dmap.data() + static_cast<size_t>(y) * pw, w, map_out + static_cast<size_t>(y) * w);
+    for (int y = 0; y < h; ++y)
+      std::copy_n(dmap.data() + static_cast<size_t>(y) * pw, w, map_out + static_cast<size_t>(y) * w);
 }
 
 }  // namespace deblur

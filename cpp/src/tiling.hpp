@@ -45,7 +45,8 @@ int estimate_tile_for(int tile, int multiple, std::optional<int> max_side);
 std::vector<int> tile_starts(int length, int tile, int overlap, int multiple);
 int balanced_tile(int length, int tile, int overlap, int multiple);
 // Normalised raised-cosine weights, one vector of min(tile, length) per tile.
-std::vector<std::vector<float>> axis_weights(const std::vector<int>& starts, int tile, int length, int margin);
+std::vector<std::vector<float>> axis_weights(const std::vector<int>& starts, int tile, int length,
+                                             int margin);
 std::vector<std::pair<int, int>> chunk_bounds(int length, int chunk, int multiple);
 
 struct TileGrid {
@@ -62,9 +63,9 @@ std::vector<int> pad_index(int length, int padded, bool reflect);
 // --- the pipeline ----------------------------------------------------------------------
 
 struct TilingOptions {
-  int tile = 1024;       // restore tile (Deblurrer's CPU default)
-  int overlap = -1;      // -1: default_overlap of each pass
-  int tile_batch = 1;    // tiles per graph call
+  int tile = 1024;     // restore tile (Deblurrer's CPU default)
+  int overlap = -1;    // -1: default_overlap of each pass
+  int tile_batch = 1;  // tiles per graph call
   std::function<void(int done, int total)> progress;
 };
 
@@ -96,16 +97,18 @@ class Pipeline {
  private:
   enum Pass { kEstimate = 0, kRestore = 1 };
   TileGrid grid(Pass pass, int height, int width) const;
-  std::vector<float> estimate(const std::vector<float>& image, int height, int width, int& done, int total) const;
+  std::vector<float> estimate(const std::vector<float>& image, int height, int width, int& done,
+                              int total) const;
   std::vector<float> condition_mean(const std::vector<float>& map, int height, int width) const;
   std::vector<float> restore(const std::vector<float>& image, const std::vector<float>& map,
                              const std::vector<float>& cond_mean, int height, int width, int& done,
                              int total) const;
   // Run `graph` over the tiles of the (C, H, W) planes `sources` (named by `names`) and
   // blend its output into `out` (Co, H, W).
-  void tiled(Pass pass, const std::vector<const std::vector<float>*>& sources, const std::vector<int>& channels,
-             const std::vector<std::string>& names, const std::vector<float>* cond_mean, int height, int width,
-             std::vector<float>& out, int& done, int total) const;
+  void tiled(Pass pass, const std::vector<const std::vector<float>*>& sources,
+             const std::vector<int>& channels, const std::vector<std::string>& names,
+             const std::vector<float>* cond_mean, int height, int width, std::vector<float>& out, int& done,
+             int total) const;
   std::pair<int, int> padded_size(int height, int width) const;
 
   const Manifest& manifest_;
