@@ -3,6 +3,7 @@
 Imports nothing heavy: the parent process plans with it, the worker builds the
 runner named here (``benchmarks.runners``).
 """
+
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -46,42 +47,101 @@ LARGE_MPIX = 4.0
 PHOTO_MPIX = 10.0
 
 SPECS: List[BackendSpec] = [
-    BackendSpec("torch-eager", "PyTorch eager FP32 (NCHW)", "cpu", "fp32", "torch",
-                large=True, baseline=True),
+    BackendSpec(
+        "torch-eager", "PyTorch eager FP32 (NCHW)", "cpu", "fp32", "torch", large=True, baseline=True
+    ),
     BackendSpec("torch-eager-cl", "PyTorch eager FP32 (channels_last)", "cpu", "fp32", "torch"),
-    BackendSpec("torch-compile", "torch.compile inductor FP32 (channels_last)", "cpu", "fp32", "torch",
-                compiles=True),
-    BackendSpec("torch-compile-bf16", "torch.compile inductor, bf16 autocast (channels_last)", "cpu",
-                "bf16", "torch", compiles=True),
+    BackendSpec(
+        "torch-compile", "torch.compile inductor FP32 (channels_last)", "cpu", "fp32", "torch", compiles=True
+    ),
+    BackendSpec(
+        "torch-compile-bf16",
+        "torch.compile inductor, bf16 autocast (channels_last)",
+        "cpu",
+        "bf16",
+        "torch",
+        compiles=True,
+    ),
     BackendSpec("ort-fp32", "ONNX Runtime CPU FP32", "cpu", "fp32", "onnx"),
     BackendSpec("ort-fp16", "ONNX Runtime CPU, FP16 graph", "cpu", "fp16", "onnx"),
     BackendSpec("openvino-fp32", "OpenVINO CPU FP32 (whole image)", "cpu", "fp32", "openvino"),
     BackendSpec("openvino-bf16", "OpenVINO CPU BF16 (whole image)", "cpu", "bf16", "openvino"),
-    BackendSpec("runtime", "runtime Deblurrer (default: auto backend and precision, tiled 1024)", "cpu",
-                "best", "runtime", tiled=True, large=True),
-    BackendSpec("runtime-whole", "runtime Deblurrer, whole image (one tile)", "cpu", "best", "runtime",
-                large=True),
-    BackendSpec("runtime-ort", "runtime Deblurrer on ONNX Runtime FP32 (tiled 1024)", "cpu", "fp32",
-                "runtime", tiled=True),
-    BackendSpec("runtime-x2", "runtime Deblurrer, self-ensemble of 2 passes (tiled 1024)", "cpu", "best",
-                "runtime", tiled=True, self_ensemble=2),
-    BackendSpec("runtime-x8", "runtime Deblurrer, self-ensemble of 8 passes (tiled 1024)", "cpu", "best",
-                "runtime", tiled=True, self_ensemble=8),
-    BackendSpec("cpp-ort", "C++ runtime through its C API (ORT CPU, tiled 1024)", "cpu", "fp32", "cpp",
-                tiled=True),
-    BackendSpec("torch-cuda-fp32", "PyTorch CUDA FP32 (TF32 off)", "cuda", "fp32", "torch",
-                large=True, baseline=True),
-    BackendSpec("torch-cuda-fp16", "PyTorch CUDA FP16 autocast (channels_last)", "cuda", "fp16", "torch",
-                large=True),
+    BackendSpec(
+        "runtime",
+        "runtime Deblurrer (default: auto backend and precision, tiled 1024)",
+        "cpu",
+        "best",
+        "runtime",
+        tiled=True,
+        large=True,
+    ),
+    BackendSpec(
+        "runtime-whole", "runtime Deblurrer, whole image (one tile)", "cpu", "best", "runtime", large=True
+    ),
+    BackendSpec(
+        "runtime-ort",
+        "runtime Deblurrer on ONNX Runtime FP32 (tiled 1024)",
+        "cpu",
+        "fp32",
+        "runtime",
+        tiled=True,
+    ),
+    BackendSpec(
+        "runtime-x2",
+        "runtime Deblurrer, self-ensemble of 2 passes (tiled 1024)",
+        "cpu",
+        "best",
+        "runtime",
+        tiled=True,
+        self_ensemble=2,
+    ),
+    BackendSpec(
+        "runtime-x8",
+        "runtime Deblurrer, self-ensemble of 8 passes (tiled 1024)",
+        "cpu",
+        "best",
+        "runtime",
+        tiled=True,
+        self_ensemble=8,
+    ),
+    BackendSpec(
+        "cpp-ort", "C++ runtime through its C API (ORT CPU, tiled 1024)", "cpu", "fp32", "cpp", tiled=True
+    ),
+    BackendSpec(
+        "torch-cuda-fp32", "PyTorch CUDA FP32 (TF32 off)", "cuda", "fp32", "torch", large=True, baseline=True
+    ),
+    BackendSpec(
+        "torch-cuda-fp16", "PyTorch CUDA FP16 autocast (channels_last)", "cuda", "fp16", "torch", large=True
+    ),
     BackendSpec("ort-cuda-fp32", "ONNX Runtime CUDA FP32", "cuda", "fp32", "onnx"),
     BackendSpec("ort-cuda-fp16", "ONNX Runtime CUDA, FP16 graph", "cuda", "fp16", "onnx"),
-    BackendSpec("runtime-cuda", "runtime Deblurrer on CUDA (auto backend, FP16, tiled 512)", "cuda",
-                "fp16", "runtime", tiled=True, large=True),
-    BackendSpec("runtime-trt-fp16", "runtime Deblurrer, TensorRT FP16 engine (tiled 512)", "cuda", "fp16",
-                "runtime", tiled=True, large=True),
+    BackendSpec(
+        "runtime-cuda",
+        "runtime Deblurrer on CUDA (auto backend, FP16, tiled 512)",
+        "cuda",
+        "fp16",
+        "runtime",
+        tiled=True,
+        large=True,
+    ),
+    BackendSpec(
+        "runtime-trt-fp16",
+        "runtime Deblurrer, TensorRT FP16 engine (tiled 512)",
+        "cuda",
+        "fp16",
+        "runtime",
+        tiled=True,
+        large=True,
+    ),
     # Last on its device: its compiles are the first thing a tight budget cuts.
-    BackendSpec("torch-cuda-compile", "torch.compile CUDA FP16 autocast (channels_last)", "cuda", "fp16",
-                "torch", compiles=True),
+    BackendSpec(
+        "torch-cuda-compile",
+        "torch.compile CUDA FP16 autocast (channels_last)",
+        "cuda",
+        "fp16",
+        "torch",
+        compiles=True,
+    ),
 ]
 BY_NAME: Dict[str, BackendSpec] = {s.name: s for s in SPECS}
 #: The tiled path whose overhead is measured against each whole-image twin.
@@ -107,8 +167,10 @@ def select(names: Optional[List[str]], devices: List[str], compile_: bool = True
     if names is not None:
         unknown = [n for n in names if n not in BY_NAME]
         if unknown:
-            raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from "
-                             f"{', '.join(BY_NAME)}")
-    chosen = [s for s in SPECS if (s.name in names if names is not None else s.device in devices)
-              and (compile_ or not s.compiles)]
+            raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BY_NAME)}")
+    chosen = [
+        s
+        for s in SPECS
+        if (s.name in names if names is not None else s.device in devices) and (compile_ or not s.compiles)
+    ]
     return sorted(chosen, key=lambda s: (s.device != "cpu", not s.baseline))

@@ -7,6 +7,7 @@ Run in its own process: BLAS reads its thread count from the environment at impo
 kernel overrides). Prints one JSON line: ``{"fp32_gflops": ..., "n": ..., "repeats": ...}``
 (plus ``fp16_gflops`` on CUDA, ``bf16_gflops`` through torch on CPUs with native BF16).
 """
+
 import argparse
 import json
 import sys
@@ -42,8 +43,13 @@ def cpu_peak(n: int = CPU_N, repeats: int = 5, threads: Optional[int] = None) ->
     a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
     out = np.empty_like(a)
     seconds = best_time(lambda: np.matmul(a, b, out=out), repeats)
-    result = {"device": "cpu", "library": "numpy", "n": n, "repeats": repeats,
-              "fp32_gflops": gemm_gflops(n, seconds)}
+    result = {
+        "device": "cpu",
+        "library": "numpy",
+        "n": n,
+        "repeats": repeats,
+        "fp32_gflops": gemm_gflops(n, seconds),
+    }
     if cpu_has_bf16(cpu_flags()):
         import torch
 
@@ -62,19 +68,22 @@ def cuda_peak(n: int = CUDA_N, repeats: int = 10) -> dict:
     if not torch.cuda.is_available():
         raise RuntimeError(f"torch {torch.__version__} sees no CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = False
-    result = {"device": "cuda", "library": f"torch {torch.__version__}", "n": n, "repeats": repeats,
-              "gpu": torch.cuda.get_device_name()}
+    result = {
+        "device": "cuda",
+        "library": f"torch {torch.__version__}",
+        "n": n,
+        "repeats": repeats,
+        "gpu": torch.cuda.get_device_name(),
+    }
     for dtype, key in ((torch.float32, "fp32_gflops"), (torch.float16, "fp16_gflops")):
         a = torch.rand(n, n, device="cuda", dtype=dtype)
         b = torch.rand(n, n, device="cuda", dtype=dtype)
-        result[key] = gemm_gflops(n, best_time(lambda: torch.matmul(a, b), repeats,
-                                               torch.cuda.synchronize))
+        result[key] = gemm_gflops(n, best_time(lambda: torch.matmul(a, b), repeats, torch.cuda.synchronize))
     return result
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gemm",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gemm", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (BLAS: from env)")
     parser.add_argument("--n", type=int, default=None, help="matrix size")

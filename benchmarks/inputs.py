@@ -2,6 +2,7 @@
 
 Sizes are written ``WIDTHxHEIGHT`` (``1920x1080`` is landscape full HD).
 """
+
 from pathlib import Path
 from typing import List, Tuple
 
@@ -61,7 +62,7 @@ def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
     r_min, r_max = max(1.0, scale / 500), scale / 8
     # Inverse CDF of p(r) ~ r^-3 on [r_min, r_max].
     u = rng.random(count)
-    radii = 1.0 / np.sqrt(u / r_max ** 2 + (1 - u) / r_min ** 2)
+    radii = 1.0 / np.sqrt(u / r_max**2 + (1 - u) / r_min**2)
     centres = rng.random((count, 2)) * (width, height)
     colours = rng.random((count, 3))
     for (x, y), r, c in zip(centres, radii, colours):

@@ -1,4 +1,5 @@
 """Run one backend's worker process and collect its JSON lines, within a deadline."""
+
 import json
 import os
 import subprocess
@@ -25,9 +26,15 @@ def child_env(threads: int, unset: Sequence[str] = ()) -> Dict[str, str]:
     return env
 
 
-def run_module(module: str, args: List[str], threads: int, timeout: Optional[float],
-               stderr_path: Path, on_line: Callable[[dict], None] = lambda _: None,
-               unset: Sequence[str] = ()) -> Tuple[List[dict], Optional[str]]:
+def run_module(
+    module: str,
+    args: List[str],
+    threads: int,
+    timeout: Optional[float],
+    stderr_path: Path,
+    on_line: Callable[[dict], None] = lambda _: None,
+    unset: Sequence[str] = (),
+) -> Tuple[List[dict], Optional[str]]:
     """Run ``python -m module args``, parsing each stdout line that is a JSON object
     (environment: ``child_env(threads, unset)``).
 
@@ -37,8 +44,14 @@ def run_module(module: str, args: List[str], threads: int, timeout: Optional[flo
     """
     lines: List[dict] = []
     with open(stderr_path, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
-                                stderr=err, text=True, cwd=REPO, env=child_env(threads, unset))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            cwd=REPO,
+            env=child_env(threads, unset),
+        )
         timer = threading.Timer(timeout, proc.kill) if timeout is not None else None
         if timer:
             timer.start()
@@ -65,13 +78,36 @@ def run_module(module: str, args: List[str], threads: int, timeout: Optional[flo
     return lines, f"worker exited with {proc.returncode}: {tail[-1] if tail else 'no message'}"
 
 
-def worker_args(spec: BackendSpec, sizes: List[str], checkpoint: Path, bundle: Optional[Path],
-                work: Path, settings: dict, validation: Optional[Path]) -> List[str]:
+def worker_args(
+    spec: BackendSpec,
+    sizes: List[str],
+    checkpoint: Path,
+    bundle: Optional[Path],
+    work: Path,
+    settings: dict,
+    validation: Optional[Path],
+) -> List[str]:
     """Command-line of ``benchmarks.worker`` for one backend."""
-    args = ["--backend", spec.name, "--checkpoint", str(checkpoint), "--inputs", str(work),
-            "--out", str(work), "--sizes", ",".join(sizes), "--runs", str(settings["runs"]),
-            "--warmup", str(settings["warmup"]), "--threads", str(settings["threads"]),
-            "--cell-seconds", str(settings["cell_seconds"])]
+    args = [
+        "--backend",
+        spec.name,
+        "--checkpoint",
+        str(checkpoint),
+        "--inputs",
+        str(work),
+        "--out",
+        str(work),
+        "--sizes",
+        ",".join(sizes),
+        "--runs",
+        str(settings["runs"]),
+        "--warmup",
+        str(settings["warmup"]),
+        "--threads",
+        str(settings["threads"]),
+        "--cell-seconds",
+        str(settings["cell_seconds"]),
+    ]
     if bundle is not None:
         args += ["--bundle", str(bundle)]
     if validation is not None:

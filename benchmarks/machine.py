@@ -1,4 +1,5 @@
 """Description of the machine a benchmark ran on, and its short slug."""
+
 import os
 import platform
 import re
@@ -9,9 +10,20 @@ from typing import Dict, List, Optional
 
 from common.cpu import cpu_flags
 
-PACKAGES = ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt",
-            "cuda-python", "cupy-cuda12x", "cupy-cuda13x", "opencv-python-headless",
-            "scikit-image")
+PACKAGES = (
+    "numpy",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "openvino",
+    "tensorrt",
+    "cuda-python",
+    "cupy-cuda12x",
+    "cupy-cuda13x",
+    "opencv-python-headless",
+    "scikit-image",
+)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -27,8 +39,21 @@ def cpu_model() -> str:
 
 
 #: The /proc/cpuinfo flags that decide which CPU paths are fast (vector width, BF16, VNNI, AMX).
-CPU_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-                "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+CPU_FEATURES = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 def cpu_features(flags: Optional[set] = None) -> List[str]:
@@ -56,8 +81,12 @@ def usable_cpus() -> int:
 def gpu_names() -> List[str]:
     """Names of the NVIDIA GPUs ``nvidia-smi`` lists; empty without one."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
@@ -77,10 +106,16 @@ def package_versions(names=PACKAGES) -> Dict[str, str]:
 def git_commit() -> str:
     """HEAD of the repository, with ``+dirty`` for uncommitted changes; "unknown" outside git."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, cwd=REPO, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=REPO, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=REPO, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     if head.returncode != 0:
@@ -119,10 +154,29 @@ def describe_machine(threads: int) -> dict:
 def _short(name: str) -> str:
     """A few lowercase words of a CPU/GPU name: 'NVIDIA H100 80GB HBM3' -> 'h100'."""
     words = re.findall(r"[a-z0-9]+", name.lower())
-    skip = {"nvidia", "intel", "amd", "r", "tm", "cpu", "processor", "core", "geforce", "corporation",
-            "with", "radeon", "graphics"}
-    keep = [w for w in words if w not in skip and not re.fullmatch(r"\d+(gb|core|-core)?", w)
-            and not re.fullmatch(r"\d+(\.\d+)?ghz", w) and "@" not in w]
+    skip = {
+        "nvidia",
+        "intel",
+        "amd",
+        "r",
+        "tm",
+        "cpu",
+        "processor",
+        "core",
+        "geforce",
+        "corporation",
+        "with",
+        "radeon",
+        "graphics",
+    }
+    keep = [
+        w
+        for w in words
+        if w not in skip
+        and not re.fullmatch(r"\d+(gb|core|-core)?", w)
+        and not re.fullmatch(r"\d+(\.\d+)?ghz", w)
+        and "@" not in w
+    ]
     return "-".join(keep[:2]) or "unknown"
 
 

@@ -4,6 +4,7 @@ Linux keeps the peak RSS in ``VmHWM``; writing ``5`` to ``/proc/self/clear_refs`
 resets it to the current RSS (Linux >= 4.0), so each image size gets its own peak.
 Elsewhere the peak falls back to ``getrusage`` (monotonic over the process).
 """
+
 import resource
 import sys
 from pathlib import Path

@@ -4,6 +4,7 @@ Every backend measures the same weights: the PyTorch paths load the checkpoint, 
 ONNX and runtime paths its bundle (exported here when the checkpoint has none, or
 when the bundle's manifest names other weights).
 """
+
 import json
 import subprocess
 import sys
@@ -71,8 +72,12 @@ def _bundle_matches(checkpoint: Path) -> bool:
 
 def export_bundle(checkpoint: Path, out: Path) -> Optional[str]:
     """Export ``checkpoint`` to ``out`` with ``python -m export.onnx``; the error line or None."""
-    proc = subprocess.run([sys.executable, "-m", "export.onnx", "--checkpoint", str(checkpoint),
-                           "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export.onnx", "--checkpoint", str(checkpoint), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     if proc.returncode == 0:
         return None
     lines = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
@@ -95,9 +100,14 @@ def resolve_model(model: Optional[Path], work: Path, need_bundle: bool) -> Model
         model = DEFAULT_MODEL
     if model is None:
         checkpoint = random_checkpoint(work / "standin")
-        trained, note = False, (f"no trained model in {shown(DEFAULT_MODEL)}: a randomly "
-                                f"initialised `{STANDIN_PRESET}` model (seed 0) stands in; speed and "
-                                "fidelity are representative, restoration quality is not")
+        trained, note = (
+            False,
+            (
+                f"no trained model in {shown(DEFAULT_MODEL)}: a randomly "
+                f"initialised `{STANDIN_PRESET}` model (seed 0) stands in; speed and "
+                "fidelity are representative, restoration quality is not"
+            ),
+        )
     else:
         checkpoint = Path(model)
         if checkpoint.is_file():
@@ -111,5 +121,10 @@ def resolve_model(model: Optional[Path], work: Path, need_bundle: bool) -> Model
         return ModelSource(checkpoint, checkpoint, trained, note + ", its own ONNX bundle")
     error = export_bundle(checkpoint, work / "bundle")
     bundle = None if error else work / "bundle"
-    return ModelSource(checkpoint, bundle, trained, note + ", ONNX bundle exported for this run",
-                       bundle_error=f"bundle export failed: {error}" if error else None)
+    return ModelSource(
+        checkpoint,
+        bundle,
+        trained,
+        note + ", ONNX bundle exported for this run",
+        bundle_error=f"bundle export failed: {error}" if error else None,
+    )

@@ -1,4 +1,5 @@
 """Report figures (matplotlib, Agg backend): latency vs size, quality per backend."""
+
 from typing import Dict, List, Tuple
 
 import matplotlib
@@ -25,13 +26,22 @@ def plot_latency(results: dict, path: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for name, (xs, ys) in _series(results, "median_ms").items():
         left.plot(xs, ys, marker="o", label=name)
-    left.set(xscale="log", yscale="log", xlabel="megapixels", ylabel="median latency (ms)",
-             title="Latency vs image size")
+    left.set(
+        xscale="log",
+        yscale="log",
+        xlabel="megapixels",
+        ylabel="median latency (ms)",
+        title="Latency vs image size",
+    )
     for name, (xs, ys) in _series(results, "speedup_vs_baseline").items():
         right.plot(xs, ys, marker="o", label=name)
     right.axhline(1.0, color="grey", lw=0.8)
-    right.set(xscale="log", xlabel="megapixels", ylabel="speed-up vs PyTorch eager FP32",
-              title="Speed-up (same device, same run)")
+    right.set(
+        xscale="log",
+        xlabel="megapixels",
+        ylabel="speed-up vs PyTorch eager FP32",
+        title="Speed-up (same device, same run)",
+    )
     for ax in (left, right):
         ax.grid(True, which="both", alpha=0.3)
         if ax.lines:
@@ -65,8 +75,15 @@ def plot_quality(results: dict, path: str) -> None:
         right.set_ylim(min(values) - 1.0, max(values) + 1.0)
         right.set(ylabel="PSNR dB vs sharp ground truth", title="Restoration quality (validation images)")
     else:
-        right.text(0.5, 0.5, f"not measured:\n{q['source']}", ha="center", va="center", wrap=True,
-                   transform=right.transAxes)
+        right.text(
+            0.5,
+            0.5,
+            f"not measured:\n{q['source']}",
+            ha="center",
+            va="center",
+            wrap=True,
+            transform=right.transAxes,
+        )
         right.set_axis_off()
     for ax in (left, right):
         ax.tick_params(axis="x", labelrotation=30)

@@ -9,6 +9,7 @@ parameters, MACs and size multiple (``training.model_info``), ``validation`` ren
 held-out images into ``FOLDER/validation.npz`` (``training.data``). Each prints one JSON
 line ``{"event": STEP, ...}``; the parent runs a step with ``run_step``.
 """
+
 import argparse
 import json
 import sys
@@ -68,12 +69,19 @@ def validation(folder: Path, count: int, size: int, seed: int) -> dict:
     picks = sorted({round(i) for i in np.linspace(0, len(items) - 1, min(count, len(items)))})
     items = [items[i] for i in picks]
     path = Path(folder) / VALIDATION_FILE
-    np.savez(path, blurry=np.stack([_hwc(i["blurry"]) for i in items]),
-             sharp=np.stack([_hwc(i["sharp"]) for i in items]))
+    np.savez(
+        path,
+        blurry=np.stack([_hwc(i["blurry"]) for i in items]),
+        sharp=np.stack([_hwc(i["sharp"]) for i in items]),
+    )
     names = ", ".join(f"{i['name']} ({i['level']:g} px)" for i in items)
-    return {"path": str(path),
-            "description": (f"{len(items)} rendered held-out images ({size}x{size}, seed {seed}; "
-                            f"largest blur radius in brackets): {names}")}
+    return {
+        "path": str(path),
+        "description": (
+            f"{len(items)} rendered held-out images ({size}x{size}, seed {seed}; "
+            f"largest blur radius in brackets): {names}"
+        ),
+    }
 
 
 def _hwc(image) -> np.ndarray:
@@ -87,8 +95,9 @@ def run_step(step: str, args: List[str], work: Path) -> dict:
     Raises:
         ValueError: The process failed or printed no result (one line, from its stderr).
     """
-    lines, error = launch.run_module("benchmarks.prepare", [step, *args], usable_cpus(), STEP_TIMEOUT_S,
-                                     Path(work) / f"prepare_{step}.err")
+    lines, error = launch.run_module(
+        "benchmarks.prepare", [step, *args], usable_cpus(), STEP_TIMEOUT_S, Path(work) / f"prepare_{step}.err"
+    )
     found = [line for line in lines if line.get("event") == step]
     if error or not found:
         raise ValueError(f"benchmarks.prepare {step}: {error or 'printed no result'}")
@@ -96,8 +105,7 @@ def run_step(step: str, args: List[str], work: Path) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.prepare",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.prepare", description=__doc__.splitlines()[0])
     steps = parser.add_subparsers(dest="step", required=True)
     one = steps.add_parser("standin", help="save a random-init checkpoint")
     one.add_argument("folder", type=Path)

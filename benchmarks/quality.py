@@ -3,6 +3,7 @@
 Metrics are ``training.metrics`` (RGB [0, 1], PSNR 10 log10(1 / MSE), scikit-image SSIM
 with ``data_range=1, channel_axis=-1``), computed in the parent from saved ``.npy``.
 """
+
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -25,8 +26,7 @@ def mean_scores(images: np.ndarray, sharp: np.ndarray) -> dict:
     return {key: float(np.mean([s[key] for s in scores])) for key in ("psnr_db", "ssim")}
 
 
-def write_validation(folder: Path, count: int, size: int = 256,
-                     seed: int = 0) -> Tuple[Optional[Path], str]:
+def write_validation(folder: Path, count: int, size: int = 256, seed: int = 0) -> Tuple[Optional[Path], str]:
     """Save ``count`` rendered validation images as ``validation.npz`` (blurry, sharp), with
     ``benchmarks.prepare validation`` in its own process.
 
@@ -36,8 +36,11 @@ def write_validation(folder: Path, count: int, size: int = 256,
     if count <= 0:
         return None, "not asked for (--quality-images 0)"
     try:
-        found = run_step("validation", [str(folder), "--count", str(count), "--size", str(size),
-                                        "--seed", str(seed)], folder)
+        found = run_step(
+            "validation",
+            [str(folder), "--count", str(count), "--size", str(size), "--seed", str(seed)],
+            folder,
+        )
     except ValueError as exc:
         return None, str(exc)
     return (None if found["path"] is None else Path(found["path"])), found["description"]

@@ -1,4 +1,5 @@
 """The report folder: ``results.json`` (raw), ``README.md`` (tables), plots (PNG)."""
+
 import json
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -12,7 +13,7 @@ RESULTS = "results.json"
 README = "README.md"
 LATENCY_PNG = "latency.png"
 QUALITY_PNG = "quality.png"
-MIB = 2 ** 20
+MIB = 2**20
 
 
 def _num(value: Optional[float], fmt: str = "{:.1f}") -> str:
@@ -70,8 +71,11 @@ def target_lines(results: dict) -> List[str]:
         if t["met"] is None:
             verdict, measured = "not measured", "-"
         else:
-            fmt = (lambda v: f"{v:.0%}") if unit == "fraction" else (lambda v: f"{v:.2f}{unit}" if unit == "x"
-                                                                     else f"{v:.0f} {unit}")
+            fmt = (
+                (lambda v: f"{v:.0%}")
+                if unit == "fraction"
+                else (lambda v: f"{v:.2f}{unit}" if unit == "x" else f"{v:.0f} {unit}")
+            )
             measured = fmt(t["measured"])
             verdict = ("met" if t["met"] else "**missed**") + f" by {fmt(abs(t['margin']))}"
         rows.append([t["description"], t["target"], measured, verdict, t.get("note", "")])
@@ -84,17 +88,43 @@ def detail_lines(results: dict) -> List[str]:
         if c["status"] != "ok":
             continue
         fid = c.get("fidelity", {})
-        rows.append([f"`{c['backend']}`", c.get("precision", "-"), c["size"], _ms(c["median_ms"]),
-                     _ms(c["p90_ms"]), str(c["runs"]),
-                     _num(c["megapixels_per_s"], "{:.3g}"), _num(c["gflops"]),
-                     _num(None if c["fraction_of_peak"] is None else 100 * c["fraction_of_peak"]),
-                     f"{c['peak_rss_bytes'] / MIB:.0f}{_x(c.get('peak_rss_vs_baseline'))}",
-                     _num(None if c["device_peak_bytes"] is None else c["device_peak_bytes"] / MIB, "{:.0f}"),
-                     _fidelity(c), _num(fid.get("ssim"), "{:.5f}"),
-                     _ms(c.get("compile_ms"))])
-    return _table(["backend", "precision", "size", "median ms", "p90 ms", "runs", "MP/s", "GFLOP/s",
-                   "% own-precision peak", "peak RSS MiB (x base)", "GPU peak MiB", "PSNR vs FP32 ref",
-                   "SSIM vs ref", "compile ms"], rows)
+        rows.append(
+            [
+                f"`{c['backend']}`",
+                c.get("precision", "-"),
+                c["size"],
+                _ms(c["median_ms"]),
+                _ms(c["p90_ms"]),
+                str(c["runs"]),
+                _num(c["megapixels_per_s"], "{:.3g}"),
+                _num(c["gflops"]),
+                _num(None if c["fraction_of_peak"] is None else 100 * c["fraction_of_peak"]),
+                f"{c['peak_rss_bytes'] / MIB:.0f}{_x(c.get('peak_rss_vs_baseline'))}",
+                _num(None if c["device_peak_bytes"] is None else c["device_peak_bytes"] / MIB, "{:.0f}"),
+                _fidelity(c),
+                _num(fid.get("ssim"), "{:.5f}"),
+                _ms(c.get("compile_ms")),
+            ]
+        )
+    return _table(
+        [
+            "backend",
+            "precision",
+            "size",
+            "median ms",
+            "p90 ms",
+            "runs",
+            "MP/s",
+            "GFLOP/s",
+            "% own-precision peak",
+            "peak RSS MiB (x base)",
+            "GPU peak MiB",
+            "PSNR vs FP32 ref",
+            "SSIM vs ref",
+            "compile ms",
+        ],
+        rows,
+    )
 
 
 def quality_lines(results: dict) -> List[str]:
@@ -104,8 +134,14 @@ def quality_lines(results: dict) -> List[str]:
     rows = [["blurry input", _num(q["input"]["psnr_db"], "{:.2f}"), _num(q["input"]["ssim"], "{:.4f}"), "-"]]
     for name, e in q["backends"].items():
         if e.get("status") == "ok":
-            rows.append([f"`{name}`", _num(e["psnr_db"], "{:.2f}"), _num(e["ssim"], "{:.4f}"),
-                         _num(e["psnr_gain_db"], "{:+.2f}")])
+            rows.append(
+                [
+                    f"`{name}`",
+                    _num(e["psnr_db"], "{:.2f}"),
+                    _num(e["ssim"], "{:.4f}"),
+                    _num(e["psnr_gain_db"], "{:+.2f}"),
+                ]
+            )
         else:
             rows.append([f"`{name}`", "**error**", e.get("error", ""), ""])
     return [f"On {q['source']}.", ""] + _table(["path", "PSNR dB", "SSIM", "gain over input dB"], rows)
@@ -115,9 +151,12 @@ def ensemble_note(results: dict) -> List[str]:
     names = [f"`{n}`" for n, b in results["backends"].items() if b.get("self_ensemble", 1) > 1]
     if not names:
         return []
-    return [f"{', '.join(names)} average passes over flipped and transposed copies of the image "
-            "(`--self-ensemble`): they differ from the single pass by design; their gain is in the "
-            "restoration quality below.", ""]
+    return [
+        f"{', '.join(names)} average passes over flipped and transposed copies of the image "
+        "(`--self-ensemble`): they differ from the single pass by design; their gain is in the "
+        "restoration quality below.",
+        "",
+    ]
 
 
 def problem_lines(results: dict) -> List[str]:
@@ -135,8 +174,11 @@ def _peak_text(device: str, p: dict) -> str:
     if "error" in p:
         return f"{device}: not measured ({p['error']})"
     unset = ", ".join(f"{k}={v}" for k, v in p.get("blas_env_unset", {}).items())
-    text = (f"{device}: FP32 {p['fp32_gflops']:.0f} GFLOP/s ({p['library']}, {p['n']}²"
-            + (f"; measured with {unset} unset in that process" if unset else "") + ")")
+    text = (
+        f"{device}: FP32 {p['fp32_gflops']:.0f} GFLOP/s ({p['library']}, {p['n']}²"
+        + (f"; measured with {unset} unset in that process" if unset else "")
+        + ")"
+    )
     if "fp16_gflops" in p:
         text += f", FP16 {p['fp16_gflops']:.0f}"
     if "bf16_gflops" in p:
@@ -152,15 +194,16 @@ def machine_lines(results: dict) -> List[str]:
     mem = f"{m['memory_bytes'] / 2**30:.0f} GiB" if m["memory_bytes"] else "?"
     versions = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
     caps = m.get("openvino_capabilities")
-    return [f"- CPU: {m['cpu']}, {m['cpus_usable']} usable CPUs, **{s['threads']} threads** for every "
-            f"CPU backend; memory {mem}; GPU: {', '.join(m['gpus']) or 'none'}",
-            f"- CPU features detected at run time: {', '.join(m.get('cpu_features', [])) or 'none of note'}"
-            f"; OpenVINO's CPU capabilities: {', '.join(caps) if caps else 'OpenVINO not installed'}",
-            f"- Measured GEMM peak: {'; '.join(peaks)}",
-            f"- {m['os']}, Python {m['python']}; {versions}",
-            f"- git commit {m['git_commit']}; created {results['created']}; "
-            f"took {results['elapsed_s']:.0f} s",
-            f"- Command: `{results['command']}`"]
+    return [
+        f"- CPU: {m['cpu']}, {m['cpus_usable']} usable CPUs, **{s['threads']} threads** for every "
+        f"CPU backend; memory {mem}; GPU: {', '.join(m['gpus']) or 'none'}",
+        f"- CPU features detected at run time: {', '.join(m.get('cpu_features', [])) or 'none of note'}"
+        f"; OpenVINO's CPU capabilities: {', '.join(caps) if caps else 'OpenVINO not installed'}",
+        f"- Measured GEMM peak: {'; '.join(peaks)}",
+        f"- {m['os']}, Python {m['python']}; {versions}",
+        f"- git commit {m['git_commit']}; created {results['created']}; took {results['elapsed_s']:.0f} s",
+        f"- Command: `{results['command']}`",
+    ]
 
 
 def build_markdown(results: dict, slug: str) -> str:
@@ -168,29 +211,65 @@ def build_markdown(results: dict, slug: str) -> str:
     s = results["settings"]
     bases = ", ".join(f"`{baseline_for(d).name}`" for d in s["devices"])
     rf = md["receptive_field"]
-    lines = [f"# Deployment benchmark: {slug}", "",
-             f"**Model:** {md['note']}. Preset `{md['preset']}`, variant `{md['variant']}`, "
-             f"{md['params']:,} parameters, {md['macs_per_pixel'] / 1e3:.1f} KMAC per pixel, receptive "
-             f"field {rf['total']} px.", "",
-             f"Latency is end to end (NumPy HxWx3 float32 in, clipped output out): median of up to "
-             f"{s['runs']} runs after {s['warmup']} warm-up, each backend in its own process. Ratios are "
-             f"to PyTorch eager FP32 on the same device in this run ({bases}); speed-up = its latency / "
-             f"the path's. Sizes are WIDTHxHEIGHT; sizes over {s['large_mpix']:g} MP run only the tiled "
-             f"runtime, its whole-image twin and the baseline.", "",
-             "## Targets", "", *target_lines(results), "",
-             "## Latency, median ms (speed-up vs PyTorch eager FP32)", "",
-             *grid_table(results, lambda c: f"{_ms(c['median_ms'])}{_x(c.get('speedup_vs_baseline'))}"), "",
-             "## Fidelity: PSNR dB of the output vs the PyTorch FP32 output", "",
-             *ensemble_note(results), *grid_table(results, _fidelity), "",
-             "## Throughput, MP/s (share of the measured GEMM peak of the path's own precision)", "",
-             *grid_table(results, lambda c: f"{c['megapixels_per_s']:.3g}"
-                         + ("" if c["fraction_of_peak"] is None else f" ({c['fraction_of_peak']:.0%})")), "",
-             "## Restoration quality vs ground truth", "", *quality_lines(results), "",
-             f"![latency]({LATENCY_PNG})", "", f"![quality]({QUALITY_PNG})", "",
-             "## All measurements", "", *detail_lines(results), "",
-             "## Skipped and failed", "", *problem_lines(results), "",
-             "## Machine", "", *machine_lines(results), "",
-             "Backends:", ""]
+    lines = [
+        f"# Deployment benchmark: {slug}",
+        "",
+        f"**Model:** {md['note']}. Preset `{md['preset']}`, variant `{md['variant']}`, "
+        f"{md['params']:,} parameters, {md['macs_per_pixel'] / 1e3:.1f} KMAC per pixel, receptive "
+        f"field {rf['total']} px.",
+        "",
+        f"Latency is end to end (NumPy HxWx3 float32 in, clipped output out): median of up to "
+        f"{s['runs']} runs after {s['warmup']} warm-up, each backend in its own process. Ratios are "
+        f"to PyTorch eager FP32 on the same device in this run ({bases}); speed-up = its latency / "
+        f"the path's. Sizes are WIDTHxHEIGHT; sizes over {s['large_mpix']:g} MP run only the tiled "
+        f"runtime, its whole-image twin and the baseline.",
+        "",
+        "## Targets",
+        "",
+        *target_lines(results),
+        "",
+        "## Latency, median ms (speed-up vs PyTorch eager FP32)",
+        "",
+        *grid_table(results, lambda c: f"{_ms(c['median_ms'])}{_x(c.get('speedup_vs_baseline'))}"),
+        "",
+        "## Fidelity: PSNR dB of the output vs the PyTorch FP32 output",
+        "",
+        *ensemble_note(results),
+        *grid_table(results, _fidelity),
+        "",
+        "## Throughput, MP/s (share of the measured GEMM peak of the path's own precision)",
+        "",
+        *grid_table(
+            results,
+            lambda c: (
+                f"{c['megapixels_per_s']:.3g}"
+                + ("" if c["fraction_of_peak"] is None else f" ({c['fraction_of_peak']:.0%})")
+            ),
+        ),
+        "",
+        "## Restoration quality vs ground truth",
+        "",
+        *quality_lines(results),
+        "",
+        f"![latency]({LATENCY_PNG})",
+        "",
+        f"![quality]({QUALITY_PNG})",
+        "",
+        "## All measurements",
+        "",
+        *detail_lines(results),
+        "",
+        "## Skipped and failed",
+        "",
+        *problem_lines(results),
+        "",
+        "## Machine",
+        "",
+        *machine_lines(results),
+        "",
+        "Backends:",
+        "",
+    ]
     for name, b in results["backends"].items():
         lines.append(f"- `{name}`: {b['label']}" + (f" — {b['description']}" if b.get("description") else ""))
     return "\n".join(lines) + "\n"
@@ -198,11 +277,18 @@ def build_markdown(results: dict, slug: str) -> str:
 
 def summary_text(results: dict) -> str:
     """The latency grid and the targets, for the terminal."""
-    return "\n".join(["Latency, median ms (speed-up vs PyTorch eager FP32):",
-                      *grid_table(results,
-                                  lambda c: f"{_ms(c['median_ms'])}{_x(c.get('speedup_vs_baseline'))}"),
-                      "", "Fidelity, PSNR dB vs PyTorch FP32:", *grid_table(results, _fidelity),
-                      "", "Targets:", *target_lines(results)])
+    return "\n".join(
+        [
+            "Latency, median ms (speed-up vs PyTorch eager FP32):",
+            *grid_table(results, lambda c: f"{_ms(c['median_ms'])}{_x(c.get('speedup_vs_baseline'))}"),
+            "",
+            "Fidelity, PSNR dB vs PyTorch FP32:",
+            *grid_table(results, _fidelity),
+            "",
+            "Targets:",
+            *target_lines(results),
+        ]
+    )
 
 
 def _write_text(path: Path, text: str) -> None:

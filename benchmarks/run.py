@@ -7,6 +7,7 @@
 Each backend runs in its own worker process (``benchmarks.worker``); the report goes
 to ``benchmarks/reports/<machine>/`` (README.md, results.json, plots).
 """
+
 import argparse
 import os
 import shutil
@@ -34,31 +35,57 @@ DEFAULT_RSS_LIMIT_MIB = 2048
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None,
-                        help="checkpoint folder (default: models/default, else a random small model)")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="checkpoint folder (default: models/default, else a random small model)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="cpu")
-    parser.add_argument("--backends", default=None, help="comma-separated names, any device (default: "
-                        "all of --device): "
-                        + ", ".join(s.name for s in SPECS))
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated names, any device (default: "
+        "all of --device): " + ", ".join(s.name for s in SPECS),
+    )
     parser.add_argument("--sizes", default=None, help=f"WxH list (default: {','.join(DEFAULT_SIZES)})")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"sizes {','.join(QUICK_SIZES)}, 3 runs, 4 quality images, 20 s a size")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"sizes {','.join(QUICK_SIZES)}, 3 runs, 4 quality images, 20 s a size",
+    )
     parser.add_argument("--runs", type=int, default=None, help="timed runs per size (default 5; quick 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     parser.add_argument("--threads", type=int, default=usable_cpus(), help="threads of every CPU backend")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile backends")
-    parser.add_argument("--cell-seconds", type=float, default=None,
-                        help="stop timing a size after this long, >= 3 runs (default 60; quick 20)")
-    parser.add_argument("--budget-seconds", type=float, default=None,
-                        help="hard wall-clock budget of the measurements; later backends are skipped")
-    parser.add_argument("--quality-images", type=int, default=None,
-                        help="rendered validation images for quality vs ground truth (default 12; quick 4)")
-    parser.add_argument("--rss-limit-mib", type=float, default=DEFAULT_RSS_LIMIT_MIB,
-                        help="bound of the 3840x2160 tiled run's peak RSS (target)")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default: "
-                        "benchmarks/reports/<machine>)")
+    parser.add_argument(
+        "--cell-seconds",
+        type=float,
+        default=None,
+        help="stop timing a size after this long, >= 3 runs (default 60; quick 20)",
+    )
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=None,
+        help="hard wall-clock budget of the measurements; later backends are skipped",
+    )
+    parser.add_argument(
+        "--quality-images",
+        type=int,
+        default=None,
+        help="rendered validation images for quality vs ground truth (default 12; quick 4)",
+    )
+    parser.add_argument(
+        "--rss-limit-mib",
+        type=float,
+        default=DEFAULT_RSS_LIMIT_MIB,
+        help="bound of the 3840x2160 tiled run's peak RSS (target)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report folder (default: benchmarks/reports/<machine>)"
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.sizes = args.sizes or ",".join(QUICK_SIZES if quick else DEFAULT_SIZES)
@@ -69,8 +96,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error("--runs, --warmup and --threads must be >= 1")
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     try:
-        args.specs = select(args.backends.split(",") if args.backends else None, devices,
-                            not args.no_compile)
+        args.specs = select(args.backends.split(",") if args.backends else None, devices, not args.no_compile)
         parse_sizes(args.sizes)
     except ValueError as exc:
         parser.error(str(exc))
@@ -83,8 +109,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def sizes_for(spec: BackendSpec, sizes: List[tuple]) -> List[str]:
     """Sizes a backend runs: those above ``LARGE_MPIX`` only for the ``large`` backends,
     above ``PHOTO_MPIX`` only for the tiled ones."""
-    return [size_label(w, h) for w, h in sizes
-            if (spec.large or w * h <= LARGE_MPIX * 1e6) and (spec.tiled or w * h <= PHOTO_MPIX * 1e6)]
+    return [
+        size_label(w, h)
+        for w, h in sizes
+        if (spec.large or w * h <= LARGE_MPIX * 1e6) and (spec.tiled or w * h <= PHOTO_MPIX * 1e6)
+    ]
 
 
 def gemm_peaks(devices: List[str], threads: int, work: Path) -> dict:
@@ -92,12 +121,18 @@ def gemm_peaks(devices: List[str], threads: int, work: Path) -> dict:
     for device in devices:
         # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (set on some machines) throttle NumPy's
         # GEMM: the peak is measured without them, in that one process only.
-        lines, error = launch.run_module("benchmarks.gemm", ["--device", device, "--threads", str(threads)],
-                                         threads, 600, work / f"gemm_{device}.err",
-                                         unset=launch.BLAS_TUNING_ENV)
+        lines, error = launch.run_module(
+            "benchmarks.gemm",
+            ["--device", device, "--threads", str(threads)],
+            threads,
+            600,
+            work / f"gemm_{device}.err",
+            unset=launch.BLAS_TUNING_ENV,
+        )
         peaks[device] = lines[-1] if lines else {"device": device, "error": error or "no output"}
-        peaks[device]["blas_env_unset"] = {k: os.environ[k] for k in launch.BLAS_TUNING_ENV
-                                           if k in os.environ}
+        peaks[device]["blas_env_unset"] = {
+            k: os.environ[k] for k in launch.BLAS_TUNING_ENV if k in os.environ
+        }
     return peaks
 
 
@@ -110,11 +145,13 @@ class Collector:
 
     def add_cell(self, spec: BackendSpec, size: str, **fields) -> None:
         w, h = self.shape[size]
-        self.results["cells"].append({"backend": spec.name, "size": size, "width": w, "height": h,
-                                      "pixels": w * h, **fields})
+        self.results["cells"].append(
+            {"backend": spec.name, "size": size, "width": w, "height": h, "pixels": w * h, **fields}
+        )
 
-    def add_worker(self, spec: BackendSpec, sizes: List[str], lines: List[dict],
-                   error: Optional[str]) -> None:
+    def add_worker(
+        self, spec: BackendSpec, sizes: List[str], lines: List[dict], error: Optional[str]
+    ) -> None:
         setup = next((ln for ln in lines if ln["event"] == "setup"), None)
         entry = self.results["backends"][spec.name]
         if setup is None:
@@ -123,15 +160,20 @@ class Collector:
             entry.update({k: v for k, v in setup.items() if k != "event"})
         quality = next((ln for ln in lines if ln["event"] == "quality"), None)
         if quality is not None:
-            self.results["quality"]["backends"][spec.name] = {k: v for k, v in quality.items()
-                                                              if k != "event"}
+            self.results["quality"]["backends"][spec.name] = {
+                k: v for k, v in quality.items() if k != "event"
+            }
         done = {ln["size"]: ln for ln in lines if ln["event"] == "cell"}
         for size in sizes:
             if size in done:
                 self.add_cell(spec, **{k: v for k, v in done[size].items() if k != "event"})
             elif entry["status"] != "ok":
-                self.add_cell(spec, size, status=entry["status"],
-                              **{k: entry[k] for k in ("reason", "error") if k in entry})
+                self.add_cell(
+                    spec,
+                    size,
+                    status=entry["status"],
+                    **{k: entry[k] for k in ("reason", "error") if k in entry},
+                )
             else:
                 self.add_cell(spec, size, status="error", error=error or "not measured")
 
@@ -145,18 +187,24 @@ def budget_left(args: argparse.Namespace, started: float) -> Tuple[Optional[floa
     return left, f"budget of {args.budget_seconds:.0f} s spent" if left <= 0 else None
 
 
-def measure(args: argparse.Namespace, results: dict, source, work: Path, validation: Optional[Path],
-            started: float) -> None:
+def measure(
+    args: argparse.Namespace, results: dict, source, work: Path, validation: Optional[Path], started: float
+) -> None:
     """Run every backend's worker in turn, within the budget."""
     sizes = parse_sizes(args.sizes)
     collect = Collector(results, sizes)
     plan = [(spec, sizes_for(spec, sizes)) for spec in args.specs]
     bar = tqdm(total=sum(len(s) for _, s in plan), desc="benchmark", unit="cell")
     for spec, spec_sizes in plan:
-        results["backends"][spec.name] = {"label": spec.label, "device": spec.device,
-                                          "precision": spec.precision, "family": spec.family,
-                                          "tiled": spec.tiled, "self_ensemble": spec.self_ensemble,
-                                          "status": "ok"}
+        results["backends"][spec.name] = {
+            "label": spec.label,
+            "device": spec.device,
+            "precision": spec.precision,
+            "family": spec.family,
+            "tiled": spec.tiled,
+            "self_ensemble": spec.self_ensemble,
+            "status": "ok",
+        }
         remaining, spent = budget_left(args, started)
         if args.unusable.get(spec.name):
             lines, error = [{"event": "setup", "status": "skipped", "reason": args.unusable[spec.name]}], None
@@ -168,18 +216,21 @@ def measure(args: argparse.Namespace, results: dict, source, work: Path, validat
             bar.set_postfix_str(spec.name)
             lines, error = launch.run_module(
                 "benchmarks.worker",
-                launch.worker_args(spec, spec_sizes, source.checkpoint, source.bundle, work,
-                                   results["settings"], validation),
-                args.threads, remaining, work / f"{spec.name}.err",
-                on_line=lambda ln: bar.update(ln["event"] == "cell"))
+                launch.worker_args(
+                    spec, spec_sizes, source.checkpoint, source.bundle, work, results["settings"], validation
+                ),
+                args.threads,
+                remaining,
+                work / f"{spec.name}.err",
+                on_line=lambda ln: bar.update(ln["event"] == "cell"),
+            )
         collect.add_worker(spec, spec_sizes, lines, error)
         bar.n = len(results["cells"])
         bar.refresh()
     bar.close()
 
 
-def measure_pairs(args: argparse.Namespace, results: dict, source, work: Path,
-                  started: float) -> None:
+def measure_pairs(args: argparse.Namespace, results: dict, source, work: Path, started: float) -> None:
     """Time each tiled path against its whole-image twin in alternating calls, at the
     size where its tiling overhead is judged: the separate cells ran minutes apart."""
     for tiled, whole, size in analysis.tiling_pairs(results, DEFAULT_TILE):
@@ -187,10 +238,12 @@ def measure_pairs(args: argparse.Namespace, results: dict, source, work: Path,
         if spent:
             entry = {"status": "skipped", "reason": spent}
         else:
-            worker = launch.worker_args(BY_NAME[tiled], [size], source.checkpoint, source.bundle, work,
-                                        results["settings"], None) + ["--pair-with", whole]
-            lines, error = launch.run_module("benchmarks.worker", worker, args.threads, remaining,
-                                             work / f"pair-{tiled}.err")
+            worker = launch.worker_args(
+                BY_NAME[tiled], [size], source.checkpoint, source.bundle, work, results["settings"], None
+            ) + ["--pair-with", whole]
+            lines, error = launch.run_module(
+                "benchmarks.worker", worker, args.threads, remaining, work / f"pair-{tiled}.err"
+            )
             entry = _pair_entry(lines, error)
         results["pairs"].append({"tiled": tiled, "whole": whole, "size": size, **entry})
 
@@ -212,17 +265,31 @@ def new_results(args: argparse.Namespace, machine: dict, source, stats: dict) ->
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
         "machine": machine,
-        "model": {"trained": source.trained, "note": source.note,
-                  "checkpoint": shown(source.checkpoint),
-                  "bundle": shown(source.bundle) if source.bundle else None,
-                  **stats},
-        "settings": {"devices": args.devices, "sizes": [size_label(w, h) for w, h in parse_sizes(args.sizes)],
-                     "runs": args.runs, "warmup": args.warmup, "threads": args.threads,
-                     "cell_seconds": args.cell_seconds, "budget_seconds": args.budget_seconds,
-                     "compile": not args.no_compile, "tile": DEFAULT_TILE,
-                     "large_mpix": LARGE_MPIX, "photo_mpix": PHOTO_MPIX,
-                     "rss_limit_mib": args.rss_limit_mib},
-        "gemm_peak": {}, "backends": {}, "cells": [], "pairs": [],
+        "model": {
+            "trained": source.trained,
+            "note": source.note,
+            "checkpoint": shown(source.checkpoint),
+            "bundle": shown(source.bundle) if source.bundle else None,
+            **stats,
+        },
+        "settings": {
+            "devices": args.devices,
+            "sizes": [size_label(w, h) for w, h in parse_sizes(args.sizes)],
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "threads": args.threads,
+            "cell_seconds": args.cell_seconds,
+            "budget_seconds": args.budget_seconds,
+            "compile": not args.no_compile,
+            "tile": DEFAULT_TILE,
+            "large_mpix": LARGE_MPIX,
+            "photo_mpix": PHOTO_MPIX,
+            "rss_limit_mib": args.rss_limit_mib,
+        },
+        "gemm_peak": {},
+        "backends": {},
+        "cells": [],
+        "pairs": [],
         "quality": {"source": None, "input": None, "backends": {}},
         "targets": [],
     }

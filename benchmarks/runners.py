@@ -5,6 +5,7 @@ device copies, tiling and the clip to [0, 1] are all inside it, as a user pays t
 Heavy libraries are imported inside the runner that needs them, so each worker
 process loads only its own backend's.
 """
+
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -74,8 +75,10 @@ class TorchRunner(Runner):
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
         if spec.precision == "bf16" and not cpu_has_bf16(cpu_flags()):
-            raise Unavailable(f"this CPU has none of {', '.join(BF16_CPU_FLAGS)}: bf16 autocast "
-                              "would be emulated, slower than FP32")
+            raise Unavailable(
+                f"this CPU has none of {', '.join(BF16_CPU_FLAGS)}: bf16 autocast "
+                "would be emulated, slower than FP32"
+            )
         self.torch = torch
         self.device = torch.device(spec.device)
         self.channels_last = spec.name.endswith("-cl") or spec.compiles or spec.precision != "fp32"
@@ -84,18 +87,24 @@ class TorchRunner(Runner):
         model = model.to(self.device, memory_format=self.format).eval()
         self.model = torch.compile(model, dynamic=False) if spec.compiles else model
         self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(spec.precision)
-        self.description = (f"torch {torch.__version__} on {spec.device}"
-                            f"{' (' + torch.cuda.get_device_name() + ')' if spec.device == 'cuda' else ''}, "
-                            f"{'channels_last' if self.channels_last else 'NCHW'}"
-                            f"{', autocast ' + spec.precision if self.autocast else ''}"
-                            f"{', inductor' if spec.compiles else ''}, {threads} threads")
+        self.description = (
+            f"torch {torch.__version__} on {spec.device}"
+            f"{' (' + torch.cuda.get_device_name() + ')' if spec.device == 'cuda' else ''}, "
+            f"{'channels_last' if self.channels_last else 'NCHW'}"
+            f"{', autocast ' + spec.precision if self.autocast else ''}"
+            f"{', inductor' if spec.compiles else ''}, {threads} threads"
+        )
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         torch = self.torch
         x = torch.from_numpy(image).permute(2, 0, 1)[None]
         x = x.to(self.device).contiguous(memory_format=self.format)
-        with torch.no_grad(), torch.autocast(self.device.type, self.autocast or torch.float16,
-                                             enabled=self.autocast is not None):
+        with (
+            torch.no_grad(),
+            torch.autocast(
+                self.device.type, self.autocast or torch.float16, enabled=self.autocast is not None
+            ),
+        ):
             out, _ = self.model(x)
         out = out[0].float().clamp_(0.0, 1.0).permute(1, 2, 0).cpu()
         return np.ascontiguousarray(out.numpy())
@@ -143,8 +152,10 @@ class OrtRunner(Runner):
 
         provider = "CUDAExecutionProvider" if spec.device == "cuda" else "CPUExecutionProvider"
         if provider not in ort.get_available_providers():
-            raise Unavailable(f"onnxruntime {ort.__version__} has no {provider} (has: "
-                              f"{', '.join(ort.get_available_providers())})")
+            raise Unavailable(
+                f"onnxruntime {ort.__version__} has no {provider} (has: "
+                f"{', '.join(ort.get_available_providers())})"
+            )
         loaded = load_bundle(bundle, verify=False)
         if spec.precision not in loaded.precisions():
             raise Unavailable(f"the bundle has no {spec.precision} ONNX graphs")
@@ -152,9 +163,12 @@ class OrtRunner(Runner):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.sessions = {name: ort.InferenceSession(str(loaded.onnx_path(name, spec.precision)), options,
-                                                    providers=[provider])
-                         for name in loaded.graphs}
+        self.sessions = {
+            name: ort.InferenceSession(
+                str(loaded.onnx_path(name, spec.precision)), options, providers=[provider]
+            )
+            for name in loaded.graphs
+        }
         active = self.sessions["restore"].get_providers()
         if provider not in active:
             raise Unavailable(f"onnxruntime fell back to {', '.join(active)}")
@@ -232,14 +246,14 @@ class RuntimeRunner(Runner):
 
         self.spec, self.threads = spec, threads
         self.bundle = load_bundle(bundle, verify=False)
-        self.backend = {"runtime-trt-fp16": "tensorrt",
-                        "runtime-ort": "onnxruntime"}.get(spec.name, "auto")
+        self.backend = {"runtime-trt-fp16": "tensorrt", "runtime-ort": "onnxruntime"}.get(spec.name, "auto")
         if self.backend == "tensorrt":
             if import_tensorrt() is None:
                 raise Unavailable("tensorrt is not installed")
             if spec.precision not in self.bundle.engines:
-                raise Unavailable(f"the bundle has no {spec.precision} TensorRT engine "
-                                  "(build one with `make engine`)")
+                raise Unavailable(
+                    f"the bundle has no {spec.precision} TensorRT engine (build one with `make engine`)"
+                )
         self.deblurrer = self._make(None)  # the whole-image path remakes it per size
         self.precision = self.deblurrer.backend.precision
         self._reset, self._sample = _cuda_peak_sampler()
@@ -248,13 +262,20 @@ class RuntimeRunner(Runner):
         from runtime import Deblurrer
 
         precision = None if self.spec.precision == "best" else self.spec.precision
-        deblurrer = Deblurrer(self.bundle, backend=self.backend, device=self.spec.device,
-                              precision=precision, tile=tile, threads=self.threads,
-                              self_ensemble=self.spec.self_ensemble)
+        deblurrer = Deblurrer(
+            self.bundle,
+            backend=self.backend,
+            device=self.spec.device,
+            precision=precision,
+            tile=tile,
+            threads=self.threads,
+            self_ensemble=self.spec.self_ensemble,
+        )
         if deblurrer.backend.device != self.spec.device:
             raise Unavailable(f"the runtime fell back to {deblurrer.describe()}")
-        self.description = (f"{deblurrer.describe()}, tile {deblurrer.tile} x {deblurrer.tile_batch}, "
-                            f"{self.threads} threads")
+        self.description = (
+            f"{deblurrer.describe()}, tile {deblurrer.tile} x {deblurrer.tile_batch}, {self.threads} threads"
+        )
         return deblurrer
 
     def prepare(self, height: int, width: int) -> None:
@@ -319,6 +340,7 @@ def precheck(spec: BackendSpec) -> Optional[str]:
         return None
     try:
         import onnxruntime as ort
+
         cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
     except ImportError:
         cuda_ep = False
@@ -334,8 +356,9 @@ def precheck(spec: BackendSpec) -> Optional[str]:
     return None
 
 
-def make_runner(spec: BackendSpec, checkpoint: Optional[Path], bundle: Optional[Path],
-                threads: int) -> Runner:
+def make_runner(
+    spec: BackendSpec, checkpoint: Optional[Path], bundle: Optional[Path], threads: int
+) -> Runner:
     """Build the runner of ``spec``.
 
     Raises:

@@ -2,6 +2,7 @@
 
 Pure functions on plain numbers: the report and the tests share them.
 """
+
 import math
 from typing import Optional, Sequence
 
@@ -46,7 +47,7 @@ def gflops(macs_per_pixel: float, pixels: int, seconds: float) -> float:
 
 def gemm_gflops(n: int, seconds: float) -> float:
     """GFLOP/s of one ``n x n`` by ``n x n`` matrix product taking ``seconds``."""
-    return 2.0 * n ** 3 / seconds / 1e9
+    return 2.0 * n**3 / seconds / 1e9
 
 
 def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:

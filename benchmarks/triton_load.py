@@ -11,6 +11,7 @@ the resident memory of the server's processes after each cell, in
 ``benchmarks/reports/<machine>/triton_load.{md,json}``. Figures, not assertions:
 exit status 1 only where a request failed or was lost.
 """
+
 import argparse
 import json
 import os
@@ -37,8 +38,9 @@ REPORTS = Path(__file__).resolve().parent / "reports"
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.triton_load",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.triton_load", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--requests", type=int, default=8, help="requests per cell")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="square image sides")
@@ -58,6 +60,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def _request(url: str, image: np.ndarray, local: threading.local) -> float:
     """One inference; returns its latency in seconds. Raises on a bad or missing reply."""
     import tritonclient.http as httpclient
+
     if not hasattr(local, "client"):
         local.client = httpclient.InferenceServerClient(url, network_timeout=600.0)
     inp = httpclient.InferInput("image_uint8", list(image.shape), "UINT8")
@@ -77,8 +80,7 @@ def server_rss_mib(pid: int) -> float:
     return sum(p.memory_info().rss for p in [root] + root.children(recursive=True)) / 2**20
 
 
-def run_cell(server: TritonServer, image: np.ndarray, concurrency: int, requests: int,
-             bar: tqdm) -> dict:
+def run_cell(server: TritonServer, image: np.ndarray, concurrency: int, requests: int, bar: tqdm) -> dict:
     local = threading.local()
     latencies: List[float] = []
     errors: List[str] = []
@@ -94,12 +96,21 @@ def run_cell(server: TritonServer, image: np.ndarray, concurrency: int, requests
     wall = time.perf_counter() - start
     ms = np.array(latencies) * 1e3
     assert server.process is not None
-    return {"size": image.shape[0], "concurrency": concurrency, "requests": requests,
-            "ok": len(latencies), "failed": len(errors), "lost": requests - len(latencies) - len(errors),
-            "errors": errors[:3], "wall_s": wall, "throughput_per_s": len(latencies) / wall,
-            "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
-            "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
-            "server_rss_mib": server_rss_mib(server.process.pid), "loadavg_1min": os.getloadavg()[0]}
+    return {
+        "size": image.shape[0],
+        "concurrency": concurrency,
+        "requests": requests,
+        "ok": len(latencies),
+        "failed": len(errors),
+        "lost": requests - len(latencies) - len(errors),
+        "errors": errors[:3],
+        "wall_s": wall,
+        "throughput_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
+        "server_rss_mib": server_rss_mib(server.process.pid),
+        "loadavg_1min": os.getloadavg()[0],
+    }
 
 
 def served_backend(log: str) -> str:
@@ -115,27 +126,40 @@ def _image(side: int) -> np.ndarray:
 
 
 def report_markdown(results: dict) -> str:
-    rows = ["| size | concurrency | requests | ok | failed / lost | throughput (img/s) | p50 (ms) "
-            "| p99 (ms) | server RSS (MiB) | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| size | concurrency | requests | ok | failed / lost | throughput (img/s) | p50 (ms) "
+        "| p99 (ms) | server RSS (MiB) | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in results["cells"]:
-        rows.append(f"| {c['size']}x{c['size']} | {c['concurrency']} | {c['requests']} | {c['ok']} | "
-                    f"{c['failed']} / {c['lost']} | {c['throughput_per_s']:.3f} | {c['p50_ms']:.0f} | "
-                    f"{c['p99_ms']:.0f} | {c['server_rss_mib']:.0f} | {c['loadavg_1min']:.1f} |")
+        rows.append(
+            f"| {c['size']}x{c['size']} | {c['concurrency']} | {c['requests']} | {c['ok']} | "
+            f"{c['failed']} / {c['lost']} | {c['throughput_per_s']:.3f} | {c['p50_ms']:.0f} | "
+            f"{c['p99_ms']:.0f} | {c['server_rss_mib']:.0f} | {c['loadavg_1min']:.1f} |"
+        )
     m = results["machine"]
-    return "\n".join([
-        "# Triton load test (`python -m benchmarks.triton_load`)", "",
-        f"Commit {results['commit']}, {results['date']}; {m['cpu']}, {results['instances']} `deblur` "
-        f"instances x {results['threads']} runtime thread(s), runtime defaults otherwise "
-        f"(the model logged: {results['backend']}). Server: the tritonserver of nvidia-pytriton 0.7.0 on "
-        "127.0.0.1; client: this process, one tritonclient.http client per concurrent sender.", "",
-        "**Measured under load**: this machine was shared with a model training run and other "
-        "jobs (1-minute load average in the table), so the absolute figures are slow and vary "
-        "by tens of percent; compare cells of one run only. Latency is per request, from send "
-        "to reply; throughput is completed requests over the cell's wall time.", "",
-        *rows, "",
-        f"Requests sent: {results['sent']}, failed: {results['failed']}, lost: {results['lost']}. "
-        "Server RSS (server + Python-backend stubs) is read after each cell: growth across "
-        "cells of one size would be memory kept per request.", ""])
+    return "\n".join(
+        [
+            "# Triton load test (`python -m benchmarks.triton_load`)",
+            "",
+            f"Commit {results['commit']}, {results['date']}; {m['cpu']}, {results['instances']} `deblur` "
+            f"instances x {results['threads']} runtime thread(s), runtime defaults otherwise "
+            f"(the model logged: {results['backend']}). Server: the tritonserver of nvidia-pytriton 0.7.0 on "
+            "127.0.0.1; client: this process, one tritonclient.http client per concurrent sender.",
+            "",
+            "**Measured under load**: this machine was shared with a model training run and other "
+            "jobs (1-minute load average in the table), so the absolute figures are slow and vary "
+            "by tens of percent; compare cells of one run only. Latency is per request, from send "
+            "to reply; throughput is completed requests over the cell's wall time.",
+            "",
+            *rows,
+            "",
+            f"Requests sent: {results['sent']}, failed: {results['failed']}, lost: {results['lost']}. "
+            "Server RSS (server + Python-backend stubs) is read after each cell: growth across "
+            "cells of one size would be memory kept per request.",
+            "",
+        ]
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -146,8 +170,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     cells = []
     with tempfile.TemporaryDirectory(prefix="triton-load-") as tmp:
         repo = Path(tmp) / "repo"
-        if triton.main(["--bundle", str(args.bundle), "--out", str(repo), "--instances",
-                        str(args.instances), "--threads", str(args.threads)]):
+        if triton.main(
+            [
+                "--bundle",
+                str(args.bundle),
+                "--out",
+                str(repo),
+                "--instances",
+                str(args.instances),
+                "--threads",
+                str(args.threads),
+            ]
+        ):
             return 1
         with TritonServer(repo) as server:
             total = len(args.sizes) * len(args.concurrency) * args.requests
@@ -159,10 +193,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                     for concurrency in args.concurrency:
                         cells.append(run_cell(server, image, concurrency, args.requests, bar))
             backend = served_backend(server.log_file.read_text(errors="replace"))
-    results = {"commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "machine": machine, "instances": args.instances, "threads": args.threads,
-               "backend": backend, "cells": cells, "sent": sum(c["requests"] for c in cells),
-               "failed": sum(c["failed"] for c in cells), "lost": sum(c["lost"] for c in cells)}
+    results = {
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine,
+        "instances": args.instances,
+        "threads": args.threads,
+        "backend": backend,
+        "cells": cells,
+        "sent": sum(c["requests"] for c in cells),
+        "failed": sum(c["failed"] for c in cells),
+        "lost": sum(c["lost"] for c in cells),
+    }
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2) + "\n"
     atomic_write(out / "triton_load.json", lambda tmp: Path(tmp).write_text(text))

@@ -11,6 +11,7 @@ The parent (``benchmarks.run``) reads them; a crash or a time-out loses only the
 lines not printed yet. Outputs are saved as ``<backend>_<WxH>.npy`` for the
 parent's fidelity metrics.
 """
+
 import argparse
 import json
 import sys
@@ -41,8 +42,9 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def time_runs(runner: Runner, image: np.ndarray, runs: int, warmup: int,
-              cell_seconds: float) -> Tuple[List[float], float, np.ndarray]:
+def time_runs(
+    runner: Runner, image: np.ndarray, runs: int, warmup: int, cell_seconds: float
+) -> Tuple[List[float], float, np.ndarray]:
     """Warm up, then time up to ``runs`` calls (at least ``min(3, runs)``, then stop
     once ``cell_seconds`` are spent).
 
@@ -64,8 +66,9 @@ def time_runs(runner: Runner, image: np.ndarray, runs: int, warmup: int,
     return latencies, first, out
 
 
-def time_pair(runners: Tuple[Runner, Runner], image: np.ndarray, rounds: int,
-              seconds: float) -> Tuple[List[float], List[float]]:
+def time_pair(
+    runners: Tuple[Runner, Runner], image: np.ndarray, rounds: int, seconds: float
+) -> Tuple[List[float], List[float]]:
     """One warm-up call each, then rounds of one call each, the order alternating
     (ab, ba, ab, ...); stop after ``rounds``, or once ``seconds`` are spent after 3.
 
@@ -76,7 +79,7 @@ def time_pair(runners: Tuple[Runner, Runner], image: np.ndarray, rounds: int,
         runner(image)
     times: Tuple[List[float], List[float]] = ([], [])
     while len(times[0]) < rounds:
-        for k in ((0, 1) if len(times[0]) % 2 == 0 else (1, 0)):
+        for k in (0, 1) if len(times[0]) % 2 == 0 else (1, 0):
             start = time.perf_counter()
             runners[k](image)
             times[k].append(time.perf_counter() - start)
@@ -105,9 +108,14 @@ def run_pair(args: argparse.Namespace) -> int:
             emit("pair", size=label, status="error", error=one_line(exc))
             continue
         ratios = [a / b for a, b in zip(first, second)]
-        emit("pair", size=label, status="ok", backends=[s.name for s in specs],
-             latencies_ms=[[1e3 * t for t in first], [1e3 * t for t in second]],
-             median_ratio=float(np.median(ratios)))
+        emit(
+            "pair",
+            size=label,
+            status="ok",
+            backends=[s.name for s in specs],
+            latencies_ms=[[1e3 * t for t in first], [1e3 * t for t in second]],
+            median_ratio=float(np.median(ratios)),
+        )
     return 0
 
 
@@ -118,13 +126,16 @@ def memory_guard(spec: BackendSpec, growth_per_pixel: Optional[float], pixels: i
         return None
     predicted = growth_per_pixel * pixels
     if predicted > MEMORY_HEADROOM * available:
-        return (f"predicted peak RSS growth {predicted / 2**30:.1f} GiB exceeds "
-                f"{MEMORY_HEADROOM:.0%} of the {available / 2**30:.1f} GiB available")
+        return (
+            f"predicted peak RSS growth {predicted / 2**30:.1f} GiB exceeds "
+            f"{MEMORY_HEADROOM:.0%} of the {available / 2**30:.1f} GiB available"
+        )
     return None
 
 
-def measure_size(runner: Runner, spec: BackendSpec, args: argparse.Namespace,
-                 width: int, height: int) -> dict:
+def measure_size(
+    runner: Runner, spec: BackendSpec, args: argparse.Namespace, width: int, height: int
+) -> dict:
     """Time one size and save its output; returns the ``cell`` fields."""
     runner.prepare(height, width)
     image = np.load(input_path(args.inputs, width, height))
@@ -136,11 +147,18 @@ def measure_size(runner: Runner, spec: BackendSpec, args: argparse.Namespace,
     out_file = Path(args.out) / f"{spec.name}_{size_label(width, height)}.npy"
     np.save(out_file, out.astype(np.float32, copy=False))
     stats = summarise(latencies)
-    return {"status": "ok", **stats, "latencies_ms": [1e3 * t for t in latencies],
-            "first_call_ms": 1e3 * first, "warmup": args.warmup,
-            "peak_rss_bytes": peak, "rss_base_bytes": rss_base,
-            "device_peak_bytes": runner.device_peak_bytes(),
-            "description": runner.description, "output": out_file.name}
+    return {
+        "status": "ok",
+        **stats,
+        "latencies_ms": [1e3 * t for t in latencies],
+        "first_call_ms": 1e3 * first,
+        "warmup": args.warmup,
+        "peak_rss_bytes": peak,
+        "rss_base_bytes": rss_base,
+        "device_peak_bytes": runner.device_peak_bytes(),
+        "description": runner.description,
+        "output": out_file.name,
+    }
 
 
 def run_quality(runner: Runner, spec: BackendSpec, quality: Path, out: Path) -> str:
@@ -164,8 +182,13 @@ def run_backend(args: argparse.Namespace) -> int:
     except Exception as exc:  # any library's failure is a result to report, not a crash
         emit("setup", status="error", error=one_line(exc))
         return 0
-    emit("setup", status="ok", setup_ms=1e3 * (time.perf_counter() - start),
-         description=runner.description, precision=runner.precision or spec.precision)
+    emit(
+        "setup",
+        status="ok",
+        setup_ms=1e3 * (time.perf_counter() - start),
+        description=runner.description,
+        precision=runner.precision or spec.precision,
+    )
     growth_per_pixel: Optional[float] = None
     for width, height in args.sizes:
         label, pixels = size_label(width, height), width * height
@@ -197,8 +220,7 @@ def run_backend(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.worker",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--backend", required=True, choices=sorted(BY_NAME))
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--bundle", type=Path, default=None)
@@ -208,11 +230,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--cell-seconds", type=float, default=60.0,
-                        help="stop timing a size after this long (at least 3 runs)")
+    parser.add_argument(
+        "--cell-seconds",
+        type=float,
+        default=60.0,
+        help="stop timing a size after this long (at least 3 runs)",
+    )
     parser.add_argument("--quality", type=Path, default=None, help="validation .npz (blurry images)")
-    parser.add_argument("--pair-with", choices=sorted(BY_NAME), default=None,
-                        help="time --backend against this one in alternating calls instead")
+    parser.add_argument(
+        "--pair-with",
+        choices=sorted(BY_NAME),
+        default=None,
+        help="time --backend against this one in alternating calls instead",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 1 or args.threads < 1:
         parser.error("--runs, --warmup and --threads must be >= 1")

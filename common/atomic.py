@@ -2,6 +2,7 @@
 
 Readers never see half a file, and a crash leaves the previous file intact.
 """
+
 import os
 import tempfile
 from pathlib import Path

@@ -1,5 +1,6 @@
 """The CPU's instruction-set flags (Linux ``/proc/cpuinfo``), read at run time: the CPU
 model of a machine can change between sessions, and with it BF16 support."""
+
 from pathlib import Path
 
 #: /proc/cpuinfo flags of native bf16 arithmetic.

@@ -1,4 +1,5 @@
 """File digests recorded in bundle manifests and checked before a file is trusted."""
+
 import hashlib
 from pathlib import Path
 from typing import Union

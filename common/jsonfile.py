@@ -1,4 +1,5 @@
 """Versioned JSON files (bundle manifests, checkpoint configs)."""
+
 import json
 from pathlib import Path
 from typing import Type

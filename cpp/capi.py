@@ -8,6 +8,7 @@
 
 Every call returns the C status (``OK`` = 0); ``api.error()`` is the last message.
 """
+
 import ctypes
 from pathlib import Path
 from typing import Any, Optional, Tuple
@@ -20,21 +21,37 @@ UINT8, FLOAT32 = 0, 1
 
 
 class Options(ctypes.Structure):
-    _fields_ = [("tile", ctypes.c_int32), ("overlap", ctypes.c_int32), ("tile_batch", ctypes.c_int32),
-                ("threads", ctypes.c_int32), ("precision", ctypes.c_char_p),
-                ("progress", ctypes.c_void_p), ("progress_user", ctypes.c_void_p)]
+    _fields_ = [
+        ("tile", ctypes.c_int32),
+        ("overlap", ctypes.c_int32),
+        ("tile_batch", ctypes.c_int32),
+        ("threads", ctypes.c_int32),
+        ("precision", ctypes.c_char_p),
+        ("progress", ctypes.c_void_p),
+        ("progress_user", ctypes.c_void_p),
+    ]
 
 
 class Info(ctypes.Structure):
-    _fields_ = [("size_multiple", ctypes.c_int32), ("tile", ctypes.c_int32),
-                ("estimate_tile", ctypes.c_int32), ("overlap", ctypes.c_int32),
-                ("estimate_overlap", ctypes.c_int32), ("uses_pooling", ctypes.c_int32),
-                ("map_radius_scale_px", ctypes.c_double)]
+    _fields_ = [
+        ("size_multiple", ctypes.c_int32),
+        ("tile", ctypes.c_int32),
+        ("estimate_tile", ctypes.c_int32),
+        ("overlap", ctypes.c_int32),
+        ("estimate_overlap", ctypes.c_int32),
+        ("uses_pooling", ctypes.c_int32),
+        ("map_radius_scale_px", ctypes.c_double),
+    ]
 
 
 class Image(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("size_bytes", ctypes.c_size_t), ("height", ctypes.c_int32),
-                ("width", ctypes.c_int32), ("dtype", ctypes.c_int32)]
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("size_bytes", ctypes.c_size_t),
+        ("height", ctypes.c_int32),
+        ("width", ctypes.c_int32),
+        ("dtype", ctypes.c_int32),
+    ]
 
 
 def image_of(array: np.ndarray) -> Image:
@@ -53,10 +70,21 @@ class CApi:
     def __init__(self, path: Path = LIBRARY):
         lib = ctypes.CDLL(str(path))
         lib.deblur_default_options.argtypes = [ctypes.POINTER(Options)]
-        lib.deblur_create.argtypes = [ctypes.c_char_p, ctypes.POINTER(Options),
-                                      ctypes.POINTER(ctypes.c_void_p)]
-        lib.deblur_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(Image), ctypes.c_float, ctypes.c_void_p,
-                                   ctypes.c_size_t, ctypes.POINTER(Image), ctypes.c_void_p, ctypes.c_size_t]
+        lib.deblur_create.argtypes = [
+            ctypes.c_char_p,
+            ctypes.POINTER(Options),
+            ctypes.POINTER(ctypes.c_void_p),
+        ]
+        lib.deblur_run.argtypes = [
+            ctypes.c_void_p,
+            ctypes.POINTER(Image),
+            ctypes.c_float,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.POINTER(Image),
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+        ]
         lib.deblur_get_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(Info)]
         lib.deblur_describe.argtypes = [ctypes.c_void_p]
         lib.deblur_describe.restype = ctypes.c_char_p
@@ -77,19 +105,31 @@ class CApi:
         status = self.lib.deblur_create(str(bundle).encode(), ctypes.byref(opts), ctypes.byref(handle))
         return status, handle if status == OK else None
 
-    def run(self, handle: Any, image: np.ndarray, scale: float = 1.0, dmap: Optional[np.ndarray] = None,
-            out: Optional[np.ndarray] = None,
-            map_out: Optional[np.ndarray] = None) -> Tuple[int, np.ndarray, np.ndarray]:
+    def run(
+        self,
+        handle: Any,
+        image: np.ndarray,
+        scale: float = 1.0,
+        dmap: Optional[np.ndarray] = None,
+        out: Optional[np.ndarray] = None,
+        map_out: Optional[np.ndarray] = None,
+    ) -> Tuple[int, np.ndarray, np.ndarray]:
         """(status, deblurred (H, W, 3) in the image's dtype, map (H, W) float32).
 
         ``out`` and ``map_out`` may be given (any size: the library checks them).
         """
         out = np.empty(image.shape, image.dtype) if out is None else out
         map_out = np.empty(image.shape[:2], np.float32) if map_out is None else map_out
-        status = self.lib.deblur_run(handle, ctypes.byref(image_of(image)), scale,
-                                     None if dmap is None else dmap.ctypes.data,
-                                     0 if dmap is None else dmap.nbytes, ctypes.byref(image_of(out)),
-                                     map_out.ctypes.data, map_out.nbytes)
+        status = self.lib.deblur_run(
+            handle,
+            ctypes.byref(image_of(image)),
+            scale,
+            None if dmap is None else dmap.ctypes.data,
+            0 if dmap is None else dmap.nbytes,
+            ctypes.byref(image_of(out)),
+            map_out.ctypes.data,
+            map_out.nbytes,
+        )
         return status, out, map_out
 
     def info(self, handle: Any) -> Info:

@@ -3,6 +3,7 @@
 The runtime reads bundles with ``runtime.bundle``; this is the export side's writer
 (and the raw-manifest reader of the engine builder). No torch or TensorRT import.
 """
+
 import json
 import os
 import shutil
@@ -48,6 +49,7 @@ def io_spec(model: onnx.ModelProto) -> Dict[str, List[dict]]:
         {"inputs": [{"name", "dtype", "shape"}], "outputs": [...]} where a shape
         lists ints for fixed dims and names ("batch", "height", ...) for dynamic ones.
     """
+
     def entries(values) -> List[dict]:
         return [{"name": v.name, "dtype": _dtype(v), "shape": _dims(v)} for v in values]
 
@@ -58,7 +60,8 @@ def set_metadata(model: onnx.ModelProto, props: Dict[str, Any]) -> None:
     """Replace ``metadata_props`` with ``props``; non-string values are stored as JSON."""
     del model.metadata_props[:]
     onnx.helper.set_model_props(
-        model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()})
+        model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()}
+    )
 
 
 def get_metadata(model: onnx.ModelProto) -> Dict[str, str]:

@@ -7,6 +7,7 @@ capability, profile, hardware compatibility) matches the manifest is reused;
 any other is rebuilt. ``--force`` rebuilds all. Exit status: 0 done, 1 error,
 3 TensorRT, cuda-python, driver or GPU missing (the ONNX bundle still runs).
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -17,8 +18,16 @@ from tqdm import tqdm
 from common.atomic import atomic_write_bytes
 from common.hashing import sha256_file
 from export.bundle_writer import engine_file, read_manifest, write_manifest
-from export.engine_plan import (HARDWARE_COMPATIBILITY, Profile, compute_profile, engine_key,
-                                engines_section, input_shapes, reusable, tensorrt_missing_message)
+from export.engine_plan import (
+    HARDWARE_COMPATIBILITY,
+    Profile,
+    compute_profile,
+    engine_key,
+    engines_section,
+    input_shapes,
+    reusable,
+    tensorrt_missing_message,
+)
 from runtime.bundle import GRAPH_NAMES
 from runtime.errors import BundleError, MissingDependency
 from runtime.gpu import cuda_gpus, import_tensorrt
@@ -28,23 +37,31 @@ TIMING_CACHE = "trt_timing.cache"
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m export.engine",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m export.engine", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True, help="bundle folder (make export)")
     parser.add_argument("--force", action="store_true", help="rebuild engines that match")
     parser.add_argument("--tile", type=int, default=512, help="runtime tile side: opt H, W")
     parser.add_argument("--batch", type=int, default=4, help="opt batch")
-    parser.add_argument("--max-batch", type=int, default=8,
-                        help="largest tiles per call the engines accept (profile max batch)")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        help="largest tiles per call the engines accept (profile max batch)",
+    )
     parser.add_argument("--min-size", type=int, default=64, help="smallest H, W")
     parser.add_argument("--max-size", type=int, default=1024, help="largest H, W")
     parser.add_argument("--workspace-gib", type=float, default=4.0, help="workspace pool limit")
-    parser.add_argument("--opt-level", type=int, default=3, choices=range(6),
-                        help="builder_optimization_level")
-    parser.add_argument("--hardware-compatibility", default="none", choices=HARDWARE_COMPATIBILITY,
-                        help="none: engines run on this GPU model only (fastest); ampere_plus: on any "
-                             "Ampere or newer GPU; same_compute_capability: on GPUs of this one's "
-                             "compute capability")
+    parser.add_argument(
+        "--opt-level", type=int, default=3, choices=range(6), help="builder_optimization_level"
+    )
+    parser.add_argument(
+        "--hardware-compatibility",
+        default="none",
+        choices=HARDWARE_COMPATIBILITY,
+        help="none: engines run on this GPU model only (fastest); ampere_plus: on any "
+        "Ampere or newer GPU; same_compute_capability: on GPUs of this one's "
+        "compute capability",
+    )
     args = parser.parse_args(argv)
     if args.workspace_gib <= 0:
         parser.error(f"--workspace-gib must be > 0, got {args.workspace_gib}")
@@ -54,8 +71,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def plan(args: argparse.Namespace) -> tuple:
     """Checks that need no TensorRT: (manifest, profile). Raises BundleError / ValueError."""
     manifest = read_manifest(args.bundle)
-    profile = compute_profile(args.tile, args.batch, args.max_batch, args.min_size,
-                              args.max_size, manifest["size_multiple"])
+    profile = compute_profile(
+        args.tile, args.batch, args.max_batch, args.min_size, args.max_size, manifest["size_multiple"]
+    )
     for name, graph in manifest["graphs"].items():
         onnx_path = args.bundle / graph["files"]["fp16"]
         if not onnx_path.is_file():
@@ -80,15 +98,25 @@ def build_all(args: argparse.Namespace, manifest: dict, profile: Profile) -> dic
             print(f"{name}: engine matches, reused ({target})")
             continue
         shapes = input_shapes(manifest["graphs"][name]["inputs"], profile)
-        blob = trt_engine.build_engine(onnx_path, shapes, int(args.workspace_gib * (1 << 30)),
-                                       args.opt_level, args.hardware_compatibility,
-                                       args.bundle / TIMING_CACHE)
+        blob = trt_engine.build_engine(
+            onnx_path,
+            shapes,
+            int(args.workspace_gib * (1 << 30)),
+            args.opt_level,
+            args.hardware_compatibility,
+            args.bundle / TIMING_CACHE,
+        )
         atomic_write_bytes(target, blob)
-        graphs[name] = {"file": target.name, "onnx_sha256": key["onnx_sha256"],
-                        "engine_sha256": sha256_file(target),
-                        "layer_precisions": trt_engine.layer_precisions(blob)}
-        print(f"{name}: built {target} ({len(blob) / 2**20:.1f} MiB, "
-              f"layer outputs {graphs[name]['layer_precisions']})")
+        graphs[name] = {
+            "file": target.name,
+            "onnx_sha256": key["onnx_sha256"],
+            "engine_sha256": sha256_file(target),
+            "layer_precisions": trt_engine.layer_precisions(blob),
+        }
+        print(
+            f"{name}: built {target} ({len(blob) / 2**20:.1f} MiB, "
+            f"layer outputs {graphs[name]['layer_precisions']})"
+        )
     return {**manifest, "engines": {"fp16": engines_section(key, graphs)}}
 
 

@@ -5,6 +5,7 @@ engine is rebuilt) and the manifest's ``engines`` section. No torch import. Whet
 an engine fits this machine is the runtime's one check, ``runtime.bundle.check_engines``;
 TensorRT and the GPUs are found by ``runtime.gpu``.
 """
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -18,6 +19,7 @@ HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
 #: How to install TensorRT, cuda-python and onnxruntime-gpu (the README quotes it).
 GPU_INSTALL = "pip uninstall -y onnxruntime && pip install -e '.[gpu]'"
 
+
 @dataclass(frozen=True)
 class Profile:
     """(batch, height, width) triples of one TensorRT optimisation profile."""
@@ -30,8 +32,9 @@ class Profile:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
 
-def compute_profile(tile: int, batch: int, max_batch: int, min_size: int, max_size: int,
-                    size_multiple: int) -> Profile:
+def compute_profile(
+    tile: int, batch: int, max_batch: int, min_size: int, max_size: int, size_multiple: int
+) -> Profile:
     """The profile that covers the runtime's tiles.
 
     Args:
@@ -53,8 +56,9 @@ def compute_profile(tile: int, batch: int, max_batch: int, min_size: int, max_si
         raise ValueError(f"size_multiple must be >= 1, got {size_multiple}")
     for name, value in (("tile", tile), ("min-size", min_size), ("max-size", max_size)):
         if value < size_multiple or value % size_multiple:
-            raise ValueError(f"--{name} {value} must be a positive multiple of the "
-                             f"model's size multiple {size_multiple}")
+            raise ValueError(
+                f"--{name} {value} must be a positive multiple of the model's size multiple {size_multiple}"
+            )
     if not min_size <= tile <= max_size:
         raise ValueError(f"need --min-size <= --tile <= --max-size, got {min_size}, {tile}, {max_size}")
     if not 1 <= batch <= max_batch:
@@ -75,16 +79,28 @@ def input_shapes(inputs: List[dict], profile: Profile) -> Dict[str, Tuple[Shape,
             ``batch``, ``height`` and ``width`` (``cond_mean`` (batch, Cc) follows batch).
         profile: From ``compute_profile``.
     """
-    return {i["name"]: (_resolve(i["shape"], profile.min), _resolve(i["shape"], profile.opt),
-                        _resolve(i["shape"], profile.max)) for i in inputs}
+    return {
+        i["name"]: (
+            _resolve(i["shape"], profile.min),
+            _resolve(i["shape"], profile.opt),
+            _resolve(i["shape"], profile.max),
+        )
+        for i in inputs
+    }
 
 
-def engine_key(onnx_sha256: str, tensorrt_version: str, gpu: GpuInfo, profile: Profile,
-               hardware_compatibility: str) -> dict:
+def engine_key(
+    onnx_sha256: str, tensorrt_version: str, gpu: GpuInfo, profile: Profile, hardware_compatibility: str
+) -> dict:
     """What an engine depends on; an engine is reused only where all of it matches."""
-    return {"onnx_sha256": onnx_sha256, "tensorrt_version": tensorrt_version,
-            "gpu": gpu.name, "compute_capability": gpu.compute_capability,
-            "profile": profile.to_dict(), "hardware_compatibility": hardware_compatibility}
+    return {
+        "onnx_sha256": onnx_sha256,
+        "tensorrt_version": tensorrt_version,
+        "gpu": gpu.name,
+        "compute_capability": gpu.compute_capability,
+        "profile": profile.to_dict(),
+        "hardware_compatibility": hardware_compatibility,
+    }
 
 
 def recorded_key(manifest: dict, graph: str) -> Optional[dict]:
@@ -93,9 +109,14 @@ def recorded_key(manifest: dict, graph: str) -> Optional[dict]:
     if not engines or graph not in engines.get("graphs", {}):
         return None
     entry = engines["graphs"][graph]
-    return {"onnx_sha256": entry["onnx_sha256"], "tensorrt_version": engines["tensorrt_version"],
-            "gpu": engines["gpu"], "compute_capability": engines["compute_capability"],
-            "profile": engines["profile"], "hardware_compatibility": engines["hardware_compatibility"]}
+    return {
+        "onnx_sha256": entry["onnx_sha256"],
+        "tensorrt_version": engines["tensorrt_version"],
+        "gpu": engines["gpu"],
+        "compute_capability": engines["compute_capability"],
+        "profile": engines["profile"],
+        "hardware_compatibility": engines["hardware_compatibility"],
+    }
 
 
 def reusable(manifest: dict, bundle: Path, graph: str, key: dict) -> bool:
@@ -118,5 +139,7 @@ def engines_section(key: dict, graphs: Dict[str, dict]) -> dict:
 
 
 def tensorrt_missing_message(bundle: Path) -> str:
-    return (f"tensorrt is not installed: {GPU_INSTALL} (needs an NVIDIA GPU and driver); "
-            f"the ONNX bundle in {bundle} runs with onnxruntime meanwhile")
+    return (
+        f"tensorrt is not installed: {GPU_INSTALL} (needs an NVIDIA GPU and driver); "
+        f"the ONNX bundle in {bundle} runs with onnxruntime meanwhile"
+    )

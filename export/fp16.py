@@ -5,6 +5,7 @@ in the ONNX file itself. Numerically sensitive nodes stay FP32: the reductions
 that pool condition features (a mean over H x W in FP16 loses the small terms)
 and the final residual ``image + out`` whose result is the deblurred image.
 """
+
 import copy
 from typing import Dict, List, Sequence, Set
 
@@ -28,8 +29,11 @@ def final_residual_adds(model: onnx.ModelProto) -> List[str]:
     """Names of the ``Add`` nodes that add a graph input straight onto a graph output."""
     inputs = {i.name for i in model.graph.input}
     outputs = {o.name for o in model.graph.output}
-    return [n.name for n in model.graph.node
-            if n.op_type == "Add" and set(n.output) & outputs and set(n.input) & inputs]
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Add" and set(n.output) & outputs and set(n.input) & inputs
+    ]
 
 
 def _isolate_outputs(model: onnx.ModelProto, blocked: Set[str]) -> onnx.ModelProto:
@@ -47,8 +51,9 @@ def _isolate_outputs(model: onnx.ModelProto, blocked: Set[str]) -> onnx.ModelPro
         for i, name in enumerate(node.output):
             if name in outputs:
                 node.output[i] = f"{name}_fp32"
-                model.graph.node.append(onnx.helper.make_node(
-                    "Identity", [node.output[i]], [name], name=f"{name}_fp32_out"))
+                model.graph.node.append(
+                    onnx.helper.make_node("Identity", [node.output[i]], [name], name=f"{name}_fp32_out")
+                )
     return model
 
 
@@ -96,14 +101,16 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     ops = list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS)
     nodes = final_residual_adds(model)
     isolated = _isolate_outputs(model, set(ops) | set(nodes))
-    half = float16.convert_float_to_float16(isolated, keep_io_types=True,
-                                            op_block_list=ops, node_block_list=nodes)
+    half = float16.convert_float_to_float16(
+        isolated, keep_io_types=True, op_block_list=ops, node_block_list=nodes
+    )
     _drop_fp16_round_trips(half)
     return half
 
 
-def validation_images(size_multiple: int, count: int = 4, height: int = 64, width: int = 96,
-                      seed: int = 0) -> np.ndarray:
+def validation_images(
+    size_multiple: int, count: int = 4, height: int = 64, width: int = 96, seed: int = 0
+) -> np.ndarray:
     """Images like the deployment's inputs, without any data set.
 
     Half are uniform noise (every pixel independent, the worst case for
@@ -155,11 +162,11 @@ def graph_feeds(fp32_models: Dict[str, onnx.ModelProto], images: np.ndarray) -> 
 def with_all_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose every float node output is also a graph output."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    floats = {v.name: v for v in inferred.graph.value_info
-              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    floats = {
+        v.name: v for v in inferred.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
     present = {o.name for o in inferred.graph.output}
-    extra = [floats[o] for n in inferred.graph.node for o in n.output
-             if o in floats and o not in present]
+    extra = [floats[o] for n in inferred.graph.node for o in n.output if o in floats and o not in present]
     inferred.graph.output.extend(extra)
     return inferred
 
@@ -190,8 +197,12 @@ def check_fp16(fp32: onnx.ModelProto, fp16: onnx.ModelProto, feeds: Sequence[dic
         bad = bad or not bool(np.isfinite(got).all())
         errors.append(float(np.abs(got - want).max()))
         psnrs.append(psnr(got, want, data_range=None))
-    return {"psnr_db_vs_fp32": min(psnrs), "max_abs_error": max(errors), "nan_or_inf": bad,
-            "max_activation": max_activations(fp32, feeds)}
+    return {
+        "psnr_db_vs_fp32": min(psnrs),
+        "max_abs_error": max(errors),
+        "nan_or_inf": bad,
+        "max_activation": max_activations(fp32, feeds),
+    }
 
 
 def fp16_problem(name: str, report: dict) -> str:
@@ -207,6 +218,5 @@ def fp16_problem(name: str, report: dict) -> str:
     if peak > FP16_MAX:
         return f"{name}: activation {peak:.4g} at {where} overflows FP16 (max {FP16_MAX:g})"
     if report["psnr_db_vs_fp32"] < FP16_MIN_PSNR_DB:
-        return (f"{name}: FP16 vs FP32 PSNR {report['psnr_db_vs_fp32']:.1f} dB "
-                f"< {FP16_MIN_PSNR_DB:g} dB")
+        return f"{name}: FP16 vs FP32 PSNR {report['psnr_db_vs_fp32']:.1f} dB < {FP16_MIN_PSNR_DB:g} dB"
     return ""

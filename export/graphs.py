@@ -12,6 +12,7 @@ replace the defocus map, and so that large images tile exactly:
 All tensors are float32, RGB in [0, 1]; H and W must be multiples of the
 config's ``size_multiple`` (the runtime pads).
 """
+
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -43,13 +44,27 @@ def graph_specs(model: DefocusDeblurNet) -> Dict[str, dict]:
     m = model.config.size_multiple
     image = torch.rand(1, 3, 8 * m, 8 * m)
     dmap = torch.rand(1, 1, 8 * m, 8 * m)
-    specs = {"estimate": {"module": Graph(model, "estimate"), "args": (image,),
-                          "inputs": ["image"], "outputs": ["defocus_map"]}}
-    restore: Dict[str, Any] = {"module": Graph(model, "restore"), "args": (image, dmap),
-               "inputs": ["image", "defocus_map"], "outputs": ["deblurred"]}
+    specs = {
+        "estimate": {
+            "module": Graph(model, "estimate"),
+            "args": (image,),
+            "inputs": ["image"],
+            "outputs": ["defocus_map"],
+        }
+    }
+    restore: Dict[str, Any] = {
+        "module": Graph(model, "restore"),
+        "args": (image, dmap),
+        "inputs": ["image", "defocus_map"],
+        "outputs": ["deblurred"],
+    }
     if model.uses_pooling:
-        specs["condition"] = {"module": Graph(model, "condition_mean"), "args": (dmap,),
-                              "inputs": ["defocus_map"], "outputs": ["cond_mean"]}
+        specs["condition"] = {
+            "module": Graph(model, "condition_mean"),
+            "args": (dmap,),
+            "inputs": ["defocus_map"],
+            "outputs": ["cond_mean"],
+        }
         restore["args"] = (image, dmap, model.condition_mean(dmap).detach())
         restore["inputs"].append("cond_mean")
     specs["restore"] = restore
@@ -67,9 +82,16 @@ def export_graph(spec: dict, path: Path) -> onnx.ModelProto:
     """Export one graph with dynamic batch/height/width and pin its IR version."""
     names = spec["inputs"] + spec["outputs"]
     with torch.no_grad():
-        torch.onnx.export(spec["module"].eval(), spec["args"], str(path), dynamo=False,
-                          opset_version=OPSET, input_names=spec["inputs"],
-                          output_names=spec["outputs"], dynamic_axes=_dynamic_axes(names))
+        torch.onnx.export(
+            spec["module"].eval(),
+            spec["args"],
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=spec["inputs"],
+            output_names=spec["outputs"],
+            dynamic_axes=_dynamic_axes(names),
+        )
     proto = onnx.load(str(path))
     proto.ir_version = IR_VERSION
     return proto

@@ -9,6 +9,7 @@ linted for TensorRT, checked against PyTorch (parity gate) and converted to FP16
 in only when every gate passed and ``runtime.load_bundle`` reads the result: a
 failed export leaves nothing behind.
 """
+
 import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -113,9 +114,11 @@ def _export_bundle(checkpoint: Path, out: Path, preset: Optional[str]) -> dict:
             check_model(fp32[name], onnx_file(name, "fp32"))
             parity[name] = check_parity(name, spec, fp32[name], model)
             if parity[name]["psnr_db"] < PARITY_MIN_PSNR_DB:
-                raise ExportError(f"{name}: ONNX Runtime vs PyTorch PSNR {parity[name]['psnr_db']:.1f}"
-                                  f" dB < {PARITY_MIN_PSNR_DB:g} dB (max abs error "
-                                  f"{parity[name]['max_abs_error']:.3g})")
+                raise ExportError(
+                    f"{name}: ONNX Runtime vs PyTorch PSNR {parity[name]['psnr_db']:.1f}"
+                    f" dB < {PARITY_MIN_PSNR_DB:g} dB (max abs error "
+                    f"{parity[name]['max_abs_error']:.3g})"
+                )
         feeds = fp16_check.graph_feeds(fp32, fp16_check.validation_images(model.config.size_multiple))
         fp16_reports = {}
         for name, model32 in tqdm(fp32.items(), desc="fp16", unit="graph", leave=False, disable=None):
@@ -129,12 +132,22 @@ def _export_bundle(checkpoint: Path, out: Path, preset: Optional[str]) -> dict:
             files = {p: onnx_file(name, p) for p in ("fp32", "fp16")}
             onnx.save(model32, str(stage / files["fp32"]))
             onnx.save(model16, str(stage / files["fp16"]))
-            graphs[name] = {**io_spec(model32), "files": files,
-                            "sha256": {p: sha256_file(stage / f) for p, f in files.items()}}
-        manifest = {**facts, "graphs": graphs,
-                    "checkpoint": {"sha256": sha256_file(folder / WEIGHTS),
-                                   "git_commit": config.get("git_commit", "unknown")},
-                    "versions": package_versions(), "parity": parity, "fp16": fp16_reports}
+            graphs[name] = {
+                **io_spec(model32),
+                "files": files,
+                "sha256": {p: sha256_file(stage / f) for p, f in files.items()},
+            }
+        manifest = {
+            **facts,
+            "graphs": graphs,
+            "checkpoint": {
+                "sha256": sha256_file(folder / WEIGHTS),
+                "git_commit": config.get("git_commit", "unknown"),
+            },
+            "versions": package_versions(),
+            "parity": parity,
+            "fp16": fp16_reports,
+        }
         manifest["parity_min_psnr_db"] = PARITY_MIN_PSNR_DB
         manifest["fp16_min_psnr_db"] = fp16_check.FP16_MIN_PSNR_DB
         write_manifest(stage, manifest)
@@ -144,15 +157,19 @@ def _export_bundle(checkpoint: Path, out: Path, preset: Optional[str]) -> dict:
 
 def summary(manifest: dict) -> List[str]:
     """Lines of the table printed after an export."""
-    lines = [f"{'graph':10} {'parity dB':>9} {'max|err|':>9} {'fp16 dB':>8} "
-             f"{'fp16 max|err|':>13} {'peak act':>9}  largest activation at"]
+    lines = [
+        f"{'graph':10} {'parity dB':>9} {'max|err|':>9} {'fp16 dB':>8} "
+        f"{'fp16 max|err|':>13} {'peak act':>9}  largest activation at"
+    ]
     for name in manifest["graphs"]:
         par, half = manifest["parity"][name], manifest["fp16"][name]
         where, peak = max(half["max_activation"].items(), key=lambda kv: kv[1])
         flag = "  OVER FP16 RANGE" if peak > fp16_check.FP16_MAX else ""
-        lines.append(f"{name:10} {par['psnr_db']:>9.1f} {par['max_abs_error']:>9.2e} "
-                     f"{half['psnr_db_vs_fp32']:>8.1f} {half['max_abs_error']:>13.2e} "
-                     f"{peak:>9.4g}  {where}{flag}")
+        lines.append(
+            f"{name:10} {par['psnr_db']:>9.1f} {par['max_abs_error']:>9.2e} "
+            f"{half['psnr_db_vs_fp32']:>8.1f} {half['max_abs_error']:>13.2e} "
+            f"{peak:>9.4g}  {where}{flag}"
+        )
     return lines
 
 
@@ -163,8 +180,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.onnx",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder")
     parser.add_argument("--out", type=Path, required=True, help="bundle folder")
     parser.add_argument("--preset", default=None, help="refuse a checkpoint of another preset")
@@ -175,8 +191,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"export failed: {_one_line(exc)}", file=sys.stderr)
         return 1
     print("\n".join(summary(manifest)))
-    print(f"gates: parity >= {PARITY_MIN_PSNR_DB:g} dB, FP16 >= {fp16_check.FP16_MIN_PSNR_DB:g} dB; "
-          f"bundle written to {args.out}")
+    print(
+        f"gates: parity >= {PARITY_MIN_PSNR_DB:g} dB, FP16 >= {fp16_check.FP16_MIN_PSNR_DB:g} dB; "
+        f"bundle written to {args.out}"
+    )
     return 0
 
 

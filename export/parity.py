@@ -1,4 +1,5 @@
 """ONNX Runtime against PyTorch: the parity gate of the export."""
+
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Sequence, Tuple
 
@@ -37,12 +38,12 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = THREADS
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def parity_inputs(graph: str, model, batch: int, height: int, width: int,
-                  rng: np.random.Generator) -> Dict[str, np.ndarray]:
+def parity_inputs(
+    graph: str, model, batch: int, height: int, width: int, rng: np.random.Generator
+) -> Dict[str, np.ndarray]:
     """Random inputs of one graph: image in [0, 1], map in [0, 2], cond_mean from the map."""
     image = rng.random((batch, 3, height, width), dtype=np.float32)
     dmap = 2 * rng.random((batch, 1, height, width), dtype=np.float32)
@@ -57,9 +58,14 @@ def parity_inputs(graph: str, model, batch: int, height: int, width: int,
     return feeds
 
 
-def check_parity(graph: str, spec: dict, onnx_model: onnx.ModelProto, model,
-                 sizes: Sequence[Tuple[int, int, int]] = PARITY_SIZES,
-                 seed: int = 0) -> dict:
+def check_parity(
+    graph: str,
+    spec: dict,
+    onnx_model: onnx.ModelProto,
+    model,
+    sizes: Sequence[Tuple[int, int, int]] = PARITY_SIZES,
+    seed: int = 0,
+) -> dict:
     """Compare ONNX Runtime with the PyTorch module of one graph on several sizes.
 
     Args:
@@ -88,5 +94,9 @@ def check_parity(graph: str, spec: dict, onnx_model: onnx.ModelProto, model,
             raise ValueError(f"{graph}: ONNX output shape {got.shape} != PyTorch {want.shape}")
         errors.append(float(np.abs(got - want).max()))
         psnrs.append(psnr(got, want, data_range=None))
-    return {"sizes": [[h * m, w * m] for _, h, w in sizes], "batches": [b for b, _, _ in sizes],
-            "max_abs_error": max(errors), "psnr_db": min(psnrs)}
+    return {
+        "sizes": [[h * m, w * m] for _, h, w in sizes],
+        "batches": [b for b, _, _ in sizes],
+        "max_abs_error": max(errors),
+        "psnr_db": min(psnrs),
+    }

@@ -18,6 +18,7 @@ dims and dtypes come from the manifest, and dynamic batching merges same-size
 tiles from many clients. The repository is written to a temp folder and renamed
 into place; an existing REPO is replaced only with ``--force``.
 """
+
 import argparse
 import shutil
 import sys
@@ -35,8 +36,14 @@ MODEL_TEMPLATE = Path(__file__).with_name("triton_model.py")
 #: Packages copied beside model.py: the runtime and what it imports.
 RUNTIME_PACKAGES = ("runtime", "common")
 DEBLUR = "deblur"
-TRITON_DTYPES = {"uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16", "float32": "TYPE_FP32",
-                 "float16": "TYPE_FP16", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
+TRITON_DTYPES = {
+    "uint8": "TYPE_UINT8",
+    "uint16": "TYPE_UINT16",
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+}
 IMAGE_DTYPES = ("uint8", "uint16", "float32")
 #: Largest wait for a fuller batch in the graph models' dynamic batcher.
 QUEUE_DELAY_US = 2000
@@ -44,8 +51,10 @@ QUEUE_DELAY_US = 2000
 
 def _tensor(name: str, dtype: str, dims: Sequence[int], optional: bool = False) -> str:
     extra = " optional: true" if optional else ""
-    return (f'  {{ name: "{name}" data_type: {TRITON_DTYPES[dtype]} '
-            f'dims: [ {", ".join(str(d) for d in dims)} ]{extra} }}')
+    return (
+        f'  {{ name: "{name}" data_type: {TRITON_DTYPES[dtype]} '
+        f"dims: [ {', '.join(str(d) for d in dims)} ]{extra} }}"
+    )
 
 
 def _tensor_block(kind: str, tensors: Iterable[str]) -> str:
@@ -53,8 +62,9 @@ def _tensor_block(kind: str, tensors: Iterable[str]) -> str:
 
 
 def _parameters(params: Dict[str, str]) -> str:
-    return "".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n'
-                   for k, v in params.items())
+    return "".join(
+        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items()
+    )
 
 
 def _instance_group(kind: str, count: int) -> str:
@@ -69,16 +79,28 @@ def deblur_config(args: argparse.Namespace) -> str:
     image (``tile_batch``). Concurrency comes from ``instance_group`` count.
     """
     inputs = [_tensor(f"image_{d}", d, (-1, -1, 3), optional=True) for d in IMAGE_DTYPES]
-    inputs += [_tensor("defocus_scale", "float32", (1,), optional=True),
-               _tensor("defocus_map", "float32", (-1, -1), optional=True)]
+    inputs += [
+        _tensor("defocus_scale", "float32", (1,), optional=True),
+        _tensor("defocus_map", "float32", (-1, -1), optional=True),
+    ]
     outputs = [_tensor(f"deblurred_{d}", d, (-1, -1, 3)) for d in IMAGE_DTYPES]
     outputs.append(_tensor("defocus_map_used", "float32", (-1, -1)))
-    params = {"backend": args.backend, "precision": args.precision or "", "tile": _text(args.tile),
-              "tile_batch": _text(args.tile_batch), "threads": _text(args.threads),
-              "max_side": str(args.max_side), "max_pixels": str(args.max_pixels)}
-    return (f'name: "{DEBLUR}"\nbackend: "python"\nmax_batch_size: 0\n'
-            + _tensor_block("input", inputs) + _tensor_block("output", outputs)
-            + _instance_group(args.kind, args.instances) + _parameters(params))
+    params = {
+        "backend": args.backend,
+        "precision": args.precision or "",
+        "tile": _text(args.tile),
+        "tile_batch": _text(args.tile_batch),
+        "threads": _text(args.threads),
+        "max_side": str(args.max_side),
+        "max_pixels": str(args.max_pixels),
+    }
+    return (
+        f'name: "{DEBLUR}"\nbackend: "python"\nmax_batch_size: 0\n'
+        + _tensor_block("input", inputs)
+        + _tensor_block("output", outputs)
+        + _instance_group(args.kind, args.instances)
+        + _parameters(params)
+    )
 
 
 def _text(value: Optional[int]) -> str:
@@ -91,15 +113,17 @@ def _dims(spec: TensorSpec) -> List[int]:
     return [d if isinstance(d, int) else -1 for d in spec.shape[1:]]
 
 
-def graph_config(name: str, graph: GraphEntry, platform: str, max_batch: int, kind: str,
-                 count: int) -> str:
+def graph_config(name: str, graph: GraphEntry, platform: str, max_batch: int, kind: str, count: int) -> str:
     """``config.pbtxt`` of one graph on a platform backend, dims and dtypes from the manifest."""
     inputs = [_tensor(t.name, t.dtype, _dims(t)) for t in graph.inputs]
     outputs = [_tensor(t.name, t.dtype, _dims(t)) for t in graph.outputs]
-    return (f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch}\n'
-            + _tensor_block("input", inputs) + _tensor_block("output", outputs)
-            + f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}\n"
-            + _instance_group(kind, count))
+    return (
+        f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch}\n'
+        + _tensor_block("input", inputs)
+        + _tensor_block("output", outputs)
+        + f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}\n"
+        + _instance_group(kind, count)
+    )
 
 
 def _bundle_files(bundle: Bundle) -> List[Path]:
@@ -116,8 +140,11 @@ def write_deblur(stage: Path, bundle: Bundle, args: argparse.Namespace) -> None:
     (version / "bundle").mkdir(parents=True)
     shutil.copyfile(MODEL_TEMPLATE, version / "model.py")
     for package in RUNTIME_PACKAGES:
-        shutil.copytree(PACKAGE_ROOT / package, version / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "README.md"))
+        shutil.copytree(
+            PACKAGE_ROOT / package,
+            version / package,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "README.md"),
+        )
     for path in _bundle_files(bundle):
         shutil.copyfile(path, version / "bundle" / path.name)
     (model / "config.pbtxt").write_text(deblur_config(args))
@@ -131,7 +158,8 @@ def write_graphs(stage: Path, bundle: Bundle, args: argparse.Namespace) -> List[
         (stage / name / "1").mkdir(parents=True)
         shutil.copyfile(bundle.onnx_path(graph_name, "fp32"), stage / name / "1" / "model.onnx")
         (stage / name / "config.pbtxt").write_text(
-            graph_config(name, graph, "onnxruntime_onnx", args.max_batch, args.kind, 1))
+            graph_config(name, graph, "onnxruntime_onnx", args.max_batch, args.kind, 1)
+        )
         names.append(name)
     engines = bundle.engines.get("fp16")
     if engines:
@@ -139,25 +167,30 @@ def write_graphs(stage: Path, bundle: Bundle, args: argparse.Namespace) -> List[
         for graph_name, graph in bundle.graphs.items():
             name = f"{graph_name}_plan"
             (stage / name / "1").mkdir(parents=True)
-            shutil.copyfile(bundle.root / engines["graphs"][graph_name]["file"],
-                            stage / name / "1" / "model.plan")
+            shutil.copyfile(
+                bundle.root / engines["graphs"][graph_name]["file"], stage / name / "1" / "model.plan"
+            )
             (stage / name / "config.pbtxt").write_text(
-                graph_config(name, graph, "tensorrt_plan", max_batch, "gpu", 1))
+                graph_config(name, graph, "tensorrt_plan", max_batch, "gpu", 1)
+            )
             names.append(name)
     return names
 
 
 def readme(bundle: Bundle, graph_models: List[str], args: argparse.Namespace) -> str:
     engines = bundle.engines.get("fp16")
-    trt = (f"The `_plan` models are FP16 TensorRT engines built with TensorRT "
-           f"{engines['tensorrt_version']} on {engines['gpu']}: they load only in a container "
-           "with that TensorRT on a matching GPU.\n" if engines else
-           "The bundle has no TensorRT engines (`make engine`), so there are no `_plan` models.\n")
+    trt = (
+        f"The `_plan` models are FP16 TensorRT engines built with TensorRT "
+        f"{engines['tensorrt_version']} on {engines['gpu']}: they load only in a container "
+        "with that TensorRT on a matching GPU.\n"
+        if engines
+        else "The bundle has no TensorRT engines (`make engine`), so there are no `_plan` models.\n"
+    )
     return f"""# Triton model repository (written by `python -m export.triton`)
 
-Bundle: `{bundle.root}` (preset `{bundle.manifest.get('preset')}`, variant
-`{bundle.manifest.get('variant')}`). Models: `{DEBLUR}` (Python backend) and
-{', '.join(f'`{n}`' for n in graph_models)}.
+Bundle: `{bundle.root}` (preset `{bundle.manifest.get("preset")}`, variant
+`{bundle.manifest.get("variant")}`). Models: `{DEBLUR}` (Python backend) and
+{", ".join(f"`{n}`" for n in graph_models)}.
 
 ## `{DEBLUR}`: the one to serve
 
@@ -243,10 +276,14 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="replace an existing repository")
     parser.add_argument("--kind", choices=("cpu", "gpu"), default="cpu", help="instance_group kind")
     parser.add_argument("--instances", type=int, default=1, help="deblur instances (processes)")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="runtime backend of the deblur model")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
-                        help="runtime precision (default: the runtime's, runtime.backend.default_precision)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="runtime backend of the deblur model"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        help="runtime precision (default: the runtime's, runtime.backend.default_precision)",
+    )
     parser.add_argument("--tile", type=int, help="runtime tile (default: the runtime's)")
     parser.add_argument("--tile-batch", type=int, help="tiles per graph call (default: the runtime's)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads per instance (default: all)")

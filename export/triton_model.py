@@ -16,6 +16,7 @@ One request is one image (``max_batch_size: 0``), of any size:
 A bad request gets an error response with one ``error:`` line; the model keeps serving.
 Settings come from the ``parameters`` of ``config.pbtxt`` (see ``export.triton``).
 """
+
 import json
 import os
 import sys
@@ -65,10 +66,15 @@ def _quiet_dlpack_hook(default):
     destructor does not know; the destructor then reports this ValueError and leaves
     the tensor to the stub (the load test's server RSS stays flat over requests).
     """
+
     def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, ValueError) and unraisable.object is None
-                and str(unraisable.exc_value) == "PyCapsule_GetPointer called with incorrect name"):
+        if not (
+            isinstance(unraisable.exc_value, ValueError)
+            and unraisable.object is None
+            and str(unraisable.exc_value) == "PyCapsule_GetPointer called with incorrect name"
+        ):
             default(unraisable)
+
     return hook
 
 
@@ -85,13 +91,19 @@ class TritonPythonModel:
             os.environ["CUDA_VISIBLE_DEVICES"] = args["model_instance_device_id"]
         self.max_side = int(params["max_side"])
         self.max_pixels = int(params["max_pixels"])
-        self.deblurrer = Deblurrer(HERE / "bundle", backend=params["backend"],
-                                   device="cuda" if gpu else "cpu", precision=params["precision"] or None,
-                                   tile=_optional_int(params["tile"]),
-                                   tile_batch=_optional_int(params["tile_batch"]),
-                                   threads=_optional_int(params["threads"]))
-        pb_utils.Logger.log_info(f"deblur: runtime {Path(str(sys.modules['runtime'].__file__)).parent}, "
-                                 f"{self.deblurrer.describe()}, tile {self.deblurrer.tile}")
+        self.deblurrer = Deblurrer(
+            HERE / "bundle",
+            backend=params["backend"],
+            device="cuda" if gpu else "cpu",
+            precision=params["precision"] or None,
+            tile=_optional_int(params["tile"]),
+            tile_batch=_optional_int(params["tile_batch"]),
+            threads=_optional_int(params["threads"]),
+        )
+        pb_utils.Logger.log_info(
+            f"deblur: runtime {Path(str(sys.modules['runtime'].__file__)).parent}, "
+            f"{self.deblurrer.describe()}, tile {self.deblurrer.tile}"
+        )
 
     def execute(self, requests: List) -> List:
         return [self._respond(request) for request in requests]
@@ -103,15 +115,19 @@ class TritonPythonModel:
         except DeblurError as err:
             # Bad input (shape, size, map, scale): the client's error, HTTP 400 / gRPC INVALID_ARGUMENT.
             return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(f"error: {err}", pb_utils.TritonError.INVALID_ARG))
-        return pb_utils.InferenceResponse(output_tensors=[_output(f"deblurred_{sharp.dtype}", sharp),
-                                                          _output(MAP_OUTPUT, used)])
+                error=pb_utils.TritonError(f"error: {err}", pb_utils.TritonError.INVALID_ARG)
+            )
+        return pb_utils.InferenceResponse(
+            output_tensors=[_output(f"deblurred_{sharp.dtype}", sharp), _output(MAP_OUTPUT, used)]
+        )
 
     def _inputs(self, request) -> Tuple[np.ndarray, float, Optional[np.ndarray]]:
         given = [(name, a) for name in IMAGE_INPUTS if (a := _input(request, name)) is not None]
         if len(given) != 1:
-            raise RequestError(f"send exactly one of {', '.join(IMAGE_INPUTS)}, got "
-                               f"{', '.join(n for n, _ in given) or 'none'}")
+            raise RequestError(
+                f"send exactly one of {', '.join(IMAGE_INPUTS)}, got "
+                f"{', '.join(n for n, _ in given) or 'none'}"
+            )
         image = given[0][1]
         self._check_size(image.shape)
         scale_array = _input(request, "defocus_scale")
@@ -121,9 +137,11 @@ class TritonPythonModel:
     def _check_size(self, shape: Tuple[int, ...]) -> None:
         height, width = shape[:2]
         if max(height, width) > self.max_side or height * width > self.max_pixels:
-            raise RequestError(f"image {height}x{width} exceeds this server's limits: sides up to "
-                               f"{self.max_side} px, {self.max_pixels} pixels in all (parameters "
-                               "max_side and max_pixels of config.pbtxt)")
+            raise RequestError(
+                f"image {height}x{width} exceeds this server's limits: sides up to "
+                f"{self.max_side} px, {self.max_pixels} pixels in all (parameters "
+                "max_side and max_pixels of config.pbtxt)"
+            )
 
     def finalize(self) -> None:
         self.deblurrer.close()

@@ -11,6 +11,7 @@ the stub built for this Python, and this interpreter's ``bin`` first on ``PATH``
 so that the stub's embedded Python finds this environment's packages. It listens
 on 127.0.0.1 only, in its own process group, which ``stop`` ends whole.
 """
+
 import argparse
 import os
 import re
@@ -51,20 +52,27 @@ def find_distribution() -> Distribution:
         ServerError: nvidia-pytriton is not installed, or has no stub for this Python.
     """
     import importlib.util
+
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise ServerError("nvidia-pytriton is not installed (it ships the tritonserver binary): "
-                          "pip install --no-deps nvidia-pytriton==0.7.0")
+        raise ServerError(
+            "nvidia-pytriton is not installed (it ships the tritonserver binary): "
+            "pip install --no-deps nvidia-pytriton==0.7.0"
+        )
     root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    dist = Distribution(binary=root / "bin" / "tritonserver",
-                        libs=root.parent.parent / "nvidia_pytriton.libs",
-                        python_backend=root / "backends" / "python",
-                        stub=root / "python_backend_stubs" / version / "triton_python_backend_stub")
+    dist = Distribution(
+        binary=root / "bin" / "tritonserver",
+        libs=root.parent.parent / "nvidia_pytriton.libs",
+        python_backend=root / "backends" / "python",
+        stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+    )
     for path in (dist.binary, dist.libs, dist.python_backend / "libtriton_python.so", dist.stub):
         if not path.exists():
-            raise ServerError(f"{path} is missing: this nvidia-pytriton has no tritonserver for "
-                              f"Python {version} (reinstall nvidia-pytriton==0.7.0)")
+            raise ServerError(
+                f"{path} is missing: this nvidia-pytriton has no tritonserver for "
+                f"Python {version} (reinstall nvidia-pytriton==0.7.0)"
+            )
     return dist
 
 
@@ -103,9 +111,14 @@ class TritonServer:
         log_file: Where the server's output goes. Default: a file in the temp folder.
     """
 
-    def __init__(self, repo: Path, models: Optional[Sequence[str]] = ("deblur",),
-                 http_port: Optional[int] = None, grpc_port: Optional[int] = None,
-                 log_file: Optional[Path] = None):
+    def __init__(
+        self,
+        repo: Path,
+        models: Optional[Sequence[str]] = ("deblur",),
+        http_port: Optional[int] = None,
+        grpc_port: Optional[int] = None,
+        log_file: Optional[Path] = None,
+    ):
         self.dist = find_distribution()
         self.repo = Path(repo).resolve()
         if not self.repo.is_dir():
@@ -124,11 +137,18 @@ class TritonServer:
 
     def command(self) -> List[str]:
         backends = backend_folder(self.dist, Path(self._tmp.name) / "backends")
-        cmd = [str(self.dist.binary), f"--model-repository={self.repo}",
-               f"--backend-directory={backends}", f"--http-address={HOST}",
-               f"--http-port={self.http_port}", f"--grpc-address={HOST}",
-               f"--grpc-port={self.grpc_port}", "--allow-metrics=false", "--exit-on-error=true",
-               "--strict-readiness=true"]
+        cmd = [
+            str(self.dist.binary),
+            f"--model-repository={self.repo}",
+            f"--backend-directory={backends}",
+            f"--http-address={HOST}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={HOST}",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=false",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+        ]
         if self.models is not None:
             cmd += ["--model-control-mode=explicit"] + [f"--load-model={m}" for m in self.models]
         return cmd
@@ -136,14 +156,21 @@ class TritonServer:
     def start(self, timeout_s: float = 120.0) -> "TritonServer":
         """Start the server and wait until it and its models are ready."""
         with open(self.log_file, "wb") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=server_env(self.dist),
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=server_env(self.dist),
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while not self.ready():
             if self.process.poll() is not None:
-                raise ServerError(f"tritonserver exited with status {self.process.returncode} "
-                                  f"before it was ready: {self.log_tail()}")
+                raise ServerError(
+                    f"tritonserver exited with status {self.process.returncode} "
+                    f"before it was ready: {self.log_tail()}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServerError(f"tritonserver not ready after {timeout_s:.0f} s: {self.log_tail()}")
@@ -213,8 +240,9 @@ def group_alive(pgid: int) -> bool:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.triton_server",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m export.triton_server", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--repo", type=Path, required=True, help="model repository (export.triton)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
@@ -228,8 +256,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ServerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"serving {args.repo} on http://{server.url} and grpc {HOST}:{server.grpc_port} "
-          f"(log: {server.log_file}); Ctrl-C stops it", flush=True)
+    print(
+        f"serving {args.repo} on http://{server.url} and grpc {HOST}:{server.grpc_port} "
+        f"(log: {server.log_file}); Ctrl-C stops it",
+        flush=True,
+    )
     try:
         assert server.process is not None
         server.process.wait()

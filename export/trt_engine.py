@@ -9,6 +9,7 @@ creation flag as an ignored no-op), so this one code path builds the same FP16
 engine on TensorRT 10.12+ and 11. Never fall back to ``BuilderFlag.FP16``: a
 ``hasattr`` guard around it silently builds FP32 engines on 11.
 """
+
 import json
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -40,15 +41,20 @@ def _parse(builder: trt.Builder, logger: trt.ILogger, onnx_path: Path) -> trt.IN
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineBuildError(f"{onnx_path}: TensorRT's ONNX parser failed: " + " | ".join(
-            e.replace("\n", " ") for e in errors))
+        raise EngineBuildError(
+            f"{onnx_path}: TensorRT's ONNX parser failed: " + " | ".join(e.replace("\n", " ") for e in errors)
+        )
     return network
 
 
-def build_engine(onnx_path: Path, shapes: Dict[str, Tuple[Shape, Shape, Shape]],
-                 workspace_bytes: int, optimization_level: int = 3,
-                 hardware_compatibility: str = "none",
-                 timing_cache: Optional[Path] = None) -> bytes:
+def build_engine(
+    onnx_path: Path,
+    shapes: Dict[str, Tuple[Shape, Shape, Shape]],
+    workspace_bytes: int,
+    optimization_level: int = 3,
+    hardware_compatibility: str = "none",
+    timing_cache: Optional[Path] = None,
+) -> bytes:
     """Build a serialized engine from an FP16 ONNX file with one optimisation profile.
 
     Args:
@@ -99,13 +105,17 @@ def layer_precisions(engine_bytes: bytes) -> Dict[str, int]:
     engine = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is None:
         raise EngineBuildError("TensorRT cannot deserialize the engine it just built")
-    info = json.loads(engine.create_engine_inspector().get_engine_information(
-        trt.LayerInformationFormat.JSON))
+    info = json.loads(
+        engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    )
     counts: Dict[str, int] = {}
     for layer in info.get("Layers", []):
         for output in layer.get("Outputs", []) if isinstance(layer, dict) else []:
             kind = str(output.get("Format/Datatype", "unknown"))
-            dtype = "fp16" if "Half" in kind or "FP16" in kind else (
-                "fp32" if "Float" in kind or "FP32" in kind else "other")
+            dtype = (
+                "fp16"
+                if "Half" in kind or "FP16" in kind
+                else ("fp32" if "Float" in kind or "FP32" in kind else "other")
+            )
             counts[dtype] = counts.get(dtype, 0) + 1
     return counts

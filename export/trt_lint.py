@@ -8,6 +8,7 @@ RMSNormalization) are none that this project's graphs use.
 
     python -m export.trt_lint models/default/*.onnx
 """
+
 import argparse
 import sys
 from typing import Dict, Iterable, List, Optional, Set
@@ -18,7 +19,8 @@ from google.protobuf.message import DecodeError
 TENSORRT_VERSION = "10.15"
 OPSET_RANGE = (9, 24)
 
-SUPPORTED_OPS = frozenset("""
+SUPPORTED_OPS = frozenset(
+    """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool
 BatchNormalization BlackmanWindow Cast CastLike Ceil Celu Clip Concat Constant
 ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DeformConv DepthToSpace
@@ -36,25 +38,53 @@ RMSNormalization RNN RoiAlign RotaryEmbedding Round STFT ScaledTanh Scan Scatter
 ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax
 Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh TensorScatter
 ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
-""".split())
+""".split()
+)
 
 #: Inputs (by position) that the table says must be initializers / build-time constants.
 CONSTANT_INPUTS: Dict[str, tuple] = {
-    **{op: (1,) for op in ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
-                           "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd",
-                           "ReduceSum", "ReduceSumSquare")},
-    "CumSum": (1,), "OneHot": (1,), "Dropout": (2,), "STFT": (1, 2),
-    "Squeeze": (1,), "Unsqueeze": (1,),
+    **{
+        op: (1,)
+        for op in (
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceLogSum",
+            "ReduceLogSumExp",
+            "ReduceMax",
+            "ReduceMean",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceSum",
+            "ReduceSumSquare",
+        )
+    },
+    "CumSum": (1,),
+    "OneHot": (1,),
+    "Dropout": (2,),
+    "STFT": (1, 2),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
 }
 
 RESIZE_MODES = {"nearest", "linear"}
-RESIZE_COORDINATES = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn",
-                      "asymmetric", "align_corners"}
+RESIZE_COORDINATES = {
+    "half_pixel",
+    "pytorch_half_pixel",
+    "tf_half_pixel_for_nn",
+    "asymmetric",
+    "align_corners",
+}
 RESIZE_NEAREST = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
 
-UNSUPPORTED_DTYPES = {onnx.TensorProto.STRING, onnx.TensorProto.COMPLEX64,
-                      onnx.TensorProto.COMPLEX128, onnx.TensorProto.UINT16,
-                      onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.INT16}
+UNSUPPORTED_DTYPES = {
+    onnx.TensorProto.STRING,
+    onnx.TensorProto.COMPLEX64,
+    onnx.TensorProto.COMPLEX128,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.UINT32,
+    onnx.TensorProto.UINT64,
+    onnx.TensorProto.INT16,
+}
 
 
 class LintError(ValueError):
@@ -104,8 +134,11 @@ def _attribute_problems(node: onnx.NodeProto) -> List[str]:
 def _graph_problems(graph: onnx.GraphProto, constants: Set[str]) -> List[str]:
     constants = constants | {t.name for t in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    problems = [f"tensor {t.name!r} has type {onnx.TensorProto.DataType.Name(t.data_type)}"
-                for t in graph.initializer if t.data_type in UNSUPPORTED_DTYPES]
+    problems = [
+        f"tensor {t.name!r} has type {onnx.TensorProto.DataType.Name(t.data_type)}"
+        for t in graph.initializer
+        if t.data_type in UNSUPPORTED_DTYPES
+    ]
     for value in list(graph.input) + list(graph.output):
         if value.type.tensor_type.elem_type in UNSUPPORTED_DTYPES:
             problems.append(f"graph I/O {value.name!r} has an unsupported type")
@@ -132,8 +165,10 @@ def lint_model(model: onnx.ModelProto) -> List[str]:
     problems = []
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and not OPSET_RANGE[0] <= opset.version <= OPSET_RANGE[1]:
-            problems.append(f"opset {opset.version} outside TensorRT {TENSORRT_VERSION}'s "
-                            f"{OPSET_RANGE[0]}..{OPSET_RANGE[1]}")
+            problems.append(
+                f"opset {opset.version} outside TensorRT {TENSORRT_VERSION}'s "
+                f"{OPSET_RANGE[0]}..{OPSET_RANGE[1]}"
+            )
     return problems + _graph_problems(model.graph, set())
 
 
@@ -142,13 +177,13 @@ def check_model(model: onnx.ModelProto, name: str) -> None:
     problems = lint_model(model)
     if problems:
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise LintError(f"{name}: TensorRT {TENSORRT_VERSION} cannot parse it: "
-                        + "; ".join(problems[:3]) + more)
+        raise LintError(
+            f"{name}: TensorRT {TENSORRT_VERSION} cannot parse it: " + "; ".join(problems[:3]) + more
+        )
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.trt_lint",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m export.trt_lint", description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="ONNX files")
     args = parser.parse_args(argv)
     status = 0

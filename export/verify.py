@@ -8,6 +8,7 @@ ONNX runs in ONNX Runtime instead, and the output says so. Inputs are the export
 validation-like images (noise and smooth), chained through the FP32 graphs.
 An output element fails where it exceeds both tolerances (polygraphy "elemwise").
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -48,6 +49,7 @@ def fp16_runners(bundle: Bundle) -> Tuple[str, dict, Optional[int]]:
             from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
             from export import trt_engine
+
             version = trt_engine.tensorrt_version()
             engines = check_engines(bundle, "fp16", version, gpu)
             runners = {name: TrtRunner(EngineFromBytes(path.read_bytes())) for name, path in engines.items()}
@@ -64,8 +66,9 @@ def fp16_runners(bundle: Bundle) -> Tuple[str, dict, Optional[int]]:
 def max_abs_error(results) -> float:
     """Largest |test - reference| over every iteration and output of a two-runner run."""
     (_, test), (_, ref) = results.items()
-    return max(float(np.abs(np.asarray(t[k]) - np.asarray(r[k])).max())
-               for t, r in zip(test, ref) for k in t.keys())
+    return max(
+        float(np.abs(np.asarray(t[k]) - np.asarray(r[k])).max()) for t, r in zip(test, ref) for k in t.keys()
+    )
 
 
 def verify(bundle: Path) -> bool:
@@ -82,17 +85,17 @@ def verify(bundle: Path) -> bool:
     for name in loaded.graphs:
         reference = _ort(loaded.onnx_path(name, "fp32"))
         results = Comparator.run([runners[name], reference], data_loader=feeds[name])
-        ok = bool(Comparator.compare_accuracy(
-            results, compare_func=SimpleCompareFunc(atol=ATOL, rtol=RTOL)))
-        print(f"{name}: {'PASSED' if ok else 'FAILED'} (max abs error {max_abs_error(results):.3g} "
-              f"over {len(feeds[name])} inputs)")
+        ok = bool(Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=ATOL, rtol=RTOL)))
+        print(
+            f"{name}: {'PASSED' if ok else 'FAILED'} (max abs error {max_abs_error(results):.3g} "
+            f"over {len(feeds[name])} inputs)"
+        )
         passed = passed and ok
     return passed
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.verify",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m export.verify", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True)
     args = parser.parse_args(argv)
     try:

@@ -29,9 +29,9 @@ Errors are ``runtime.errors.DeblurError`` subclasses with one-line messages; the
 Command lines: ``python -m runtime.infer`` (files) and ``python -m runtime.stream``
 (raw frames on stdin / stdout); see ``runtime/README.md``.
 """
+
 from runtime.bundle import Bundle, load_bundle
 from runtime.deblurrer import Deblurrer
 from runtime.errors import BackendError, BundleError, DeblurError, ImageError
 
-__all__ = ["BackendError", "Bundle", "BundleError", "DeblurError", "Deblurrer", "ImageError",
-           "load_bundle"]
+__all__ = ["BackendError", "Bundle", "BundleError", "DeblurError", "Deblurrer", "ImageError", "load_bundle"]

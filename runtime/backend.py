@@ -1,5 +1,6 @@
 """The backend interface, the ``auto`` choice (TensorRT on a GPU, OpenVINO on the CPU,
 ONNX Runtime where neither can run) and the default precision (``default_precision``)."""
+
 import importlib
 import logging
 from abc import ABC, abstractmethod
@@ -97,6 +98,7 @@ def openvino_missing() -> Optional[str]:
 
 def _ort_cuda_available() -> bool:
     import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
+
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
@@ -108,9 +110,14 @@ def _resolve_device(device: str) -> str:
     return "cuda" if found else "cpu"
 
 
-def create_backend(bundle: Bundle, backend: str = "auto", device: str = "cpu",
-                   precision: Optional[str] = None, threads: Optional[int] = None,
-                   cuda_graphs: bool = False) -> Backend:
+def create_backend(
+    bundle: Bundle,
+    backend: str = "auto",
+    device: str = "cpu",
+    precision: Optional[str] = None,
+    threads: Optional[int] = None,
+    cuda_graphs: bool = False,
+) -> Backend:
     """Build the backend that runs ``bundle``, logging what was picked and why.
 
     ``auto`` on ``cuda`` picks TensorRT where ``tensorrt`` imports, a GPU is present
@@ -146,21 +153,24 @@ def create_backend(bundle: Bundle, backend: str = "auto", device: str = "cpu",
         chosen: Backend = _openvino(bundle, device, precision, threads)
     elif backend == "tensorrt":
         if device != "cuda":
-            raise BackendError("the TensorRT backend needs a CUDA GPU, and the device is cpu "
-                               "(--device cpu, or auto found no GPU)")
+            raise BackendError(
+                "the TensorRT backend needs a CUDA GPU, and the device is cpu "
+                "(--device cpu, or auto found no GPU)"
+            )
         assert precision is not None
         reason = tensorrt_unusable(bundle, precision)
         if reason is not None:
             raise BackendError(f"cannot use TensorRT: {reason}")
         from runtime.trt_backend import TrtBackend
+
         chosen = TrtBackend(bundle, precision, cuda_graphs=cuda_graphs)
     else:
         if precision == "bf16":
             raise BackendError("bf16 runs on the OpenVINO backend only (--backend openvino)")
         from runtime.ort_backend import OrtBackend
+
         provider = "tensorrt" if backend == "onnxruntime-trt" else device
-        chosen = OrtBackend(bundle, precision or "fp32", provider=provider, threads=threads,
-                            strict=strict)
+        chosen = OrtBackend(bundle, precision or "fp32", provider=provider, threads=threads, strict=strict)
     log.info("backend: %s", chosen.describe())
     return chosen
 
@@ -194,13 +204,15 @@ def default_precision(bundle: Bundle, backend: str, device: str, precision: Opti
 
 def _openvino(bundle: Bundle, device: str, precision: Optional[str], threads: Optional[int]) -> Backend:
     if device != "cpu":
-        raise BackendError("the OpenVINO backend runs on the CPU, and the device is cuda "
-                           "(use --device cpu)")
+        raise BackendError("the OpenVINO backend runs on the CPU, and the device is cuda (use --device cpu)")
     missing = openvino_missing()
     if missing is not None:
-        raise BackendError(f"cannot use OpenVINO: {missing}; install it with `pip install openvino` "
-                           "or use --backend onnxruntime")
+        raise BackendError(
+            f"cannot use OpenVINO: {missing}; install it with `pip install openvino` "
+            "or use --backend onnxruntime"
+        )
     from runtime.openvino_backend import OpenVinoBackend
+
     return OpenVinoBackend(bundle, precision, threads=threads)
 
 

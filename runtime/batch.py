@@ -18,6 +18,7 @@ Reruns: a folder's files named like this project's outputs (``*_deblurred``,
 are read like any image. Files of other types in a folder are reported, not silently
 skipped.
 """
+
 import logging
 import os
 import tempfile
@@ -51,7 +52,8 @@ def collect_inputs(paths: Sequence[str]) -> List[Path]:
     """Files as given and the images inside given folders (sorted, not recursive).
 
     In folders, earlier outputs of this project are skipped, and other file types and
-    entries that are not regular files are reported (logged). Missing paths are kept: reading them reports the error.
+    entries that are not regular files are reported (logged). Missing paths are kept:
+    reading them reports the error.
     """
     found: List[Path] = []
     for name in paths:
@@ -63,20 +65,36 @@ def collect_inputs(paths: Sequence[str]) -> List[Path]:
         files = [p for p in entries if p.is_file()]
         special = [p for p in entries if not p.is_file()]
         if special:
-            log.warning("%s: skipped %d entr%s that %s not regular files (FIFO, device, socket or broken "
-                        "link): %s", path, len(special), "y" if len(special) == 1 else "ies",
-                        "is" if len(special) == 1 else "are", _names(special))
+            log.warning(
+                "%s: skipped %d entr%s that %s not regular files (FIFO, device, socket or broken link): %s",
+                path,
+                len(special),
+                "y" if len(special) == 1 else "ies",
+                "is" if len(special) == 1 else "are",
+                _names(special),
+            )
         images = [p for p in files if p.suffix.lower() in EXTENSIONS]
         own = [p for p in images if is_own_output(p)]
         others = [p for p in files if p.suffix.lower() not in EXTENSIONS]
         if own:
-            log.info("%s: skipped %d earlier output%s of this tool (%s)", path, len(own),
-                     "" if len(own) == 1 else "s", ", ".join(f"*{s}" for s in OWN_SUFFIXES))
+            log.info(
+                "%s: skipped %d earlier output%s of this tool (%s)",
+                path,
+                len(own),
+                "" if len(own) == 1 else "s",
+                ", ".join(f"*{s}" for s in OWN_SUFFIXES),
+            )
         if others:
             kinds = sorted({p.suffix.lower() or "no extension" for p in others})
-            log.warning("%s: skipped %d file%s of other types (%s): %s; this tool reads %s", path,
-                        len(others), "" if len(others) == 1 else "s", ", ".join(kinds),
-                        _names(others), ", ".join(EXTENSIONS))
+            log.warning(
+                "%s: skipped %d file%s of other types (%s): %s; this tool reads %s",
+                path,
+                len(others),
+                "" if len(others) == 1 else "s",
+                ", ".join(kinds),
+                _names(others),
+                ", ".join(EXTENSIONS),
+            )
         found.extend(p for p in images if p not in own)
     return found
 
@@ -88,8 +106,9 @@ class OutputPaths(NamedTuple):
     comparison: Path
 
 
-def output_paths(src: Path, output: Optional[Path], output_dir: Optional[Path],
-                 ext: str = ".png") -> OutputPaths:
+def output_paths(
+    src: Path, output: Optional[Path], output_dir: Optional[Path], ext: str = ".png"
+) -> OutputPaths:
     """The files of one input; ``ext`` is the deblurred file's extension unless
     ``output`` (``-o``) names the file."""
     if output is not None:
@@ -97,18 +116,30 @@ def output_paths(src: Path, output: Optional[Path], output_dir: Optional[Path],
     else:
         base = (src.parent if output_dir is None else output_dir) / src.stem
         out = Path(f"{base}{OUTPUT_SUFFIX}{ext}")
-    return OutputPaths(out, Path(f"{base}{MAP_SUFFIX}.png"), Path(f"{base}{RAW_MAP_SUFFIX}.tif"),
-                       Path(f"{base}{COMPARE_SUFFIX}.png"))
+    return OutputPaths(
+        out,
+        Path(f"{base}{MAP_SUFFIX}.png"),
+        Path(f"{base}{RAW_MAP_SUFFIX}.tif"),
+        Path(f"{base}{COMPARE_SUFFIX}.png"),
+    )
 
 
-def _written(src: Path, output: Optional[Path], output_dir: Optional[Path],
-             save_map: Optional[str], save_comparison: bool) -> List[Path]:
+def _written(
+    src: Path,
+    output: Optional[Path],
+    output_dir: Optional[Path],
+    save_map: Optional[str],
+    save_comparison: bool,
+) -> List[Path]:
     """Every path the run may write for ``src`` (both extensions where the dtype decides)."""
     exts = OUTPUT_EXTENSIONS if output is None else (output.suffix,)
     paths = [output_paths(src, output, output_dir, ext).deblurred for ext in exts]
     files = output_paths(src, output, output_dir)
-    wanted = ((files.color_map, save_map in ("color", "both")), (files.raw_map, save_map in ("raw", "both")),
-              (files.comparison, save_comparison))
+    wanted = (
+        (files.color_map, save_map in ("color", "both")),
+        (files.raw_map, save_map in ("raw", "both")),
+        (files.comparison, save_comparison),
+    )
     return paths + [p for p, asked in wanted if asked]
 
 
@@ -130,17 +161,23 @@ def check_writable(folder: Path) -> None:
     os.unlink(probe)
 
 
-def check_plan(inputs: Sequence[Path], output: Optional[Path], output_dir: Optional[Path],
-               save_map: Optional[str], save_comparison: bool = False,
-               defocus_map: Optional[Path] = None) -> None:
+def check_plan(
+    inputs: Sequence[Path],
+    output: Optional[Path],
+    output_dir: Optional[Path],
+    save_map: Optional[str],
+    save_comparison: bool = False,
+    defocus_map: Optional[Path] = None,
+) -> None:
     """Refuse, before any work, a run that would overwrite an input, write two inputs to
     one name, or write into a folder that cannot take files (see the module docstring)."""
     if output is not None:
         if output.is_dir():
             raise DeblurError(f"-o {output} is a folder: name a file, or use --output-dir")
         if output.suffix.lower() not in EXTENSIONS:
-            raise DeblurError(f"-o {output}: unknown output format {output.suffix!r} "
-                              f"(use {', '.join(EXTENSIONS)})")
+            raise DeblurError(
+                f"-o {output}: unknown output format {output.suffix!r} (use {', '.join(EXTENSIONS)})"
+            )
     read = {_key(p) for p in inputs if p.exists()}
     if defocus_map is not None:
         read.add(_key(defocus_map))
@@ -152,12 +189,15 @@ def check_plan(inputs: Sequence[Path], output: Optional[Path], output_dir: Optio
         for path in _written(src, output, output_dir, save_map, save_comparison):
             key = _key(path)
             if key in read:
-                raise DeblurError(f"{path} is an input: refusing to overwrite it "
-                                  "(name another output, or use --output-dir)")
+                raise DeblurError(
+                    f"{path} is an input: refusing to overwrite it (name another output, or use --output-dir)"
+                )
             first, other = owner.setdefault(key, (index, src))
             if first != index:
-                raise DeblurError(f"{other} and {src} would both write {path}: rename one, or "
-                                  "run them with different --output-dir")
+                raise DeblurError(
+                    f"{other} and {src} would both write {path}: rename one, or "
+                    "run them with different --output-dir"
+                )
             folders.setdefault(_key(path.parent), path.parent)
     for folder in folders.values():
         check_writable(folder)

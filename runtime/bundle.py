@@ -10,6 +10,7 @@ A bundle is a folder::
 
 Nothing here imports torch, onnxruntime or TensorRT.
 """
+
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +78,9 @@ class GraphEntry:
         try:
             return tuple(d if isinstance(d, int) else sizes[d] for d in found.shape)
         except KeyError as err:
-            raise BundleError(f"output {output!r} of {self.name!r}: dimension {err} "
-                              "is not set by the inputs") from None
+            raise BundleError(
+                f"output {output!r} of {self.name!r}: dimension {err} is not set by the inputs"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,10 @@ class Bundle:
     def onnx_path(self, graph: str, precision: str) -> Path:
         entry = self.graphs[graph]
         if precision not in entry.files:
-            raise BundleError(f"bundle {self.root} has no {precision} ONNX for {graph!r} "
-                              f"(has: {', '.join(sorted(entry.files)) or 'none'})")
+            raise BundleError(
+                f"bundle {self.root} has no {precision} ONNX for {graph!r} "
+                f"(has: {', '.join(sorted(entry.files)) or 'none'})"
+            )
         return entry.files[precision]
 
     def graph_sha256(self, precision: str) -> Dict[str, str]:
@@ -138,8 +142,10 @@ def _manifest_path(path: Path) -> Tuple[Path, Optional[Path]]:
         return path, None
     if path.suffix in (".onnx", ".engine"):
         return path.parent / "manifest.json", path
-    raise BundleError(f"{path} is not a model: expected a bundle folder, its manifest.json, "
-                      "an .onnx graph or an .engine file of a bundle")
+    raise BundleError(
+        f"{path} is not a model: expected a bundle folder, its manifest.json, "
+        "an .onnx graph or an .engine file of a bundle"
+    )
 
 
 def _read_manifest(manifest_path: Path) -> dict:
@@ -168,13 +174,14 @@ def _graph_entry(root: Path, name: str, data: dict, verify: bool) -> GraphEntry:
         if precision not in digests:
             raise BundleError(f"manifest: no sha256 for {path.name}")
         if verify and sha256_file(path) != digests[precision]:
-            raise BundleError(f"bundle {root}: {path.name} does not match its sha256 in "
-                              "manifest.json (corrupt or replaced file; re-export the bundle)")
+            raise BundleError(
+                f"bundle {root}: {path.name} does not match its sha256 in "
+                "manifest.json (corrupt or replaced file; re-export the bundle)"
+            )
     return GraphEntry(name, inputs, outputs, files, digests)
 
 
-def _hints(bundle_graphs: Dict[str, GraphEntry], engines: Dict[str, dict],
-           named: Path) -> Tuple[str, str]:
+def _hints(bundle_graphs: Dict[str, GraphEntry], engines: Dict[str, dict], named: Path) -> Tuple[str, str]:
     """Backend and precision implied by one named .onnx / .engine file."""
     if named.suffix == ".onnx":
         for entry in bundle_graphs.values():
@@ -205,8 +212,10 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True) -> Bun
     """
     if path is None:
         if not (DEFAULT_BUNDLE / "manifest.json").is_file():
-            raise BundleError(f"no default model in {DEFAULT_BUNDLE}: pass --model BUNDLE, or "
-                              "create it with `make export` (from a checkpoint in models/default)")
+            raise BundleError(
+                f"no default model in {DEFAULT_BUNDLE}: pass --model BUNDLE, or "
+                "create it with `make export` (from a checkpoint in models/default)"
+            )
         path = DEFAULT_BUNDLE
     path = Path(path)
     if not path.exists():
@@ -231,17 +240,25 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True) -> Bun
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
         raise BundleError(f"{manifest_path}: missing or bad key {err}") from None
     check_bundle_fields(size_multiple, radius_scale_px, receptive_field, map_max, str(manifest_path))
-    return Bundle(root=root, manifest=data, graphs=graphs, size_multiple=size_multiple,
-                  map_radius_scale_px=radius_scale_px, receptive_field=receptive_field,
-                  map_max=map_max, engines=engines, hint_backend=hint_backend,
-                  hint_precision=hint_precision)
+    return Bundle(
+        root=root,
+        manifest=data,
+        graphs=graphs,
+        size_multiple=size_multiple,
+        map_radius_scale_px=radius_scale_px,
+        receptive_field=receptive_field,
+        map_max=map_max,
+        engines=engines,
+        hint_backend=hint_backend,
+        hint_precision=hint_precision,
+    )
 
 
 def _same_version(built: str, installed: str) -> bool:
     """Engines only load in the TensorRT that built them: compare as many components
     as the manifest records ('10.13.0' matches '10.13.0.35', '10.13.0.35' must be exact)."""
     recorded = re.findall(r"\d+", built)
-    return bool(recorded) and recorded == re.findall(r"\d+", installed)[:len(recorded)]
+    return bool(recorded) and recorded == re.findall(r"\d+", installed)[: len(recorded)]
 
 
 def _gpu_mismatch(entry: dict, gpu: GpuInfo) -> Optional[str]:
@@ -254,15 +271,18 @@ def _gpu_mismatch(entry: dict, gpu: GpuInfo) -> Optional[str]:
             return f"engine needs an Ampere or newer GPU, this is {gpu_name} ({compute_capability})"
         return None
     if built_cc != str(compute_capability):
-        return (f"engine built for compute capability {built_cc} ({built_gpu}), this GPU is "
-                f"{compute_capability} ({gpu_name})")
+        return (
+            f"engine built for compute capability {built_cc} ({built_gpu}), this GPU is "
+            f"{compute_capability} ({gpu_name})"
+        )
     if level != "same_compute_capability" and built_gpu != gpu_name:
         return f"engine built on {built_gpu}, this GPU is {gpu_name}"
     return None
 
 
-def check_engine_entry(entry: dict, graph_sha256: Dict[str, str], trt_version: str, gpu: GpuInfo,
-                       bundle_dir: str = "DIR") -> None:
+def check_engine_entry(
+    entry: dict, graph_sha256: Dict[str, str], trt_version: str, gpu: GpuInfo, bundle_dir: str = "DIR"
+) -> None:
     """Refuse a TensorRT engine entry that is stale or foreign to this machine.
 
     The engine-fit check of the runtime and of ``export.verify``; ``check_engines``
@@ -294,8 +314,10 @@ def check_engine_entry(entry: dict, graph_sha256: Dict[str, str], trt_version: s
         if name not in engine_graphs:
             raise BundleError(f"engine set has no {name!r} engine: {hint}")
         if engine_graphs[name].get("onnx_sha256") != digest:
-            raise BundleError(f"{engine_graphs[name].get('file', name)} is stale: its ONNX graph "
-                              f"changed since it was built: {hint}")
+            raise BundleError(
+                f"{engine_graphs[name].get('file', name)} is stale: its ONNX graph "
+                f"changed since it was built: {hint}"
+            )
 
 
 def check_engines(bundle: Bundle, precision: str, trt_version: str, gpu: GpuInfo) -> Dict[str, Path]:
@@ -311,8 +333,10 @@ def check_engines(bundle: Bundle, precision: str, trt_version: str, gpu: GpuInfo
     hint = REBUILD_HINT.format(dir=bundle.root)
     entry = bundle.engines.get(precision)
     if entry is None:
-        raise BundleError(f"bundle {bundle.root} has no {precision} TensorRT engine "
-                          f"(has: {', '.join(bundle.engines) or 'none'}): {hint}")
+        raise BundleError(
+            f"bundle {bundle.root} has no {precision} TensorRT engine "
+            f"(has: {', '.join(bundle.engines) or 'none'}): {hint}"
+        )
     check_engine_entry(entry, bundle.graph_sha256(precision), trt_version, gpu, str(bundle.root))
     paths = {}
     for name in bundle.graphs:
@@ -334,6 +358,8 @@ def check_profile(profile: dict, batch: int, height: int, width: int) -> None:
     lo, hi = profile["min"], profile["max"]
     for label, value, low, high in zip(("batch", "height", "width"), (batch, height, width), lo, hi):
         if not low <= value <= high:
-            raise BundleError(f"{label} {value} is outside the engine profile [{low}, {high}]; "
-                              "use --tile / --tile-batch inside it or rebuild the engine "
-                              "with a wider profile")
+            raise BundleError(
+                f"{label} {value} is outside the engine profile [{low}, {high}]; "
+                "use --tile / --tile-batch inside it or rebuild the engine "
+                "with a wider profile"
+            )

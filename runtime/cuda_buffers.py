@@ -8,6 +8,7 @@ Self-check on a GPU machine (no TensorRT needed)::
 
     python -m runtime.cuda_buffers --selftest [--megabytes 64]
 """
+
 import argparse
 import ctypes
 import sys
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-
 from cuda.bindings import runtime as cudart  # type: ignore[import-untyped, unused-ignore]
 
 from runtime.errors import BackendError
@@ -210,8 +210,14 @@ def selftest(megabytes: float = 64.0, repeats: int = 5) -> SelftestResult:
         for buf in (host_in, host_out, dev_a, dev_b):
             buf.free()
         stream.close()
-    return SelftestResult(f"{gpu.name} (cc {gpu.compute_capability})", size / (1 << 20), exact, graph_exact,
-                          htod_gbps, dtoh_gbps)
+    return SelftestResult(
+        f"{gpu.name} (cc {gpu.compute_capability})",
+        size / (1 << 20),
+        exact,
+        graph_exact,
+        htod_gbps,
+        dtoh_gbps,
+    )
 
 
 def check_name(err: Any) -> str:
@@ -231,8 +237,10 @@ def _timed(copy: Callable[[], None], stream: Stream, size: int, repeats: int) ->
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.cuda_buffers",
-                                     description="CUDA buffer self-check (cuda-python, no TensorRT).")
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.cuda_buffers",
+        description="CUDA buffer self-check (cuda-python, no TensorRT).",
+    )
     parser.add_argument("--selftest", action="store_true", help="run the host/device round trip")
     parser.add_argument("--megabytes", type=float, default=64.0, help="transfer size (default 64)")
     args = parser.parse_args(argv)
@@ -244,8 +252,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CudaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"{r.device}: {r.megabytes:.0f} MiB round trip exact={r.exact}, CUDA graph replay "
-          f"exact={r.graph_exact}, H2D {r.htod_gbps:.1f} GB/s, D2H {r.dtoh_gbps:.1f} GB/s (pinned)")
+    print(
+        f"{r.device}: {r.megabytes:.0f} MiB round trip exact={r.exact}, CUDA graph replay "
+        f"exact={r.graph_exact}, H2D {r.htod_gbps:.1f} GB/s, D2H {r.dtoh_gbps:.1f} GB/s (pinned)"
+    )
     return 0 if r.exact and r.graph_exact else 1
 
 

@@ -1,18 +1,25 @@
 """``Deblurrer``: one image in, the deblurred image and its defocus map out."""
+
 import logging
 from pathlib import Path
 from typing import Any, Callable, Optional, Tuple, Union
 
 import numpy as np
 
+from runtime import validate
 from runtime.backend import Backend, create_backend
 from runtime.bundle import Bundle, load_bundle
 from runtime.device_arrays import array_module, is_device_array, to_cupy
 from runtime.ensemble import SIZES, TRANSFORMS, Transform
-from runtime import validate
 from runtime.errors import BackendError
-from runtime.tiling import (SAMPLE_MAX, TiledPipeline, estimate_tile_for, min_condition_chunk, pad_to,
-                            padded_size)
+from runtime.tiling import (
+    SAMPLE_MAX,
+    TiledPipeline,
+    estimate_tile_for,
+    min_condition_chunk,
+    pad_to,
+    padded_size,
+)
 
 log = logging.getLogger("runtime")
 
@@ -50,14 +57,23 @@ class Deblurrer:
     A context manager: ``with Deblurrer(...) as deblurrer:`` closes its backend on exit.
     """
 
-    def __init__(self, model: Union[str, Path, Bundle, None] = None, backend: str = "auto",
-                 device: str = "cpu", precision: Optional[str] = None, tile: Optional[int] = None,
-                 overlap: Optional[int] = None, tile_batch: Optional[int] = None,
-                 threads: Optional[int] = None,
-                 cuda_graphs: bool = False, self_ensemble: int = 1):
+    def __init__(
+        self,
+        model: Union[str, Path, Bundle, None] = None,
+        backend: str = "auto",
+        device: str = "cpu",
+        precision: Optional[str] = None,
+        tile: Optional[int] = None,
+        overlap: Optional[int] = None,
+        tile_batch: Optional[int] = None,
+        threads: Optional[int] = None,
+        cuda_graphs: bool = False,
+        self_ensemble: int = 1,
+    ):
         if self_ensemble not in SIZES:
-            raise BackendError(f"self-ensemble must be one of {', '.join(map(str, SIZES))}, "
-                               f"got {self_ensemble}")
+            raise BackendError(
+                f"self-ensemble must be one of {', '.join(map(str, SIZES))}, got {self_ensemble}"
+            )
         self.transforms = TRANSFORMS[:self_ensemble]
         validate.check_tiling(tile, overlap, tile_batch)
         self.bundle = model if isinstance(model, Bundle) else load_bundle(model)
@@ -65,20 +81,28 @@ class Deblurrer:
             backend = self.bundle.hint_backend
         if self.bundle.hint_precision:
             precision = self.bundle.hint_precision
-        self.backend: Backend = create_backend(self.bundle, backend, device, precision, threads,
-                                               cuda_graphs)
+        self.backend: Backend = create_backend(self.bundle, backend, device, precision, threads, cuda_graphs)
         default_tile, default_batch = GPU_TILING if self.backend.device_io else CPU_TILING
         self.tile, self.tile_batch = self._fit_profile(
-            default_tile if tile is None else tile, default_batch if tile_batch is None else tile_batch)
+            default_tile if tile is None else tile, default_batch if tile_batch is None else tile_batch
+        )
         profile = self.backend.profile
-        self.estimate_tile = estimate_tile_for(self.tile, self.bundle.size_multiple,
-                                               None if profile is None else min(profile["max"][1:]))
+        self.estimate_tile = estimate_tile_for(
+            self.tile, self.bundle.size_multiple, None if profile is None else min(profile["max"][1:])
+        )
         self.overlap = overlap
         # Condition chunks of one tile: _fit_profile keeps them inside an engine's profile.
-        self.pipeline = TiledPipeline(self.backend.run, self.bundle.receptive_field,
-                                      self.bundle.size_multiple, self.bundle.uses_pooling,
-                                      self.tile, overlap, self.tile_batch,
-                                      estimate_tile=self.estimate_tile, condition_chunk=self.tile)
+        self.pipeline = TiledPipeline(
+            self.backend.run,
+            self.bundle.receptive_field,
+            self.bundle.size_multiple,
+            self.bundle.uses_pooling,
+            self.tile,
+            overlap,
+            self.tile_batch,
+            estimate_tile=self.estimate_tile,
+            condition_chunk=self.tile,
+        )
         self._map_warned = False
 
     def _fit_profile(self, tile: int, tile_batch: int) -> Tuple[int, int]:
@@ -90,8 +114,10 @@ class Deblurrer:
         max_batch, max_h, max_w = profile["max"]
         low = min_condition_chunk(max(profile["min"][1:]), self.bundle.size_multiple)
         if not low <= tile <= min(max_h, max_w):
-            raise BackendError(f"--tile {tile} must lie in [{low}, {min(max_h, max_w)}] for this "
-                               f"engine's profile (min {profile['min']}, max {profile['max']})")
+            raise BackendError(
+                f"--tile {tile} must lie in [{low}, {min(max_h, max_w)}] for this "
+                f"engine's profile (min {profile['min']}, max {profile['max']})"
+            )
         if tile_batch > max_batch:
             log.info("tile batch %d capped at the engine profile's maximum %d", tile_batch, max_batch)
         return tile, min(tile_batch, max_batch)
@@ -99,8 +125,13 @@ class Deblurrer:
     def describe(self) -> str:
         return self.backend.describe()
 
-    def run(self, image: Any, defocus_scale: float = 1.0, defocus_map: Optional[Any] = None,
-            progress: Optional[Callable[[int], None]] = None) -> Tuple[Any, Any]:
+    def run(
+        self,
+        image: Any,
+        defocus_scale: float = 1.0,
+        defocus_map: Optional[Any] = None,
+        progress: Optional[Callable[[int], None]] = None,
+    ) -> Tuple[Any, Any]:
         """Deblur one image.
 
         Args:
@@ -129,8 +160,10 @@ class Deblurrer:
         on_device = is_device_array(image)
         if on_device:
             if not self.backend.device_io:
-                raise BackendError(f"GPU arrays need a GPU backend (this is {self.describe()}): "
-                                   "use device='cuda', or pass a NumPy array")
+                raise BackendError(
+                    f"GPU arrays need a GPU backend (this is {self.describe()}): "
+                    "use device='cuda', or pass a NumPy array"
+                )
             image = to_cupy(image)
             if defocus_map is not None:
                 defocus_map = to_cupy(defocus_map)
@@ -158,15 +191,15 @@ class Deblurrer:
         dmap = dmap[:height, :width]
         if not self._map_warned and (defocus_map is not None or defocus_scale > 1.0):
             # Once per Deblurrer: a stream would repeat it every frame.
-            warning = validate.map_range_warning(dmap, self.bundle.map_max,
-                                                 self.bundle.map_radius_scale_px)
+            warning = validate.map_range_warning(dmap, self.bundle.map_max, self.bundle.map_radius_scale_px)
             if warning is not None:
                 log.warning(warning)
                 self._map_warned = True
         return _to_image(restored, height, width, image.dtype), dmap
 
-    def _pass(self, padded: Any, defocus_map: Optional[Any], defocus_scale: float,
-              transform: Transform) -> Tuple[Any, Any]:
+    def _pass(
+        self, padded: Any, defocus_map: Optional[Any], defocus_scale: float, transform: Transform
+    ) -> Tuple[Any, Any]:
         """One pass on the transformed image: (float32 (3, H, W), map (H, W)), mapped back."""
         image = transform.apply(padded)
         if defocus_map is None:
@@ -213,8 +246,9 @@ def _check_map(defocus_map: Any, height: int, width: int) -> Any:
     if defocus_map.ndim == 3 and defocus_map.shape[2] == 1:
         defocus_map = defocus_map[:, :, 0]
     if tuple(defocus_map.shape) != (height, width):
-        raise BackendError(f"defocus map is {tuple(defocus_map.shape)}, the image is "
-                           f"{(height, width)}: they must match")
+        raise BackendError(
+            f"defocus map is {tuple(defocus_map.shape)}, the image is {(height, width)}: they must match"
+        )
     return defocus_map.astype(np.float32)
 
 
@@ -225,14 +259,13 @@ def _to_image(restored: Any, height: int, width: int, dtype: Any) -> Any:
     out = xp.empty((height, width, 3), dtype=dtype)
     top = SAMPLE_MAX.get(dtype, 1.0)
     for y in range(0, height, _BAND_ROWS):
-        band = restored[:, y:min(y + _BAND_ROWS, height), :width].transpose(1, 2, 0)
+        band = restored[:, y : min(y + _BAND_ROWS, height), :width].transpose(1, 2, 0)
         validate.check_output(band)
         if dtype == np.float32:
-            xp.clip(band, 0.0, 1.0, out=out[y:y + _BAND_ROWS])
+            xp.clip(band, 0.0, 1.0, out=out[y : y + _BAND_ROWS])
             continue
         band = xp.clip(band, 0.0, 1.0)
         band *= np.float32(top)
         band += np.float32(0.5)
-        out[y:y + _BAND_ROWS] = band  # the cast truncates: rounds half up
+        out[y : y + _BAND_ROWS] = band  # the cast truncates: rounds half up
     return out
-

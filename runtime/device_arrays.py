@@ -2,6 +2,7 @@
 ``__cuda_array_interface__`` or a CUDA DLPack device. Detected by attribute only:
 torch is never imported here.
 """
+
 import importlib
 from types import ModuleType
 from typing import Any

@@ -6,6 +6,7 @@ its training noise), so averaging removes part of its error at a proportional co
 first 2 and the first 4 of ``TRANSFORMS`` are each a group, so every ensemble size is
 equivariant to its own transforms (for an image that needs no padding).
 """
+
 from dataclasses import dataclass
 from typing import Any, Tuple
 
@@ -40,7 +41,13 @@ class Transform:
 
 
 #: Identity and transposition; + the two 180-degree turns of them; + the four others.
-TRANSFORMS = (Transform(), Transform(transpose=True),
-              Transform(flip_rows=True, flip_cols=True), Transform(True, True, True),
-              Transform(flip_cols=True), Transform(flip_rows=True),
-              Transform(True, flip_rows=True), Transform(True, flip_cols=True))
+TRANSFORMS = (
+    Transform(),
+    Transform(transpose=True),
+    Transform(flip_rows=True, flip_cols=True),
+    Transform(True, True, True),
+    Transform(flip_cols=True),
+    Transform(flip_rows=True),
+    Transform(True, flip_rows=True),
+    Transform(True, flip_cols=True),
+)

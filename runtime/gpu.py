@@ -3,6 +3,7 @@
 The one place that detects TensorRT and queries GPUs, for the runtime and for
 ``export.engine`` / ``export.verify``. cuda-python is imported only when asked.
 """
+
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
@@ -44,8 +45,9 @@ def cuda_gpus() -> List[GpuInfo]:
         raise MissingDependency("cuda-python is not installed: pip install cuda-python") from None
     err, count = cudart.cudaGetDeviceCount()
     if err != cudart.cudaError_t.cudaSuccess or not count:
-        raise MissingDependency(f"no NVIDIA GPU found ({err.name}): install the NVIDIA driver "
-                                "on a machine with an NVIDIA GPU")
+        raise MissingDependency(
+            f"no NVIDIA GPU found ({err.name}): install the NVIDIA driver on a machine with an NVIDIA GPU"
+        )
     gpus = []
     for index in range(count):
         err, props = cudart.cudaGetDeviceProperties(index)

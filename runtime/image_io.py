@@ -12,6 +12,7 @@ map units (16-bit steps: ``MAP_FILE_MAX / 65535``), handy for painted maps.
 Map units: blur-disc radius px / ``map_radius_scale_px`` (10 px for the shipped models).
 Not the training data's DED-style PNGs (``training.data.read_radius_png``: radius px x 1000).
 """
+
 import logging
 import math
 import os
@@ -41,8 +42,10 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
 #: Formats without an alpha channel: an RGBA image is written without it, with a warning.
 _NO_ALPHA = (".jpg", ".jpeg")
 #: Sample types beyond 8 bits: (name, the extensions whose formats hold them).
-_DEEP_FORMATS = {np.dtype(np.uint16): ("16-bit", (".png", ".tif", ".tiff")),
-                 np.dtype(np.float32): ("float32", (".tif", ".tiff"))}
+_DEEP_FORMATS = {
+    np.dtype(np.uint16): ("16-bit", (".png", ".tif", ".tiff")),
+    np.dtype(np.float32): ("float32", (".tif", ".tiff")),
+}
 #: Map value of the brightest 8/16-bit map file pixel (4.0 = 40 px blur radius).
 MAP_FILE_MAX = 4.0
 #: Layout of the pictures: the map's legend strip, its tick spacing and the
@@ -96,14 +99,14 @@ def _tiff_size(data: bytes) -> Optional[Tuple[int, int]]:
     if offset + 2 > len(data):
         return None
     sizes = {}
-    for k in range(struct.unpack(order + "H", data[offset:offset + 2])[0]):
+    for k in range(struct.unpack(order + "H", data[offset : offset + 2])[0]):
         entry = offset + 2 + 12 * k
         if entry + 12 > len(data):
             break
-        tag, kind = struct.unpack(order + "HH", data[entry:entry + 4])
+        tag, kind = struct.unpack(order + "HH", data[entry : entry + 4])
         if tag in (256, 257) and kind in (3, 4):  # ImageWidth, ImageLength as SHORT or LONG
             fmt, end = ("H", entry + 10) if kind == 3 else ("I", entry + 12)
-            sizes[tag] = struct.unpack(order + fmt, data[entry + 8:end])[0]
+            sizes[tag] = struct.unpack(order + fmt, data[entry + 8 : end])[0]
     return (sizes[256], sizes[257]) if len(sizes) == 2 else None
 
 
@@ -117,9 +120,9 @@ def probe_size(data: bytes) -> Optional[Tuple[int, int]]:
             if data[i] != 0xFF:
                 return None
             marker = data[i + 1]
-            length = struct.unpack(">H", data[i + 2:i + 4])[0]
+            length = struct.unpack(">H", data[i + 2 : i + 4])[0]
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                height, width = struct.unpack(">HH", data[i + 5:i + 9])
+                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
                 return width, height
             i += 2 + length
         return None
@@ -140,14 +143,14 @@ def exif_orientation(exif: bytes) -> int:
     offset = struct.unpack(order + "I", exif[4:8])[0]
     if offset + 2 > len(exif):
         return 1
-    count = struct.unpack(order + "H", exif[offset:offset + 2])[0]
+    count = struct.unpack(order + "H", exif[offset : offset + 2])[0]
     for k in range(count):
         entry = offset + 2 + 12 * k
         if entry + 12 > len(exif):
             break
-        tag, kind = struct.unpack(order + "HH", exif[entry:entry + 4])
+        tag, kind = struct.unpack(order + "HH", exif[entry : entry + 4])
         if tag == _EXIF_ORIENTATION_TAG and kind == 3:
-            value = struct.unpack(order + "H", exif[entry + 8:entry + 10])[0]
+            value = struct.unpack(order + "H", exif[entry + 8 : entry + 10])[0]
             return value if 1 <= value <= 8 else 1
     return 1
 
@@ -192,14 +195,17 @@ def _decode(path: Path) -> np.ndarray:
         _check_size(path, size[0], size[1])
     try:
         with _quiet_stderr():
-            image, types, metadata = cv2.imdecodeWithMetadata(np.frombuffer(data, np.uint8),
-                                                              flags=cv2.IMREAD_UNCHANGED)
+            image, types, metadata = cv2.imdecodeWithMetadata(
+                np.frombuffer(data, np.uint8), flags=cv2.IMREAD_UNCHANGED
+            )
     except cv2.error as err:
         if "CV_IO_MAX_IMAGE_PIXELS" in str(err):
-            raise ImageError(f"{path}: too large (limit {MAX_SIDE} px a side, "
-                             f"{MAX_PIXELS // 1_000_000} MP)") from None
-        raise ImageError(f"{path}: not a readable image (the decoder failed: "
-                         f"{str(err).strip().splitlines()[-1][:160]})") from None
+            raise ImageError(
+                f"{path}: too large (limit {MAX_SIDE} px a side, {MAX_PIXELS // 1_000_000} MP)"
+            ) from None
+        raise ImageError(
+            f"{path}: not a readable image (the decoder failed: {str(err).strip().splitlines()[-1][:160]})"
+        ) from None
     except MemoryError:
         raise ImageError(f"{path}: out of memory while decoding") from None
     if image is None:
@@ -213,8 +219,10 @@ def _decode(path: Path) -> np.ndarray:
 
 def _check_size(path: Path, width: int, height: int) -> None:
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
-        raise ImageError(f"{path}: {width}x{height} is too large (limit {MAX_SIDE} px a side, "
-                         f"{MAX_PIXELS // 1_000_000} MP)")
+        raise ImageError(
+            f"{path}: {width}x{height} is too large (limit {MAX_SIDE} px a side, "
+            f"{MAX_PIXELS // 1_000_000} MP)"
+        )
     if width < 1 or height < 1:
         raise ImageError(f"{path}: {width}x{height} has no pixels")
 
@@ -261,8 +269,7 @@ def check_output(path: Path, dtype: np.dtype) -> None:
         raise ImageError(f"{path}: unknown output format {ext!r} (use {', '.join(EXTENSIONS)})")
     name, holders = _DEEP_FORMATS.get(np.dtype(dtype), ("", EXTENSIONS))
     if ext not in holders:
-        raise ImageError(f"{path}: {ext} cannot hold {name} samples; write "
-                         f"{' or '.join(holders[:2])}")
+        raise ImageError(f"{path}: {ext} cannot hold {name} samples; write {' or '.join(holders[:2])}")
 
 
 def encode_image(path: Path, image: np.ndarray) -> bytes:
@@ -279,8 +286,11 @@ def encode_image(path: Path, image: np.ndarray) -> bytes:
     ext = path.suffix.lower()
     check_output(path, image.dtype)
     if ext in _NO_ALPHA and image.ndim == 3 and image.shape[2] == 4:
-        log.warning("%s: JPEG has no alpha channel: the input's alpha is not written "
-                    "(write .png, .tif or .webp to keep it)", path)
+        log.warning(
+            "%s: JPEG has no alpha channel: the input's alpha is not written "
+            "(write .png, .tif or .webp to keep it)",
+            path,
+        )
         image = image[:, :, :3]
     ok, encoded = cv2.imencode(ext, image)
     if not ok:
@@ -316,8 +326,9 @@ def read_map_file(path: Path) -> np.ndarray:
     image = _decode(Path(path))
     if image.ndim == 3:
         if image.shape[2] != 1:
-            raise ImageError(f"{path}: a defocus map must be one-channel (grey), got "
-                             f"{image.shape[2]} channels")
+            raise ImageError(
+                f"{path}: a defocus map must be one-channel (grey), got {image.shape[2]} channels"
+            )
         image = image[:, :, 0]
     if image.dtype == np.float32:
         return image
@@ -347,7 +358,7 @@ def _tick_step(top: float, intervals: int) -> float:
     exponent = math.floor(math.log10(top)) - 1 if top > 0 else 0
     while True:
         for mantissa in (1, 2, 5):
-            step = mantissa * 10.0 ** exponent
+            step = mantissa * 10.0**exponent
             if top / step <= intervals:
                 return step
         exponent += 1
@@ -356,8 +367,9 @@ def _tick_step(top: float, intervals: int) -> float:
 def _legend(width: int, top_px: float) -> np.ndarray:
     """The colour bar under a map: ticks labelled in px of blur radius, and a caption."""
     legend = np.zeros((LEGEND_HEIGHT, width, 3), np.uint8)
-    legend[:10] = cv2.applyColorMap(np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8)[None, :],
-                                    cv2.COLORMAP_INFERNO)
+    legend[:10] = cv2.applyColorMap(
+        np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8)[None, :], cv2.COLORMAP_INFERNO
+    )
     step = _tick_step(top_px, max(1, width // _TICK_SPACING_PX))
     ticks = [k * step for k in range(int(top_px / step + 1e-9) + 1)]
     for value in ticks:
@@ -366,10 +378,19 @@ def _legend(width: int, top_px: float) -> np.ndarray:
         label = f"{value:g}"
         (text_w, _), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, 1)
         left = min(max(0, x - text_w // 2), max(0, width - text_w))
-        cv2.putText(legend, label, (left, 26), cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, (255, 255, 255), 1,
-                    cv2.LINE_AA)
-    cv2.putText(legend, "blur radius, px", (2, 39), cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, (255, 255, 255),
-                1, cv2.LINE_AA)
+        cv2.putText(
+            legend, label, (left, 26), cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, (255, 255, 255), 1, cv2.LINE_AA
+        )
+    cv2.putText(
+        legend,
+        "blur radius, px",
+        (2, 39),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        _FONT_SCALE,
+        (255, 255, 255),
+        1,
+        cv2.LINE_AA,
+    )
     return legend
 
 
@@ -411,8 +432,16 @@ def side_by_side(panels: Sequence[Tuple[str, np.ndarray]]) -> np.ndarray:
     row = []
     for k, (label, image) in enumerate(panels):
         strip = np.zeros((LABEL_HEIGHT, image.shape[1], 3), np.uint8)
-        cv2.putText(strip, label, (4, LABEL_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            strip,
+            label,
+            (4, LABEL_HEIGHT - 7),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
         pad = np.zeros((height - image.shape[0], image.shape[1], 3), np.uint8)
         row.append(np.vstack([strip, image, pad]))
         if k + 1 < len(panels):

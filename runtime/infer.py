@@ -18,6 +18,7 @@ model loads; folder runs skip earlier outputs. A file that fails is reported and
 skipped, leaving none of its files. Exit status: 0, 1 when any file failed, 2 for bad
 options or model, 130 / 143 on SIGINT / SIGTERM.
 """
+
 import argparse
 import logging
 import sys
@@ -28,8 +29,14 @@ import numpy as np
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from runtime import batch, image_io, validate
-from runtime.cli_common import (add_model_options, as_interrupted, build_deblurrer, fail, interruptible,
-                                setup_logging)
+from runtime.cli_common import (
+    add_model_options,
+    as_interrupted,
+    build_deblurrer,
+    fail,
+    interruptible,
+    setup_logging,
+)
 from runtime.deblurrer import Deblurrer
 from runtime.errors import DeblurError
 
@@ -39,45 +46,63 @@ _TILE_BAR_MIN = 16
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m runtime.infer",
-                                     description="Single-image defocus deblurring.")
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.infer", description="Single-image defocus deblurring."
+    )
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("-o", "--output", type=Path, help="output file (one input only)")
-    out.add_argument("--output-dir", type=Path,
-                     help="write DIR/<stem>_deblurred.png for each input (.tif for float32 TIFFs)")
-    parser.add_argument("--save-defocus-map", nargs="?", const="color", default=None,
-                        choices=("color", "raw", "both"),
-                        help="also write the map: color (<stem>_defocus.png), raw (float32 "
-                             "<stem>_defocus_raw.tif, for --defocus-map) or both")
-    parser.add_argument("--defocus-map", type=Path, default=None,
-                        help=f"use this map instead of the estimate: float32 TIFF in map units "
-                             f"(blur radius px / 10), or grey 8/16-bit PNG/TIFF meaning "
-                             f"value / max * {image_io.MAP_FILE_MAX:g} map units")
-    parser.add_argument("--save-comparison", action="store_true",
-                        help="also write <stem>_compare.png: input, deblurred and colour map side "
-                             "by side, labelled (8-bit, for looking at)")
+    out.add_argument(
+        "--output-dir",
+        type=Path,
+        help="write DIR/<stem>_deblurred.png for each input (.tif for float32 TIFFs)",
+    )
+    parser.add_argument(
+        "--save-defocus-map",
+        nargs="?",
+        const="color",
+        default=None,
+        choices=("color", "raw", "both"),
+        help="also write the map: color (<stem>_defocus.png), raw (float32 "
+        "<stem>_defocus_raw.tif, for --defocus-map) or both",
+    )
+    parser.add_argument(
+        "--defocus-map",
+        type=Path,
+        default=None,
+        help=f"use this map instead of the estimate: float32 TIFF in map units "
+        f"(blur radius px / 10), or grey 8/16-bit PNG/TIFF meaning "
+        f"value / max * {image_io.MAP_FILE_MAX:g} map units",
+    )
+    parser.add_argument(
+        "--save-comparison",
+        action="store_true",
+        help="also write <stem>_compare.png: input, deblurred and colour map side "
+        "by side, labelled (8-bit, for looking at)",
+    )
     add_model_options(parser)
     return parser.parse_args(argv)
 
 
-def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace,
-            user_map: Optional[np.ndarray] = None) -> Path:
+def process(
+    deblurrer: Deblurrer, src: Path, args: argparse.Namespace, user_map: Optional[np.ndarray] = None
+) -> Path:
     """Read, deblur and write one image; returns the deblurred file (raises DeblurError).
 
     The deblurred image and its maps are written together or not at all.
     """
     loaded = image_io.read_image(src)
     out, color_path, raw_path, compare_path = batch.output_paths(
-        src, args.output, args.output_dir, image_io.output_extension(loaded.rgb.dtype))
+        src, args.output, args.output_dir, image_io.output_extension(loaded.rgb.dtype)
+    )
     image_io.check_output(out, loaded.rgb.dtype)
     height, width = loaded.rgb.shape[:2]
     tiles = deblurrer.count_tiles(height, width)
-    with tqdm(total=tiles, desc=src.name, unit="tile", leave=False,
-              disable=args.quiet or tiles < _TILE_BAR_MIN) as bar:
+    with tqdm(
+        total=tiles, desc=src.name, unit="tile", leave=False, disable=args.quiet or tiles < _TILE_BAR_MIN
+    ) as bar:
         try:
-            deblurred, dmap = deblurrer.run(loaded.rgb, args.defocus_scale, user_map,
-                                            progress=bar.update)
+            deblurred, dmap = deblurrer.run(loaded.rgb, args.defocus_scale, user_map, progress=bar.update)
         except DeblurError as err:
             raise type(err)(f"{src}: {err}") from None
     files = [(out, image_io.encode_image(out, image_io.compose(deblurred, loaded.alpha, loaded.grey)))]
@@ -87,9 +112,13 @@ def process(deblurrer: Deblurrer, src: Path, args: argparse.Namespace,
         if args.save_defocus_map in ("color", "both"):
             files.append((color_path, image_io.encode_image(color_path, colored)))
         if args.save_comparison:
-            picture = image_io.side_by_side([("input", image_io.display_bgr(loaded.rgb)),
-                                             ("deblurred", image_io.display_bgr(deblurred)),
-                                             ("defocus map", colored)])
+            picture = image_io.side_by_side(
+                [
+                    ("input", image_io.display_bgr(loaded.rgb)),
+                    ("deblurred", image_io.display_bgr(deblurred)),
+                    ("defocus map", colored),
+                ]
+            )
             files.append((compare_path, image_io.encode_image(compare_path, picture)))
     if args.save_defocus_map in ("raw", "both"):
         files.append((raw_path, image_io.encode_map_file(raw_path, dmap)))
@@ -125,8 +154,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             fail(f"cannot create --output-dir {args.output_dir}: {err.strerror}")
     try:
         validate.check_defocus_scale(args.defocus_scale)
-        batch.check_plan(inputs, args.output, args.output_dir, args.save_defocus_map,
-                         args.save_comparison, args.defocus_map)
+        batch.check_plan(
+            inputs,
+            args.output,
+            args.output_dir,
+            args.save_defocus_map,
+            args.save_comparison,
+            args.defocus_map,
+        )
     except DeblurError as err:
         fail(str(err))
     failures: List[Tuple[Path, str]] = []
@@ -162,8 +197,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             deblurrer.close()
         except KeyboardInterrupt as err:
             stop = as_interrupted(err, len(written))
-            print(f"error: interrupted by {stop.name} after {stop.done} of {len(inputs)} images; "
-                  "the finished outputs are kept", file=sys.stderr)
+            print(
+                f"error: interrupted by {stop.name} after {stop.done} of {len(inputs)} images; "
+                "the finished outputs are kept",
+                file=sys.stderr,
+            )
             return stop.exit_code
     return _finish(inputs, failures, written)
 

@@ -7,6 +7,7 @@ the CPU has native BF16, e.g. AVX512_BF16 or AMX). The tile graphs (``estimate``
 shape per image and static shapes run faster; the cheap ``condition`` graph, whose
 chunks vary in size, is compiled once with dynamic shapes.
 """
+
 import logging
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -72,20 +73,26 @@ class OpenVinoBackend(Backend):
         if precision not in PRECISIONS:
             raise BackendError(f"OpenVINO runs precision fp32 or bf16 on the CPU, not {precision!r}")
         if precision == "bf16" and "BF16" not in capabilities:
-            raise BackendError(f"this CPU has no native BF16 (OpenVINO reports "
-                               f"{', '.join(capabilities)}): use --precision fp32")
+            raise BackendError(
+                f"this CPU has no native BF16 (OpenVINO reports "
+                f"{', '.join(capabilities)}): use --precision fp32"
+            )
         super().__init__(bundle, "cpu", precision)
         self.core = core
-        self.config: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
-                                       "PERFORMANCE_HINT": "LATENCY"}
+        self.config: Dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         validate.check_threads(threads)
         if threads is not None:
             self.config["INFERENCE_NUM_THREADS"] = threads
         self.models = {name: self._read(name) for name in bundle.graphs}
-        self.outputs = {name: [o.get_any_name() for o in model.outputs]
-                        for name, model in self.models.items()}
-        self._requests: Dict[str, "OrderedDict[Shapes, Any]"] = {name: OrderedDict()
-                                                                 for name in bundle.graphs}
+        self.outputs = {
+            name: [o.get_any_name() for o in model.outputs] for name, model in self.models.items()
+        }
+        self._requests: Dict[str, "OrderedDict[Shapes, Any]"] = {
+            name: OrderedDict() for name in bundle.graphs
+        }
 
     def _read(self, graph: str) -> Any:
         path = self.bundle.onnx_path(graph, "fp32")
@@ -96,8 +103,10 @@ class OpenVinoBackend(Backend):
         expected = [t.name for t in self.bundle.graphs[graph].inputs]
         found = [i.get_any_name() for i in model.inputs]
         if found != expected:
-            raise BackendError(f"{path.name}: inputs {found} differ from the manifest's {expected} "
-                               "(a stale bundle: export it again)")
+            raise BackendError(
+                f"{path.name}: inputs {found} differ from the manifest's {expected} "
+                "(a stale bundle: export it again)"
+            )
         return model
 
     def describe(self) -> str:

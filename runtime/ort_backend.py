@@ -3,6 +3,7 @@
 Host (NumPy) inputs go through ``InferenceSession.run``; GPU (CuPy) inputs through
 IO binding with device pointers, so their data never visits the host.
 """
+
 import logging
 from typing import Any, Dict, List, Optional, Union
 
@@ -31,8 +32,9 @@ def provider_list(provider: str, device_id: int = 0) -> List[Union[str, tuple]]:
         provider: ``cpu``, ``cuda`` or ``tensorrt`` (TensorRT EP, then CUDA EP).
     """
     if provider not in _PROVIDERS:
-        raise BackendError(f"unknown ONNX Runtime provider {provider!r}; choose one of "
-                           f"{', '.join(_PROVIDERS)}")
+        raise BackendError(
+            f"unknown ONNX Runtime provider {provider!r}; choose one of {', '.join(_PROVIDERS)}"
+        )
     chain: List[Union[str, tuple]] = []
     if provider == "tensorrt":
         chain.append(("TensorrtExecutionProvider", {"device_id": device_id}))
@@ -57,8 +59,15 @@ class OrtBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, precision: str = "fp32", provider: str = "cpu",
-                 threads: Optional[int] = None, device_id: int = 0, strict: bool = False):
+    def __init__(
+        self,
+        bundle: Bundle,
+        precision: str = "fp32",
+        provider: str = "cpu",
+        threads: Optional[int] = None,
+        device_id: int = 0,
+        strict: bool = False,
+    ):
         super().__init__(bundle, "cpu" if provider == "cpu" else "cuda", precision)
         self.provider = provider
         self.device_id = device_id
@@ -74,23 +83,33 @@ class OrtBackend(Backend):
         # about each (a UserWarning and C++ log lines) before the one warning below.
         available = ort.get_available_providers()
         if strict and _PROVIDERS[provider] not in available:
-            raise BackendError(f"ONNX Runtime has no {_PROVIDERS[provider]} here (available: "
-                               f"{', '.join(available)}): use --device cpu or auto")
-        wanted = [p for p in provider_list(provider, device_id)
-                  if (p if isinstance(p, str) else p[0]) in available]
+            raise BackendError(
+                f"ONNX Runtime has no {_PROVIDERS[provider]} here (available: "
+                f"{', '.join(available)}): use --device cpu or auto"
+            )
+        wanted = [
+            p for p in provider_list(provider, device_id) if (p if isinstance(p, str) else p[0]) in available
+        ]
         self.sessions = {name: self._session(bundle, name, options, wanted) for name in bundle.graphs}
         active = self.sessions["restore"].get_providers()
         if _PROVIDERS[provider] not in active:
             if strict:
-                raise BackendError(f"ONNX Runtime cannot use {_PROVIDERS[provider]} here (no usable "
-                                   "GPU?): use --device cpu or auto")
-            log.warning("ONNX Runtime fell back to %s: %s is not usable here (available: %s)",
-                        ", ".join(active), _PROVIDERS[provider], ", ".join(available))
+                raise BackendError(
+                    f"ONNX Runtime cannot use {_PROVIDERS[provider]} here (no usable "
+                    "GPU?): use --device cpu or auto"
+                )
+            log.warning(
+                "ONNX Runtime fell back to %s: %s is not usable here (available: %s)",
+                ", ".join(active),
+                _PROVIDERS[provider],
+                ", ".join(available),
+            )
             self.device = "cpu"
         self.active_providers = active
 
-    def _session(self, bundle: Bundle, name: str, options: ort.SessionOptions,
-                 providers: list) -> ort.InferenceSession:
+    def _session(
+        self, bundle: Bundle, name: str, options: ort.SessionOptions, providers: list
+    ) -> ort.InferenceSession:
         path = bundle.onnx_path(name, self.precision)
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -109,8 +128,9 @@ class OrtBackend(Backend):
     def run(self, graph: str, inputs: Dict[str, Any]) -> Dict[str, Any]:
         if any(is_device_array(v) for v in inputs.values()):
             if self.device != "cuda":
-                raise BackendError("GPU arrays need a GPU backend: use device cuda "
-                                   "(TensorRT or ONNX Runtime with CUDA)")
+                raise BackendError(
+                    "GPU arrays need a GPU backend: use device cuda (TensorRT or ONNX Runtime with CUDA)"
+                )
             return self._run_bound(graph, {k: to_cupy(v) for k, v in inputs.items()})
         session = self.sessions[graph]
         feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
@@ -124,14 +144,12 @@ class OrtBackend(Backend):
         binding = session.io_binding()
         inputs = {k: cupy.ascontiguousarray(v, dtype=cupy.float32) for k, v in inputs.items()}
         for name, value in inputs.items():
-            binding.bind_input(name, "cuda", self.device_id, np.float32, tuple(value.shape),
-                               value.data.ptr)
+            binding.bind_input(name, "cuda", self.device_id, np.float32, tuple(value.shape), value.data.ptr)
         shapes = {k: v.shape for k, v in inputs.items()}
         outputs = {}
         for spec in entry.outputs:
             out = cupy.empty(entry.output_shape(spec.name, shapes), dtype=cupy.float32)
-            binding.bind_output(spec.name, "cuda", self.device_id, np.float32, tuple(out.shape),
-                                out.data.ptr)
+            binding.bind_output(spec.name, "cuda", self.device_id, np.float32, tuple(out.shape), out.data.ptr)
             outputs[spec.name] = out
         # Inputs may come from work queued on CuPy's stream; ORT runs on its own.
         cupy.cuda.get_current_stream().synchronize()

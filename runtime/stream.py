@@ -14,6 +14,7 @@ output frames have the input's format and are flushed one by one. Logs go to
 stderr. Exit status as ``runtime.infer``: 1 when the stream fails (it ends inside a
 frame, stdout closes), 2 for bad options or model.
 """
+
 import argparse
 import logging
 import sys
@@ -22,8 +23,14 @@ from typing import IO, Callable, Dict, Optional, Sequence
 import numpy as np
 
 from runtime import validate
-from runtime.cli_common import (add_model_options, as_interrupted, build_deblurrer, fail, interruptible,
-                                setup_logging)
+from runtime.cli_common import (
+    add_model_options,
+    as_interrupted,
+    build_deblurrer,
+    fail,
+    interruptible,
+    setup_logging,
+)
 from runtime.deblurrer import Deblurrer
 from runtime.errors import DeblurError
 from runtime.image_io import MAX_PIXELS, MAX_SIDE
@@ -33,12 +40,14 @@ PIX_FMTS: Dict[str, np.dtype] = {"rgb24": np.dtype(np.uint8), "rgb48le": np.dtyp
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m runtime.stream",
-                                     description="Deblur raw RGB frames from stdin to stdout.")
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.stream", description="Deblur raw RGB frames from stdin to stdout."
+    )
     parser.add_argument("--width", type=int, required=True, help="frame width in px")
     parser.add_argument("--height", type=int, required=True, help="frame height in px")
-    parser.add_argument("--pix-fmt", choices=sorted(PIX_FMTS), default="rgb24",
-                        help="rgb24 (default) or rgb48le")
+    parser.add_argument(
+        "--pix-fmt", choices=sorted(PIX_FMTS), default="rgb24", help="rgb24 (default) or rgb48le"
+    )
     add_model_options(parser)
     return parser.parse_args(argv)
 
@@ -55,9 +64,16 @@ def read_exact(stream: IO[bytes], size: int) -> bytes:
     return b"".join(chunks)
 
 
-def run_stream(deblurrer: Deblurrer, source: IO[bytes], sink: IO[bytes], width: int, height: int,
-               dtype: np.dtype, defocus_scale: float = 1.0,
-               progress: Optional[Callable[[int], object]] = None) -> int:
+def run_stream(
+    deblurrer: Deblurrer,
+    source: IO[bytes],
+    sink: IO[bytes],
+    width: int,
+    height: int,
+    dtype: np.dtype,
+    defocus_scale: float = 1.0,
+    progress: Optional[Callable[[int], object]] = None,
+) -> int:
     """Deblur frames until the end of ``source``.
 
     Args:
@@ -78,8 +94,10 @@ def run_stream(deblurrer: Deblurrer, source: IO[bytes], sink: IO[bytes], width: 
             if not data:
                 return frames
             if len(data) < frame_bytes:
-                raise DeblurError(f"stdin ended inside frame {frames + 1}: got {len(data)} of "
-                                  f"{frame_bytes} bytes ({width}x{height} {dtype.name} RGB)")
+                raise DeblurError(
+                    f"stdin ended inside frame {frames + 1}: got {len(data)} of "
+                    f"{frame_bytes} bytes ({width}x{height} {dtype.name} RGB)"
+                )
             frame = np.frombuffer(data, dtype=dtype).reshape(height, width, 3)
             out, _ = deblurrer.run(frame.astype(dtype.newbyteorder("=")), defocus_scale)
             frames += 1  # before the write: a reader that has the frame sees it counted
@@ -97,8 +115,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.width < 1 or args.height < 1:
         fail(f"--width and --height must be positive, got {args.width}x{args.height}")
     if max(args.width, args.height) > MAX_SIDE or args.width * args.height > MAX_PIXELS:
-        fail(f"{args.width}x{args.height} frames are too large (limit {MAX_SIDE} px a side, "
-             f"{MAX_PIXELS // 1_000_000} MP)")
+        fail(
+            f"{args.width}x{args.height} frames are too large (limit {MAX_SIDE} px a side, "
+            f"{MAX_PIXELS // 1_000_000} MP)"
+        )
     frames = 0
     with interruptible():
         try:
@@ -107,12 +127,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 deblurrer = build_deblurrer(args)
             except DeblurError as err:
                 fail(str(err))
-            frames = run_stream(deblurrer, sys.stdin.buffer, sys.stdout.buffer, args.width,
-                                args.height, PIX_FMTS[args.pix_fmt], args.defocus_scale)
+            frames = run_stream(
+                deblurrer,
+                sys.stdin.buffer,
+                sys.stdout.buffer,
+                args.width,
+                args.height,
+                PIX_FMTS[args.pix_fmt],
+                args.defocus_scale,
+            )
         except KeyboardInterrupt as err:
             stop = as_interrupted(err)  # inside run_stream, or after it returned
-            print(f"error: interrupted by {stop.name} after {max(stop.done, frames)} frames",
-                  file=sys.stderr)
+            print(f"error: interrupted by {stop.name} after {max(stop.done, frames)} frames", file=sys.stderr)
             return stop.exit_code
         except DeblurError as err:
             fail(str(err), code=1)

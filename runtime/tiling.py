@@ -15,6 +15,7 @@ so ``run_tiled`` computes ``cond_mean`` once, on aligned chunks of the full map
 every restore tile. Tiled output then equals whole-image output up to float
 rounding.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -83,8 +84,9 @@ def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> List
         ValueError: Sizes not multiples of ``multiple``, or ``overlap >= tile``.
     """
     if length % multiple or tile % multiple or overlap % multiple:
-        raise ValueError(f"length {length}, tile {tile} and overlap {overlap} must be "
-                         f"multiples of {multiple}")
+        raise ValueError(
+            f"length {length}, tile {tile} and overlap {overlap} must be multiples of {multiple}"
+        )
     if tile >= length:
         return [0]
     if not 0 <= overlap < tile:
@@ -114,8 +116,9 @@ def _ramp(width: int, blend: str) -> np.ndarray:
     return t if blend == "linear" else 0.5 - 0.5 * np.cos(np.pi * t)
 
 
-def axis_weights(starts: Sequence[int], tile: int, length: int, margin: int,
-                 blend: str = "cosine") -> List[np.ndarray]:
+def axis_weights(
+    starts: Sequence[int], tile: int, length: int, margin: int, blend: str = "cosine"
+) -> List[np.ndarray]:
     """Normalised 1-D blend weights of each tile along one axis.
 
     Tile ``k`` and ``k + 1`` are both exact on ``[start_{k+1} + margin, end_k - margin)``;
@@ -136,20 +139,22 @@ def axis_weights(starts: Sequence[int], tile: int, length: int, margin: int,
         lo = starts[k + 1] + margin
         hi = starts[k] + size - margin
         if hi < lo:
-            raise ValueError(f"tiles at {starts[k]} and {starts[k + 1]} (size {size}) overlap by "
-                             f"{starts[k] + size - starts[k + 1]} px, less than the "
-                             f"{2 * margin} px that exact tiling needs")
+            raise ValueError(
+                f"tiles at {starts[k]} and {starts[k + 1]} (size {size}) overlap by "
+                f"{starts[k] + size - starts[k + 1]} px, less than the "
+                f"{2 * margin} px that exact tiling needs"
+            )
         fade = np.zeros(length)
         fade[hi:] = 1.0
         fade[lo:hi] = _ramp(hi - lo, blend)
-        raw[k] *= 1.0 - fade[starts[k]:starts[k] + size]
-        raw[k + 1] *= fade[starts[k + 1]:starts[k + 1] + size]
+        raw[k] *= 1.0 - fade[starts[k] : starts[k] + size]
+        raw[k + 1] *= fade[starts[k + 1] : starts[k + 1] + size]
     total = np.zeros(length)
     for s, w in zip(starts, raw):
-        total[s:s + size] += w
+        total[s : s + size] += w
     if np.any(total <= 0):
         raise ValueError("tile weights leave pixels uncovered")
-    return [(w / total[s:s + size]).astype(np.float32) for s, w in zip(starts, raw)]
+    return [(w / total[s : s + size]).astype(np.float32) for s, w in zip(starts, raw)]
 
 
 @dataclass(frozen=True)
@@ -176,8 +181,15 @@ class TileGrid:
         return [(i, j, y, x) for i, y in enumerate(self.ys) for j, x in enumerate(self.xs)]
 
 
-def make_grid(height: int, width: int, tile: int, overlap: int, receptive_field: int,
-              multiple: int = 1, blend: str = "cosine") -> TileGrid:
+def make_grid(
+    height: int,
+    width: int,
+    tile: int,
+    overlap: int,
+    receptive_field: int,
+    multiple: int = 1,
+    blend: str = "cosine",
+) -> TileGrid:
     """Tile grid of one pass.
 
     Args:
@@ -193,8 +205,10 @@ def make_grid(height: int, width: int, tile: int, overlap: int, receptive_field:
     """
     need = min_overlap(receptive_field, multiple)
     if overlap < need and (tile < height or tile < width):
-        raise ValueError(f"overlap {overlap} is below {need} px, the minimum for exact tiling "
-                         f"with a receptive field of {receptive_field} px")
+        raise ValueError(
+            f"overlap {overlap} is below {need} px, the minimum for exact tiling "
+            f"with a receptive field of {receptive_field} px"
+        )
     if tile % multiple or tile <= 0:
         raise ValueError(f"tile {tile} must be a positive multiple of {multiple}")
     margin = margin_for(receptive_field)
@@ -202,9 +216,16 @@ def make_grid(height: int, width: int, tile: int, overlap: int, receptive_field:
     tw = balanced_tile(width, tile, overlap, multiple)
     ys = tile_starts(height, th, overlap, multiple)
     xs = tile_starts(width, tw, overlap, multiple)
-    return TileGrid(height, width, th, tw, tuple(ys), tuple(xs),
-                    tuple(axis_weights(ys, th, height, margin, blend)),
-                    tuple(axis_weights(xs, tw, width, margin, blend)))
+    return TileGrid(
+        height,
+        width,
+        th,
+        tw,
+        tuple(ys),
+        tuple(xs),
+        tuple(axis_weights(ys, th, height, margin, blend)),
+        tuple(axis_weights(xs, tw, width, margin, blend)),
+    )
 
 
 def chunk_bounds(length: int, chunk: int, multiple: int) -> List[Tuple[int, int]]:
@@ -230,7 +251,7 @@ RunGraph = Callable[[str, Dict[str, Any]], Dict[str, Any]]
 
 def _batches(items: List[Any], size: int) -> Iterator[List[Any]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def _block(source: Any, batch: List[Tuple[int, int, int, int]], th: int, tw: int, xp: Any) -> Any:
@@ -238,8 +259,8 @@ def _block(source: Any, batch: List[Tuple[int, int, int, int]], th: int, tw: int
     the feeds copy once into the graph's layout."""
     if len(batch) == 1:
         _, _, y, x = batch[0]
-        return source[None, y:y + th, x:x + tw]
-    return xp.stack([source[y:y + th, x:x + tw] for _, _, y, x in batch])
+        return source[None, y : y + th, x : x + tw]
+    return xp.stack([source[y : y + th, x : x + tw] for _, _, y, x in batch])
 
 
 def _to_float(block: Any, xp: Any) -> Any:
@@ -274,11 +295,20 @@ class TiledPipeline:
             The one check of tile and overlap (messages name the command-line options).
     """
 
-    def __init__(self, run: RunGraph, receptive_field: Dict[str, int], multiple: int,
-                 uses_pooling: bool, tile: int = 512, overlap: Optional[int] = None,
-                 tile_batch: int = 4, blend: str = "cosine",
-                 progress: Optional[Callable[[int], None]] = None,
-                 estimate_tile: Optional[int] = None, condition_chunk: Optional[int] = None):
+    def __init__(
+        self,
+        run: RunGraph,
+        receptive_field: Dict[str, int],
+        multiple: int,
+        uses_pooling: bool,
+        tile: int = 512,
+        overlap: Optional[int] = None,
+        tile_batch: int = 4,
+        blend: str = "cosine",
+        progress: Optional[Callable[[int], None]] = None,
+        estimate_tile: Optional[int] = None,
+        condition_chunk: Optional[int] = None,
+    ):
         self.run = run
         self.rf = receptive_field
         self.multiple = multiple
@@ -301,8 +331,10 @@ class TiledPipeline:
         for graph in ("estimate", "restore"):
             used, need = self.overlap_for(graph), min_overlap(self.rf[graph], m)
             if used < need:
-                raise BackendError(f"--overlap {used} is below {need} px, the minimum for exact "
-                                   f"tiling of {graph!r} (receptive field {self.rf[graph]} px)")
+                raise BackendError(
+                    f"--overlap {used} is below {need} px, the minimum for exact "
+                    f"tiling of {graph!r} (receptive field {self.rf[graph]} px)"
+                )
             if used >= self.tiles[graph]:
                 sides = "" if self.tiles[graph] == tile else f" ({graph} tiles: {self.tiles[graph]} px)"
                 raise BackendError(f"--tile {tile}{sides} must exceed the {graph!r} overlap of {used} px")
@@ -313,16 +345,24 @@ class TiledPipeline:
         return default_overlap(self.rf[graph], self.multiple)
 
     def grid(self, graph: str, height: int, width: int) -> TileGrid:
-        return make_grid(height, width, self.tiles[graph], self.overlap_for(graph), self.rf[graph],
-                         self.multiple, self.blend)
+        return make_grid(
+            height,
+            width,
+            self.tiles[graph],
+            self.overlap_for(graph),
+            self.rf[graph],
+            self.multiple,
+            self.blend,
+        )
 
     def estimate(self, image: Any) -> Any:
         """(H, W, 3) image (uint8 / uint16 / float32) -> float32 map (H, W)."""
         xp = array_module(image)
         height, width = image.shape[:2]
         out = xp.zeros((height, width), dtype=xp.float32)
-        self._tiled("estimate", [image], out, lambda tiles, _: {"image": _to_float(tiles[0], xp)},
-                    "defocus_map", xp)
+        self._tiled(
+            "estimate", [image], out, lambda tiles, _: {"image": _to_float(tiles[0], xp)}, "defocus_map", xp
+        )
         return out
 
     def condition_mean(self, defocus_map: Any) -> Any:
@@ -346,8 +386,10 @@ class TiledPipeline:
         out = xp.zeros((3, height, width), dtype=xp.float32)
 
         def feeds(tiles: List[Any], n: int) -> Dict[str, Any]:
-            inputs = {"image": _to_float(tiles[0], xp),
-                      "defocus_map": xp.ascontiguousarray(tiles[1][:, None], dtype=xp.float32)}
+            inputs = {
+                "image": _to_float(tiles[0], xp),
+                "defocus_map": xp.ascontiguousarray(tiles[1][:, None], dtype=xp.float32),
+            }
             if cond_mean is not None:
                 inputs["cond_mean"] = xp.ascontiguousarray(xp.repeat(cond_mean, n, axis=0))
             return inputs
@@ -355,8 +397,15 @@ class TiledPipeline:
         self._tiled("restore", [image, defocus_map], out, feeds, "deblurred", xp)
         return out
 
-    def _tiled(self, graph: str, sources: List[Any], out: Any,
-               feeds: Callable[[List[Any], int], Dict[str, Any]], output: str, xp: Any) -> None:
+    def _tiled(
+        self,
+        graph: str,
+        sources: List[Any],
+        out: Any,
+        feeds: Callable[[List[Any], int], Dict[str, Any]],
+        output: str,
+        xp: Any,
+    ) -> None:
         """Run ``graph`` over the tiles of ``sources`` and blend into ``out`` (.., H, W)."""
         grid = self.grid(graph, *sources[0].shape[:2])
         th, tw = grid.tile_h, grid.tile_w
@@ -364,7 +413,7 @@ class TiledPipeline:
             blocks = [_block(s, batch, th, tw, xp) for s in sources]
             result = self.run(graph, feeds(blocks, len(batch)))[output]
             for k, (i, j, y, x) in enumerate(batch):
-                region = out[..., y:y + th, x:x + tw]
+                region = out[..., y : y + th, x : x + tw]
                 tile = result[k].reshape(region.shape)
                 # Separable weights, applied in place: no (th, tw) weight or product buffer.
                 # The output is the caller's until the backend's next run.

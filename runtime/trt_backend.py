@@ -6,6 +6,7 @@ for the largest inputs, as NVIDIA's ``common_runtime.py`` does), one CUDA stream
 and optionally one CUDA graph per input shape. Engines that are stale (their ONNX
 changed) or foreign (other TensorRT, other GPU) are refused before deserialising.
 """
+
 import logging
 from typing import Any, Dict, List, Tuple
 
@@ -41,8 +42,9 @@ class _Tensor:
 class _EngineRunner:
     """Engine + context + buffers of one graph."""
 
-    def __init__(self, runtime: trt.Runtime, path: str, entry: GraphEntry, stream: cb.Stream,
-                 cuda_graphs: bool):
+    def __init__(
+        self, runtime: trt.Runtime, path: str, entry: GraphEntry, stream: cb.Stream, cuda_graphs: bool
+    ):
         with open(path, "rb") as f:
             self.engine = runtime.deserialize_cuda_engine(f.read())
         if self.engine is None:
@@ -67,18 +69,27 @@ class _EngineRunner:
             modes.append((name, self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT))
         for name, is_input in modes:
             if is_input and not self.context.set_input_shape(
-                    name, self.engine.get_tensor_profile_shape(name, 0)[2]):
+                name, self.engine.get_tensor_profile_shape(name, 0)[2]
+            ):
                 raise BackendError(f"TensorRT refused the profile maximum of {name!r}")
         unresolved = self.context.infer_shapes()
         if unresolved:
-            raise BackendError(f"TensorRT cannot infer the shapes of {', '.join(unresolved)} "
-                               f"in the {self.entry.name!r} engine")
-        specs = {name: (_dims(self.context.get_tensor_shape(name)),
-                        np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))))
-                 for name, _ in modes}
+            raise BackendError(
+                f"TensorRT cannot infer the shapes of {', '.join(unresolved)} "
+                f"in the {self.entry.name!r} engine"
+            )
+        specs = {
+            name: (
+                _dims(self.context.get_tensor_shape(name)),
+                np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))),
+            )
+            for name, _ in modes
+        }
         sizes = cb.plan_buffers(specs)
-        return {name: _Tensor(name, is_input, specs[name][1], specs[name][0], sizes[name])
-                for name, is_input in modes}
+        return {
+            name: _Tensor(name, is_input, specs[name][1], specs[name][0], sizes[name])
+            for name, is_input in modes
+        }
 
     def run(self, inputs: Dict[str, Any], on_device: bool) -> Dict[str, Any]:
         for name, value in inputs.items():
@@ -98,8 +109,9 @@ class _EngineRunner:
         shape = tuple(value.shape)
         size = cb.nbytes(shape, tensor.dtype)
         if size > tensor.device.size:
-            raise BackendError(f"input {tensor.name!r} {shape} exceeds the engine profile "
-                               f"maximum {tensor.max_shape}")
+            raise BackendError(
+                f"input {tensor.name!r} {shape} exceeds the engine profile maximum {tensor.max_shape}"
+            )
         if not self.context.set_input_shape(tensor.name, shape):
             raise BackendError(f"TensorRT refused shape {shape} for {tensor.name!r}")
         if on_device:
@@ -161,8 +173,9 @@ class TrtBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, bundle: Bundle, precision: str = "fp16", cuda_graphs: bool = False,
-                 device_id: int = 0):
+    def __init__(
+        self, bundle: Bundle, precision: str = "fp16", cuda_graphs: bool = False, device_id: int = 0
+    ):
         super().__init__(bundle, "cuda", precision)
         cb.check(cb.cudart.cudaSetDevice(device_id), "cudaSetDevice")
         gpus = cuda_gpus()
@@ -177,8 +190,9 @@ class TrtBackend(Backend):
         self.runners: Dict[str, _EngineRunner] = {}
         try:
             for name, graph in bundle.graphs.items():
-                self.runners[name] = _EngineRunner(self.runtime, str(paths[name]), graph, self.stream,
-                                                   cuda_graphs)
+                self.runners[name] = _EngineRunner(
+                    self.runtime, str(paths[name]), graph, self.stream, cuda_graphs
+                )
         except Exception:
             self.close()
             raise
@@ -206,4 +220,3 @@ class TrtBackend(Backend):
 def _dims(dims: trt.Dims) -> Tuple[int, ...]:
     """A ``trt.Dims`` as a tuple of ints (Dims supports ``len`` and indexing)."""
     return tuple(int(dims[i]) for i in range(len(dims)))
-

@@ -16,6 +16,7 @@ Rules (also in ``runtime/README.md``, *Validation*):
 - bundle fields: size_multiple an integer in [1, 256], map_radius_scale_px finite > 0,
   receptive fields integers >= 0, map_max (optional) finite > 0.
 """
+
 import math
 from typing import Any, Mapping, Optional
 
@@ -59,14 +60,17 @@ def check_samples(image: Any) -> Any:
         return image
     bad = _non_finite(image)
     if bad:
-        raise ImageError(f"image has {bad} non-finite float32 samples (NaN or Inf); "
-                         "expected finite values in [0, 1]")
+        raise ImageError(
+            f"image has {bad} non-finite float32 samples (NaN or Inf); expected finite values in [0, 1]"
+        )
     low, high = float(image.min()), float(image.max())
     if low >= 0.0 and high <= 1.0:
         return image
     if low < -FLOAT_SLACK or high > 1.0 + FLOAT_SLACK:
-        raise ImageError(f"image has float32 samples in [{low:.4g}, {high:.4g}]; expected [0, 1] "
-                         "(divide by the maximum, or write 16-bit)")
+        raise ImageError(
+            f"image has float32 samples in [{low:.4g}, {high:.4g}]; expected [0, 1] "
+            "(divide by the maximum, or write 16-bit)"
+        )
     return image.clip(0.0, 1.0)
 
 
@@ -94,13 +98,16 @@ def check_map(defocus_map: Any, scale: float, map_max: float) -> None:
         raise ImageError(f"defocus map has {bad} non-finite values (NaN or Inf)")
     low, high = float(defocus_map.min()), float(defocus_map.max())
     if low < 0.0:
-        raise ImageError(f"defocus map has negative values (range [{low:.4g}, {high:.4g}]); "
-                         "map units are blur radii >= 0")
+        raise ImageError(
+            f"defocus map has negative values (range [{low:.4g}, {high:.4g}]); map units are blur radii >= 0"
+        )
     limit = MAP_LIMIT_FACTOR * map_max
     if high * scale > limit:
-        raise ImageError(f"defocus map reaches {high * scale:.4g} map units as used (scale "
-                         f"{scale:g}), over {limit:g}: {MAP_LIMIT_FACTOR:g} times the model's "
-                         f"trained range of {map_max:g}")
+        raise ImageError(
+            f"defocus map reaches {high * scale:.4g} map units as used (scale "
+            f"{scale:g}), over {limit:g}: {MAP_LIMIT_FACTOR:g} times the model's "
+            f"trained range of {map_max:g}"
+        )
 
 
 def map_range_warning(defocus_map: Any, map_max: float, radius_scale_px: float) -> Optional[str]:
@@ -108,25 +115,28 @@ def map_range_warning(defocus_map: Any, map_max: float, radius_scale_px: float) 
     high = float(defocus_map.max())
     if high <= map_max:
         return None
-    return (f"defocus map reaches {high:.3g} map units ({high * radius_scale_px:.3g} px blur "
-            f"radius), beyond the model's trained range of {map_max:g} ({map_max * radius_scale_px:g} "
-            "px): expect artefacts")
+    return (
+        f"defocus map reaches {high:.3g} map units ({high * radius_scale_px:.3g} px blur "
+        f"radius), beyond the model's trained range of {map_max:g} ({map_max * radius_scale_px:g} "
+        "px): expect artefacts"
+    )
 
 
 def check_output(restored: Any) -> None:
     """The model's float output must be finite (a NaN would be written as black)."""
     bad = _non_finite(restored)
     if bad:
-        raise BackendError(f"the model produced {bad} non-finite output samples (NaN or Inf); "
-                           "with --precision fp16 try fp32")
+        raise BackendError(
+            f"the model produced {bad} non-finite output samples (NaN or Inf); with --precision fp16 try fp32"
+        )
 
 
 def check_tiling(tile: Optional[int], overlap: Optional[int], tile_batch: Optional[int]) -> None:
     """Refuse nonsense tiling settings (None means the default; 0 is refused)."""
-    for name, value, low in (("--tile", tile, 1), ("--overlap", overlap, 0),
-                             ("--tile-batch", tile_batch, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                                  or value < low):
+    for name, value, low in (("--tile", tile, 1), ("--overlap", overlap, 0), ("--tile-batch", tile_batch, 1)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low
+        ):
             raise BackendError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
@@ -136,8 +146,9 @@ def check_threads(threads: Optional[int]) -> None:
         raise BackendError(f"--threads must be >= 1, got {threads}")
 
 
-def check_bundle_fields(size_multiple: int, radius_scale_px: float, receptive_field: Mapping[str, int],
-                        map_max: float, where: str) -> None:
+def check_bundle_fields(
+    size_multiple: int, radius_scale_px: float, receptive_field: Mapping[str, int], map_max: float, where: str
+) -> None:
     """Refuse manifest numbers no model can have (``where`` names the manifest)."""
     if not 1 <= size_multiple <= MAX_SIZE_MULTIPLE:
         raise BundleError(f"{where}: size_multiple {size_multiple} must be in [1, {MAX_SIZE_MULTIPLE}]")
@@ -146,5 +157,4 @@ def check_bundle_fields(size_multiple: int, radius_scale_px: float, receptive_fi
             raise BundleError(f"{where}: {name} {value} must be finite and > 0")
     for graph in ("estimate", "restore"):
         if receptive_field.get(graph, -1) < 0:
-            raise BundleError(f"{where}: receptive_field needs {graph!r} >= 0, got "
-                              f"{dict(receptive_field)}")
+            raise BundleError(f"{where}: receptive_field needs {graph!r} >= 0, got {dict(receptive_field)}")

@@ -19,6 +19,7 @@ written through a temporary file in its folder and renamed when complete. Needs
 ``ffmpeg`` and ``ffprobe`` on PATH; exit status 1 when the video fails, 2 for bad
 options, model or a missing ffmpeg.
 """
+
 import argparse
 import json
 import logging
@@ -36,15 +37,23 @@ from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from common.atomic import atomic_write
 from runtime import validate
-from runtime.cli_common import (add_model_options, as_interrupted, build_deblurrer, fail, interruptible,
-                                setup_logging)
+from runtime.cli_common import (
+    add_model_options,
+    as_interrupted,
+    build_deblurrer,
+    fail,
+    interruptible,
+    setup_logging,
+)
 from runtime.deblurrer import Deblurrer
 from runtime.errors import DeblurError
 from runtime.stream import PIX_FMTS, run_stream
 
 log = logging.getLogger("runtime")
-FFMPEG_MISSING = ("ffmpeg and ffprobe are needed for video and are not on PATH "
-                  "(Debian / Ubuntu: apt-get install ffmpeg; others: https://ffmpeg.org/download.html)")
+FFMPEG_MISSING = (
+    "ffmpeg and ffprobe are needed for video and are not on PATH "
+    "(Debian / Ubuntu: apt-get install ffmpeg; others: https://ffmpeg.org/download.html)"
+)
 
 
 @dataclass
@@ -124,14 +133,23 @@ def probe(path: Path) -> VideoInfo:
     Raises:
         DeblurError: Not a video ffprobe can read, or no video stream.
     """
-    result = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json",
-                             str(path)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise DeblurError(f"{path}: not a readable video ({_last_line(result.stderr)})")
     found = json.loads(result.stdout)
     streams = found.get("streams", [])
-    video = next((s for s in streams if s.get("codec_type") == "video"
-                  and not s.get("disposition", {}).get("attached_pic")), None)
+    video = next(
+        (
+            s
+            for s in streams
+            if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
+        ),
+        None,
+    )
     if video is None:
         raise DeblurError(f"{path}: no video stream")
     rate = video.get("avg_frame_rate", "0/0")
@@ -143,39 +161,86 @@ def probe(path: Path) -> VideoInfo:
     duration = video.get("duration", found.get("format", {}).get("duration"))
     if frames is None and duration not in (None, "N/A"):
         frames = round(float(duration) * Fraction(rate))
-    return VideoInfo(width=int(video["width"]), height=int(video["height"]), pix_fmt=video["pix_fmt"],
-                     bit_depth=bit_depth(video["pix_fmt"]), frame_rate=rate, frames=frames,
-                     rotation=_rotation(video),
-                     audio_streams=sum(s.get("codec_type") == "audio" for s in streams))
+    return VideoInfo(
+        width=int(video["width"]),
+        height=int(video["height"]),
+        pix_fmt=video["pix_fmt"],
+        bit_depth=bit_depth(video["pix_fmt"]),
+        frame_rate=rate,
+        frames=frames,
+        rotation=_rotation(video),
+        audio_streams=sum(s.get("codec_type") == "audio" for s in streams),
+    )
 
 
 def decode_command(src: Path, info: VideoInfo) -> List[str]:
     """ffmpeg: the first video stream as stored (no auto-rotation) -> raw RGB on stdout."""
-    return ["ffmpeg", "-v", "error", "-nostdin", "-noautorotate", "-i", str(src), "-map", "0:v:0",
-            "-f", "rawvideo", "-pix_fmt", info.pipe_format, "-"]
+    return [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-nostdin",
+        "-noautorotate",
+        "-i",
+        str(src),
+        "-map",
+        "0:v:0",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        info.pipe_format,
+        "-",
+    ]
 
 
-def encode_command(src: Path, info: VideoInfo, out: str, codec: str, crf: Optional[int],
-                   display_rotation: bool) -> List[str]:
+def encode_command(
+    src: Path, info: VideoInfo, out: str, codec: str, crf: Optional[int], display_rotation: bool
+) -> List[str]:
     """ffmpeg: raw RGB on stdin + the audio of ``src`` -> ``out``.
 
     Args:
         display_rotation: Set the rotation with ``-display_rotation`` (else a later
             stream-copy pass sets it, see ``retag_rotation``).
     """
-    rotate = (["-display_rotation", str(info.rotation), "-noautorotate"]
-              if info.rotation and display_rotation else [])
-    command = ["ffmpeg", "-v", "error", "-nostdin", "-y",
-               "-f", "rawvideo", "-pix_fmt", info.pipe_format, "-s", f"{info.width}x{info.height}",
-               "-framerate", info.frame_rate, *rotate, "-i", "-",
-               "-i", str(src), "-map", "0:v:0", "-map", "1:a?", "-c:a", "copy", "-c:v", codec]
+    rotate = (
+        ["-display_rotation", str(info.rotation), "-noautorotate"]
+        if info.rotation and display_rotation
+        else []
+    )
+    command = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-nostdin",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        info.pipe_format,
+        "-s",
+        f"{info.width}x{info.height}",
+        "-framerate",
+        info.frame_rate,
+        *rotate,
+        "-i",
+        "-",
+        "-i",
+        str(src),
+        "-map",
+        "0:v:0",
+        "-map",
+        "1:a?",
+        "-c:a",
+        "copy",
+        "-c:v",
+        codec,
+    ]
     if crf is not None:
         command += ["-crf", str(crf)]
     if info.pix_fmt in encoder_pix_fmts(codec):
         command += ["-pix_fmt", info.pix_fmt]
     else:
-        log.warning("%s cannot encode %s: ffmpeg picks the closest pixel format it has", codec,
-                    info.pix_fmt)
+        log.warning("%s cannot encode %s: ffmpeg picks the closest pixel format it has", codec, info.pix_fmt)
     return command + [out]
 
 
@@ -184,8 +249,24 @@ def retag_rotation(path: str, rotation: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".rotate-", suffix=Path(path).suffix, dir=Path(path).parent)
     os.close(fd)
     try:
-        _run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", path, "-map", "0", "-c", "copy",
-              "-metadata:s:v:0", f"rotate={rotation}", tmp])
+        _run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-nostdin",
+                "-y",
+                "-i",
+                path,
+                "-map",
+                "0",
+                "-c",
+                "copy",
+                "-metadata:s:v:0",
+                f"rotate={rotation}",
+                tmp,
+            ]
+        )
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -203,8 +284,16 @@ def _stderr_text(handle: IO[bytes]) -> str:
     return handle.read().decode(errors="replace")
 
 
-def deblur_video(deblurrer: Deblurrer, src: Path, out: Path, info: VideoInfo, codec: str = "libx264",
-                 crf: Optional[int] = 18, defocus_scale: float = 1.0, quiet: bool = False) -> int:
+def deblur_video(
+    deblurrer: Deblurrer,
+    src: Path,
+    out: Path,
+    info: VideoInfo,
+    codec: str = "libx264",
+    crf: Optional[int] = 18,
+    defocus_scale: float = 1.0,
+    quiet: bool = False,
+) -> int:
     """Decode ``src``, deblur every frame through ``run_stream``, encode ``out``.
 
     Returns:
@@ -221,14 +310,25 @@ def deblur_video(deblurrer: Deblurrer, src: Path, out: Path, info: VideoInfo, co
         nonlocal frames
         with tempfile.TemporaryFile() as dec_err, tempfile.TemporaryFile() as enc_err:
             decoder = subprocess.Popen(decode_command(src, info), stdout=subprocess.PIPE, stderr=dec_err)
-            encoder = subprocess.Popen(encode_command(src, info, tmp, codec, crf, display_rotation),
-                                       stdin=subprocess.PIPE, stderr=enc_err)
+            encoder = subprocess.Popen(
+                encode_command(src, info, tmp, codec, crf, display_rotation),
+                stdin=subprocess.PIPE,
+                stderr=enc_err,
+            )
             assert decoder.stdout is not None and encoder.stdin is not None
             failed: Optional[DeblurError] = None
             try:
                 with tqdm(total=info.frames, desc=src.name, unit="frame", disable=quiet) as bar:
-                    frames = run_stream(deblurrer, decoder.stdout, encoder.stdin, info.width,
-                                        info.height, dtype, defocus_scale, progress=bar.update)
+                    frames = run_stream(
+                        deblurrer,
+                        decoder.stdout,
+                        encoder.stdin,
+                        info.width,
+                        info.height,
+                        dtype,
+                        defocus_scale,
+                        progress=bar.update,
+                    )
             except BrokenPipeError:
                 pass  # the encoder stopped: its own message is reported below
             except DeblurError as err:
@@ -271,13 +371,18 @@ def check_paths(src: Path, out: Path) -> None:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m runtime.video",
-                                     description="Deblur a video file (ffmpeg in, ffmpeg out).")
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.video", description="Deblur a video file (ffmpeg in, ffmpeg out)."
+    )
     parser.add_argument("input", type=Path, help="video file ffmpeg can read")
     parser.add_argument("output", type=Path, help="video file to write; its extension picks the container")
     parser.add_argument("--codec", default="libx264", help="ffmpeg video encoder (default libx264)")
-    parser.add_argument("--crf", type=int, default=18,
-                        help="encoder quality, lower is better (default 18; -1: the encoder's default)")
+    parser.add_argument(
+        "--crf",
+        type=int,
+        default=18,
+        help="encoder quality, lower is better (default 18; -1: the encoder's default)",
+    )
     add_model_options(parser)
     return parser.parse_args(argv)
 
@@ -293,22 +398,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         info = probe(args.input)
     except DeblurError as err:
         fail(str(err), code=1)
-    log.info("%s: %dx%d %s (%d-bit), %s fps, %s frames, %d audio stream%s, rotation %d", args.input,
-             info.width, info.height, info.pix_fmt, info.bit_depth, info.frame_rate,
-             info.frames if info.frames is not None else "?", info.audio_streams,
-             "" if info.audio_streams == 1 else "s", info.rotation)
+    log.info(
+        "%s: %dx%d %s (%d-bit), %s fps, %s frames, %d audio stream%s, rotation %d",
+        args.input,
+        info.width,
+        info.height,
+        info.pix_fmt,
+        info.bit_depth,
+        info.frame_rate,
+        info.frames if info.frames is not None else "?",
+        info.audio_streams,
+        "" if info.audio_streams == 1 else "s",
+        info.rotation,
+    )
     try:
         deblurrer = build_deblurrer(args)
     except DeblurError as err:
         fail(str(err))
     try:
         with interruptible():
-            frames = deblur_video(deblurrer, args.input, args.output, info, args.codec,
-                                  None if args.crf < 0 else args.crf, args.defocus_scale, args.quiet)
+            frames = deblur_video(
+                deblurrer,
+                args.input,
+                args.output,
+                info,
+                args.codec,
+                None if args.crf < 0 else args.crf,
+                args.defocus_scale,
+                args.quiet,
+            )
     except KeyboardInterrupt as err:
         stop = as_interrupted(err)
-        print(f"error: interrupted by {stop.name} after {stop.done} frames; {args.output} is not "
-              "written", file=sys.stderr)
+        print(
+            f"error: interrupted by {stop.name} after {stop.done} frames; {args.output} is not written",
+            file=sys.stderr,
+        )
         return stop.exit_code
     except DeblurError as err:
         fail(str(err), code=1)

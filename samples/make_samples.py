@@ -3,6 +3,7 @@ with synthetic depth and defocus blur.
 
     python samples/make_samples.py
 """
+
 from pathlib import Path
 
 import cv2

@@ -10,6 +10,7 @@ Their manifests are written with export's own helpers (``model_facts``, ``io_spe
 architecture tests; ``array_side`` (``host``, ``cuda``) runs the runtime's tiling on
 NumPy or CuPy arrays. The CUDA cases skip without a GPU, float16 runs on CUDA only.
 """
+
 import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Dict
@@ -18,8 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-TINY = dict(channels=8, num_blocks=1, dme_channels=8, dme_blocks=1, dme_dilated_blocks=1,
-            cond_channels=8)
+TINY = dict(channels=8, num_blocks=1, dme_channels=8, dme_blocks=1, dme_dilated_blocks=1, cond_channels=8)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -32,6 +32,7 @@ def single_thread():
 
 
 # --- tiny bundles ---------------------------------------------------------------
+
 
 def build_bundle(folder: Path, variant: str = "sft_dec"):
     """Export a tiny model of ``variant`` (FP32 graphs only) into ``folder`` with its manifest.
@@ -64,8 +65,7 @@ def build_bundle(folder: Path, variant: str = "sft_dec"):
     for name, spec in graph_specs(model).items():
         path = folder / onnx_file(name, "fp32")
         proto = export_graph(spec, path)
-        graphs[name] = {**io_spec(proto), "files": {"fp32": path.name},
-                        "sha256": {"fp32": sha256_file(path)}}
+        graphs[name] = {**io_spec(proto), "files": {"fp32": path.name}, "sha256": {"fp32": sha256_file(path)}}
     write_manifest(folder, {**model_facts(model, {}), "graphs": graphs, "engines": {}})
     return folder, model
 
@@ -83,6 +83,7 @@ def concat_bundle(tmp_path_factory):
 
 
 # --- devices and dtypes -----------------------------------------------------------
+
 
 @pytest.fixture(params=["cpu", "cuda"])
 def device(request) -> torch.device:
@@ -121,8 +122,9 @@ class ArraySide:
         """A ``Backend.run``-like callable taking and returning arrays of this side."""
         if self.xp is np:
             return run
-        return lambda graph, inputs: {k: self.put(v) for k, v in
-                                      run(graph, {k: self.get(v) for k, v in inputs.items()}).items()}
+        return lambda graph, inputs: {
+            k: self.put(v) for k, v in run(graph, {k: self.get(v) for k, v in inputs.items()}).items()
+        }
 
 
 @pytest.fixture(params=["host", "cuda"])

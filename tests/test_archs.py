@@ -3,6 +3,7 @@
 References are written independently of the modules under test: the SFT layer and
 the condition network are recomputed in float64 numpy from their conv weights.
 """
+
 import dataclasses
 
 import numpy as np
@@ -19,8 +20,15 @@ POOLING_VARIANTS = ("sft_dec", "sft_fdec")
 
 def tiny_config(variant: str = "sft_dec", scale: int = 2, **overrides):
     """The ``small`` preset shrunk to a few thousand parameters (fast on 2 CPU cores)."""
-    sizes = dict(scale=scale, dme_channels=8, dme_blocks=1, dme_dilated_blocks=1, channels=8,
-                 num_blocks=2, cond_channels=4)
+    sizes = dict(
+        scale=scale,
+        dme_channels=8,
+        dme_blocks=1,
+        dme_dilated_blocks=1,
+        channels=8,
+        num_blocks=2,
+        cond_channels=4,
+    )
     sizes.update(overrides)
     return dataclasses.replace(get_config("small", variant), **sizes)
 
@@ -178,8 +186,9 @@ def test_bad_variant_and_mode_raise():
 
 # ----------------------------------------------------------------------------- SFT math
 @pytest.mark.parametrize("mode", ["full", "dec", "fdec"])
-@pytest.mark.parametrize("batch,channels,cond_channels,height,width",
-                         [(1, 6, 4, 5, 7), (2, 3, 5, 1, 1), (3, 8, 2, 4, 1)])
+@pytest.mark.parametrize(
+    "batch,channels,cond_channels,height,width", [(1, 6, 4, 5, 7), (2, 3, 5, 1, 1), (3, 8, 2, 4, 1)]
+)
 def test_sft_layer_matches_reference(mode, batch, channels, cond_channels, height, width, device, dtype):
     layer = SFTLayer(channels, cond_channels, mode)
     randomize_(layer, seed=1)
@@ -190,8 +199,9 @@ def test_sft_layer_matches_reference(mode, batch, channels, cond_channels, heigh
     expected = np_sft(layer, x.double().numpy(), cond.double().numpy(), pooled.double().numpy())
     layer.to(device)
     actual = layer(x.to(device), cond.to(device), pooled.to(device) if mode != "full" else None)
-    np.testing.assert_allclose(actual.detach().cpu().double().numpy(), expected,
-                               **_tolerance(dtype, expected))
+    np.testing.assert_allclose(
+        actual.detach().cpu().double().numpy(), expected, **_tolerance(dtype, expected)
+    )
 
 
 @pytest.mark.parametrize("mode", ["dec", "fdec"])
@@ -246,8 +256,7 @@ def test_every_parameter_gets_gradient(variant):
     out, estimated = model(image, defocus_map=gt_map)
     loss = F.l1_loss(out, target) + F.l1_loss(estimated, gt_map)
     loss.backward()
-    dead = [name for name, p in model.named_parameters()
-            if p.grad is None or not p.grad.abs().sum() > 0]
+    dead = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert dead == []
 
 
@@ -312,7 +321,7 @@ def test_pooling_does_not_mix_batch_items(variant, device):
     image, dmap = torch.rand(3, 3, 6, 8, device=device), torch.rand(3, 1, 6, 8, device=device)
     with torch.no_grad():
         batched = model.restore(image, dmap)
-        single = torch.cat([model.restore(image[i:i + 1], dmap[i:i + 1]) for i in range(3)])
+        single = torch.cat([model.restore(image[i : i + 1], dmap[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
 
 
@@ -349,5 +358,5 @@ def test_restore_tile_with_global_statistics_matches_whole_image(variant, device
         whole = model.restore(image, dmap)
         window = (..., slice(r0 - margin, r1 + margin), slice(c0 - margin, c1 + margin))
         tile = model.restore(image[window], dmap[window], cond_mean)
-    inner = tile[..., margin:margin + r1 - r0, margin:margin + c1 - c0]
+    inner = tile[..., margin : margin + r1 - r0, margin : margin + c1 - c0]
     torch.testing.assert_close(inner, whole[..., r0:r1, c0:c1], rtol=1e-5, atol=1e-5)

@@ -13,6 +13,7 @@ Checked on the source (every import, at module level or inside a function):
 
 And at run time: importing any ``benchmarks`` module or ``runtime`` imports no torch.
 """
+
 import ast
 import subprocess
 import sys
@@ -59,9 +60,12 @@ def _sources(package: str) -> Iterator[Path]:
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_package_imports_follow_the_arrows(package):
-    wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
-             for path in _sources(package) for name, line, _, _ in _imports(path)
-             if name in FORBIDDEN[package]]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in _sources(package)
+        for name, line, _, _ in _imports(path)
+        if name in FORBIDDEN[package]
+    ]
     assert wrong == []
 
 
@@ -78,18 +82,21 @@ def test_benchmarks_import_torch_only_where_pytorch_runs():
 
 def test_training_metrics_is_torch_free():
     """``training.metrics``, the one training module benchmarks import anywhere, needs no torch."""
-    assert [name for name, *_ in _imports(ROOT / "training" / "metrics.py")
-            if name in ("torch", "training")] == []
+    assert [
+        name for name, *_ in _imports(ROOT / "training" / "metrics.py") if name in ("torch", "training")
+    ] == []
 
 
 def test_importing_benchmarks_and_runtime_imports_no_torch():
     modules = ["runtime", "runtime.infer", "runtime.stream"] + [
-        f"benchmarks.{p.stem}" for p in _sources("benchmarks") if p.stem != "__init__"]
-    code = ("import importlib, sys\n"
-            f"for name in {modules!r}:\n"
-            "    importlib.import_module(name)\n"
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+        f"benchmarks.{p.stem}" for p in _sources("benchmarks") if p.stem != "__init__"
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
 """Benchmarks: statistics helpers, planning, analysis and an end-to-end run on a tiny model."""
+
 import json
 import mmap
 import os
@@ -22,25 +23,31 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # ---------------------------------------------------------------- statistics
 
 
-@pytest.mark.parametrize("values, q, expected", [
-    ([1.0, 2.0, 3.0, 4.0], 50, 2.5),
-    ([1.0, 2.0, 3.0, 4.0], 90, 3.7),        # pos 2.7: 3 + 0.7 * (4 - 3)
-    ([4.0, 1.0, 3.0, 2.0], 90, 3.7),        # order does not matter
-    ([5.0], 90, 5.0),
-    ([10.0, 20.0], 0, 10.0),
-    ([10.0, 20.0], 100, 20.0),
-    ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0], 90, 10.0),
-])
+@pytest.mark.parametrize(
+    "values, q, expected",
+    [
+        ([1.0, 2.0, 3.0, 4.0], 50, 2.5),
+        ([1.0, 2.0, 3.0, 4.0], 90, 3.7),  # pos 2.7: 3 + 0.7 * (4 - 3)
+        ([4.0, 1.0, 3.0, 2.0], 90, 3.7),  # order does not matter
+        ([5.0], 90, 5.0),
+        ([10.0, 20.0], 0, 10.0),
+        ([10.0, 20.0], 100, 20.0),
+        ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0], 90, 10.0),
+    ],
+)
 def test_percentile_matches_hand_computed(values, q, expected):
     assert stats.percentile(values, q) == pytest.approx(expected)
     assert stats.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
 
 
-@pytest.mark.parametrize("values, q, message", [
-    ([], 50, "percentile of no values"),
-    ([1.0], 101, "percentile q must lie in [0, 100], got 101"),
-    ([1.0], -1, "percentile q must lie in [0, 100], got -1"),
-])
+@pytest.mark.parametrize(
+    "values, q, message",
+    [
+        ([], 50, "percentile of no values"),
+        ([1.0], 101, "percentile q must lie in [0, 100], got 101"),
+        ([1.0], -1, "percentile q must lie in [0, 100], got -1"),
+    ],
+)
 def test_percentile_rejects_bad_input(values, q, message):
     with pytest.raises(ValueError, match=r"^" + message.replace("[", r"\[").replace("]", r"\]") + "$"):
         stats.percentile(values, q)
@@ -48,28 +55,38 @@ def test_percentile_rejects_bad_input(values, q, message):
 
 def test_summarise_in_milliseconds():
     s = stats.summarise([0.3, 0.1, 0.2, 0.4])
-    assert s == pytest.approx({"runs": 4, "median_ms": 250.0, "p90_ms": 370.0, "min_ms": 100.0,
-                               "mean_ms": 250.0})
+    assert s == pytest.approx(
+        {"runs": 4, "median_ms": 250.0, "p90_ms": 370.0, "min_ms": 100.0, "mean_ms": 250.0}
+    )
 
 
-@pytest.mark.parametrize("fn, args, expected", [
-    (stats.megapixels_per_s, (2_000_000, 0.5), 4.0),
-    (stats.gflops, (100.0, 1_000_000, 0.5), 0.4),          # 2 * 100 * 1e6 / 0.5 / 1e9
-    (stats.gflops, (91_300.0, 1024 * 1024, 2.0), 2 * 91_300 * 1024 * 1024 / 2.0 / 1e9),
-    (stats.gemm_gflops, (1000, 2.0), 1.0),                 # 2 * 1e9 / 2 / 1e9
-    (stats.ratio, (3.0, 4.0), 0.75),
-    (stats.speedup, (250.0, 100.0), 2.5),
-    (stats.overhead, (115.0, 100.0), 0.15),
-    (stats.overhead, (90.0, 100.0), -0.10),
-])
+@pytest.mark.parametrize(
+    "fn, args, expected",
+    [
+        (stats.megapixels_per_s, (2_000_000, 0.5), 4.0),
+        (stats.gflops, (100.0, 1_000_000, 0.5), 0.4),  # 2 * 100 * 1e6 / 0.5 / 1e9
+        (stats.gflops, (91_300.0, 1024 * 1024, 2.0), 2 * 91_300 * 1024 * 1024 / 2.0 / 1e9),
+        (stats.gemm_gflops, (1000, 2.0), 1.0),  # 2 * 1e9 / 2 / 1e9
+        (stats.ratio, (3.0, 4.0), 0.75),
+        (stats.speedup, (250.0, 100.0), 2.5),
+        (stats.overhead, (115.0, 100.0), 0.15),
+        (stats.overhead, (90.0, 100.0), -0.10),
+    ],
+)
 def test_derived_figures(fn, args, expected):
     assert fn(*args) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("fn, args", [
-    (stats.ratio, (None, 1.0)), (stats.ratio, (1.0, None)), (stats.ratio, (1.0, 0.0)),
-    (stats.speedup, (None, 2.0)), (stats.overhead, (1.0, None)),
-])
+@pytest.mark.parametrize(
+    "fn, args",
+    [
+        (stats.ratio, (None, 1.0)),
+        (stats.ratio, (1.0, None)),
+        (stats.ratio, (1.0, 0.0)),
+        (stats.speedup, (None, 2.0)),
+        (stats.overhead, (1.0, None)),
+    ],
+)
 def test_ratios_of_missing_values_are_none(fn, args):
     assert fn(*args) is None
 
@@ -119,14 +136,23 @@ def test_large_sizes_only_for_large_backends():
     assert sizes_for(BY_NAME["ort-fp32"], sizes) == ["256x256"]
 
 
-@pytest.mark.parametrize("machine, device, slug", [
-    ({"threads_used": 2, "cpu": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "gpus": []}, "cpu",
-     "cpu-2core-xeon-platinum"),
-    ({"threads_used": 16, "cpu": "AMD EPYC", "gpus": []}, "cpu", "cpu-16core-epyc"),
-    ({"threads_used": 16, "cpu": "x", "gpus": ["NVIDIA H100 80GB HBM3, 81559 MiB, 580.1"]}, "cuda",
-     "gpu-h100-hbm3"),
-    ({"threads_used": 4, "cpu": "AMD EPYC", "gpus": []}, "cuda", "cpu-4core-epyc"),
-])
+@pytest.mark.parametrize(
+    "machine, device, slug",
+    [
+        (
+            {"threads_used": 2, "cpu": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "gpus": []},
+            "cpu",
+            "cpu-2core-xeon-platinum",
+        ),
+        ({"threads_used": 16, "cpu": "AMD EPYC", "gpus": []}, "cpu", "cpu-16core-epyc"),
+        (
+            {"threads_used": 16, "cpu": "x", "gpus": ["NVIDIA H100 80GB HBM3, 81559 MiB, 580.1"]},
+            "cuda",
+            "gpu-h100-hbm3",
+        ),
+        ({"threads_used": 4, "cpu": "AMD EPYC", "gpus": []}, "cuda", "cpu-4core-epyc"),
+    ],
+)
 def test_machine_slug(machine, device, slug):
     assert machine_slug(machine, device) == slug
 
@@ -156,36 +182,50 @@ def test_peak_rss_resets_and_grows():
 
 def _cell(backend, size, median_ms, rss_mib=100.0, **extra):
     w, h = map(int, size.split("x"))
-    return {"backend": backend, "size": size, "width": w, "height": h, "pixels": w * h, "status": "ok",
-            "median_ms": median_ms, "first_call_ms": median_ms, "peak_rss_bytes": int(rss_mib * 2**20),
-            **extra}
+    return {
+        "backend": backend,
+        "size": size,
+        "width": w,
+        "height": h,
+        "pixels": w * h,
+        "status": "ok",
+        "median_ms": median_ms,
+        "first_call_ms": median_ms,
+        "peak_rss_bytes": int(rss_mib * 2**20),
+        **extra,
+    }
 
 
 def _results(cells):
-    return {"model": {"macs_per_pixel": 1000.0},
-            "settings": {"devices": ["cpu"], "sizes": ["1024x1024", "3840x2160"]},
-            "gemm_peak": {"cpu": {"fp32_gflops": 100.0}}, "cells": cells}
+    return {
+        "model": {"macs_per_pixel": 1000.0},
+        "settings": {"devices": ["cpu"], "sizes": ["1024x1024", "3840x2160"]},
+        "gemm_peak": {"cpu": {"fp32_gflops": 100.0}},
+        "cells": cells,
+    }
 
 
 def test_derive_and_targets_against_hand_computed_values():
-    results = _results([
-        _cell("torch-eager", "1024x1024", 650.0, 400.0),
-        _cell("torch-compile", "1024x1024", 330.0),
-        _cell("torch-compile-bf16", "1024x1024", 310.0),
-        _cell("runtime", "1024x1024", 100.0, 200.0),
-        _cell("runtime-whole", "1024x1024", 90.0),
-        _cell("runtime", "3840x2160", 850.0, 1500.0),
-        _cell("runtime-whole", "3840x2160", 800.0, 3000.0),
-        _cell("runtime", "6000x4000", 13000.0, 1900.0),
-    ])
+    results = _results(
+        [
+            _cell("torch-eager", "1024x1024", 650.0, 400.0),
+            _cell("torch-compile", "1024x1024", 330.0),
+            _cell("torch-compile-bf16", "1024x1024", 310.0),
+            _cell("runtime", "1024x1024", 100.0, 200.0),
+            _cell("runtime-whole", "1024x1024", 90.0),
+            _cell("runtime", "3840x2160", 850.0, 1500.0),
+            _cell("runtime-whole", "3840x2160", 800.0, 3000.0),
+            _cell("runtime", "6000x4000", 13000.0, 1900.0),
+        ]
+    )
     results["gemm_peak"]["cpu"]["bf16_gflops"] = 40.0
-    results["backends"] = {"runtime": {"precision": "bf16"}}   # the worker's report of "best"
+    results["backends"] = {"runtime": {"precision": "bf16"}}  # the worker's report of "best"
     analysis.derive(results)
     rt = analysis.cell_index(results)[("runtime", "1024x1024")]
     assert rt["megapixels_per_s"] == pytest.approx(1024 * 1024 / 1e6 / 0.1)
     assert rt["gflops"] == pytest.approx(2 * 1000 * 1024 * 1024 / 0.1 / 1e9)
     assert rt["precision"] == "bf16"
-    assert rt["fraction_of_peak"] == pytest.approx(rt["gflops"] / 40.0)   # its own precision's peak
+    assert rt["fraction_of_peak"] == pytest.approx(rt["gflops"] / 40.0)  # its own precision's peak
     compiled_bf16 = analysis.cell_index(results)[("torch-compile-bf16", "1024x1024")]
     assert compiled_bf16["fraction_of_peak"] == pytest.approx(compiled_bf16["gflops"] / 40.0)
     whole = analysis.cell_index(results)[("runtime-whole", "1024x1024")]
@@ -196,10 +236,10 @@ def test_derive_and_targets_against_hand_computed_values():
     targets = {t["name"]: t for t in analysis.evaluate_targets(results, 2048 * 2**20, tile=512)}
     eager = targets["runtime-vs-torch-eager"]
     assert (eager["measured"], eager["met"], eager["margin"]) == pytest.approx((6.5, True, 4.5))
-    best = targets["runtime-vs-torch-compile"]   # the faster peer: torch-compile-bf16
+    best = targets["runtime-vs-torch-compile"]  # the faster peer: torch-compile-bf16
     assert (best["measured"], best["met"], best["margin"]) == pytest.approx((3.1, True, 0.1))
     assert best["note"] == "vs torch-compile-bf16"
-    tiling = targets["runtime-tiling-overhead"]   # largest size over one tile: 3840x2160
+    tiling = targets["runtime-tiling-overhead"]  # largest size over one tile: 3840x2160
     assert tiling["measured"] == pytest.approx(850 / 800 - 1) and tiling["met"]
     assert tiling["margin"] == pytest.approx(0.10 - 0.0625)
     large = targets["runtime-large-memory"]
@@ -218,20 +258,38 @@ def test_targets_missed_and_unmeasured():
     targets = {t["name"]: t for t in analysis.evaluate_targets(results, 2**30, tile=512)}
     eager = targets["runtime-vs-torch-eager"]
     assert eager["met"] is False and eager["margin"] == pytest.approx(-0.5)
-    for name in ("runtime-vs-torch-compile", "runtime-tiling-overhead", "runtime-large-memory",
-                 "runtime-bf16-peak-share", "runtime-photo-time", "runtime-photo-memory"):
+    for name in (
+        "runtime-vs-torch-compile",
+        "runtime-tiling-overhead",
+        "runtime-large-memory",
+        "runtime-bf16-peak-share",
+        "runtime-photo-time",
+        "runtime-photo-memory",
+    ):
         assert targets[name]["met"] is None and targets[name]["measured"] is None
     assert targets["runtime-bf16-peak-share"]["note"] == (
-        "the path did not run BF16 here (no native BF16 on this CPU)")
+        "the path did not run BF16 here (no native BF16 on this CPU)"
+    )
 
 
-@pytest.mark.parametrize("device, precision, expected", [
-    ("cpu", "fp32", 100.0), ("cpu", "bf16", 400.0), ("cpu", "fp16", 100.0), ("cuda", "fp16", 900.0),
-    ("cuda", "fp32", 300.0), ("cuda", "bf16", None),
-])
+@pytest.mark.parametrize(
+    "device, precision, expected",
+    [
+        ("cpu", "fp32", 100.0),
+        ("cpu", "bf16", 400.0),
+        ("cpu", "fp16", 100.0),
+        ("cuda", "fp16", 900.0),
+        ("cuda", "fp32", 300.0),
+        ("cuda", "bf16", None),
+    ],
+)
 def test_peak_of_the_paths_own_precision(device, precision, expected):
-    results = {"gemm_peak": {"cpu": {"fp32_gflops": 100.0, "bf16_gflops": 400.0},
-                             "cuda": {"fp32_gflops": 300.0, "fp16_gflops": 900.0}}}
+    results = {
+        "gemm_peak": {
+            "cpu": {"fp32_gflops": 100.0, "bf16_gflops": 400.0},
+            "cuda": {"fp32_gflops": 300.0, "fp16_gflops": 900.0},
+        }
+    }
     assert analysis.peak_gflops(results, device, precision) == expected
 
 
@@ -255,16 +313,25 @@ def test_cpu_features_are_read_from_the_flags(tmp_path):
 
 
 def _pair(median_ratio, status="ok"):
-    return {"tiled": "runtime", "whole": "runtime-whole", "size": "3840x2160", "status": status,
-            "backends": ["runtime", "runtime-whole"], "median_ratio": median_ratio,
-            "latencies_ms": [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]}
+    return {
+        "tiled": "runtime",
+        "whole": "runtime-whole",
+        "size": "3840x2160",
+        "status": status,
+        "backends": ["runtime", "runtime-whole"],
+        "median_ratio": median_ratio,
+        "latencies_ms": [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]],
+    }
 
 
-@pytest.mark.parametrize("pairs, measured, note", [
-    ([], 900 / 800 - 1, "from separate cells"),
-    ([_pair(1.05)], 0.05, "median of 3 alternating-call rounds; separate cells: 12%"),
-    ([_pair(None, status="error")], 900 / 800 - 1, "from separate cells"),
-])
+@pytest.mark.parametrize(
+    "pairs, measured, note",
+    [
+        ([], 900 / 800 - 1, "from separate cells"),
+        ([_pair(1.05)], 0.05, "median of 3 alternating-call rounds; separate cells: 12%"),
+        ([_pair(None, status="error")], 900 / 800 - 1, "from separate cells"),
+    ],
+)
 def test_tiling_overhead_prefers_alternating_calls(pairs, measured, note):
     results = _results([_cell("runtime", "3840x2160", 900.0), _cell("runtime-whole", "3840x2160", 800.0)])
     assert analysis.tiling_pairs(results, tile=512) == [("runtime", "runtime-whole", "3840x2160")]
@@ -288,14 +355,17 @@ class _Counted:
         return image
 
 
-@pytest.mark.parametrize("rounds, order", [
-    (1, "ab" + "ab"),
-    (4, "ab" + "ab" "ba" "ab" "ba"),
-])
+@pytest.mark.parametrize(
+    "rounds, order",
+    [
+        (1, "ab" + "ab"),
+        (4, "ab" + "abbaabba"),
+    ],
+)
 def test_time_pair_alternates_the_order(rounds, order):
     calls = []
     first, second = time_pair((_Counted("a", calls), _Counted("b", calls)), np.zeros(1), rounds, 1e9)
-    assert "".join(calls) == order   # one warm-up each, then ab, ba, ...
+    assert "".join(calls) == order  # one warm-up each, then ab, ba, ...
     assert len(first) == len(second) == rounds
 
 
@@ -306,10 +376,19 @@ def _guarded_cells(monkeypatch, capsys, growth_per_pixel, sizes):
     fake = type("R", (), {"description": "fake", "precision": None})
     monkeypatch.setattr(worker, "make_runner", lambda *a: fake())
     monkeypatch.setattr(worker.memory, "available_bytes", lambda: 4 * 10**9)
-    monkeypatch.setattr(worker, "measure_size", lambda runner, spec, args, w, h: {
-        "rss_base_bytes": 0, "peak_rss_bytes": growth_per_pixel(w * h) * w * h})
-    worker.run_backend(worker.parse_args(["--backend", "runtime-whole", "--inputs", ".", "--out", ".",
-                                          "--sizes", sizes, "--threads", "1"]))
+    monkeypatch.setattr(
+        worker,
+        "measure_size",
+        lambda runner, spec, args, w, h: {
+            "rss_base_bytes": 0,
+            "peak_rss_bytes": growth_per_pixel(w * h) * w * h,
+        },
+    )
+    worker.run_backend(
+        worker.parse_args(
+            ["--backend", "runtime-whole", "--inputs", ".", "--out", ".", "--sizes", sizes, "--threads", "1"]
+        )
+    )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     return {ln["size"]: ln for ln in lines if ln["event"] == "cell"}
 
@@ -317,17 +396,19 @@ def _guarded_cells(monkeypatch, capsys, growth_per_pixel, sizes):
 def test_memory_guard_predicts_from_the_largest_size_so_far(monkeypatch, capsys):
     """4000 B/px at 100 px, then 1000 B/px at 400 px: 2 M pixels predict 2 GB, within
     0.8 x 4 GB; the small size's rate would have predicted 8 GB."""
-    cells = _guarded_cells(monkeypatch, capsys, lambda pixels: 4000 if pixels == 100 else 1000,
-                           "10x10,20x20,2000x1000")
+    cells = _guarded_cells(
+        monkeypatch, capsys, lambda pixels: 4000 if pixels == 100 else 1000, "10x10,20x20,2000x1000"
+    )
     assert [cell.get("reason") for cell in cells.values()] == [None, None, None]
 
 
 def test_memory_guard_skips_what_would_not_fit(monkeypatch, capsys):
     cells = _guarded_cells(monkeypatch, capsys, lambda pixels: 1000, "20x20,2000x1000,4000x1000")
-    assert "reason" not in cells["2000x1000"]           # 2 GB predicted
-    assert cells["4000x1000"]["status"] == "skipped"    # 4 GB
-    assert cells["4000x1000"]["reason"] == ("predicted peak RSS growth 3.7 GiB exceeds 80% of "
-                                            "the 3.7 GiB available")
+    assert "reason" not in cells["2000x1000"]  # 2 GB predicted
+    assert cells["4000x1000"]["status"] == "skipped"  # 4 GB
+    assert cells["4000x1000"]["reason"] == (
+        "predicted peak RSS growth 3.7 GiB exceeds 80% of the 3.7 GiB available"
+    )
 
 
 def test_collector_records_a_dead_worker_as_errors():
@@ -335,16 +416,19 @@ def test_collector_records_a_dead_worker_as_errors():
     collect = Collector(results, [(64, 64), (128, 128)])
     spec = BY_NAME["ort-fp32"]
     results["backends"][spec.name] = {"status": "ok"}
-    lines = [{"event": "setup", "status": "ok", "description": "d"},
-             {"event": "cell", "size": "64x64", "status": "ok", "median_ms": 1.0}]
+    lines = [
+        {"event": "setup", "status": "ok", "description": "d"},
+        {"event": "cell", "size": "64x64", "status": "ok", "median_ms": 1.0},
+    ]
     collect.add_worker(spec, ["64x64", "128x128"], lines, "timed out after 5 s")
     assert [(c["size"], c["status"], c.get("error")) for c in results["cells"]] == [
-        ("64x64", "ok", None), ("128x128", "error", "timed out after 5 s")]
+        ("64x64", "ok", None),
+        ("128x128", "error", "timed out after 5 s"),
+    ]
 
 
 def test_worker_bad_arguments_are_reported_not_raised(tmp_path):
-    lines, error = launch.run_module("benchmarks.worker", ["--backend", "nope"], 1, 60,
-                                     tmp_path / "err.txt")
+    lines, error = launch.run_module("benchmarks.worker", ["--backend", "nope"], 1, 60, tmp_path / "err.txt")
     assert lines == []
     assert error.startswith("worker exited with 2: ") and "invalid choice: 'nope'" in error
 
@@ -361,8 +445,9 @@ def tiny_checkpoint(tmp_path_factory):
     from training.presets import NetConfig
 
     torch.manual_seed(0)
-    config = NetConfig(preset="small", scale=2, dme_channels=4, dme_blocks=1, channels=8, num_blocks=1,
-                       cond_channels=4)
+    config = NetConfig(
+        preset="small", scale=2, dme_channels=4, dme_blocks=1, channels=8, num_blocks=1, cond_channels=4
+    )
     folder = tmp_path_factory.mktemp("tiny")
     save_checkpoint(folder, DefocusDeblurNet(config))
     return folder
@@ -374,13 +459,32 @@ def test_end_to_end_report(tiny_checkpoint, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("the missing-backend check needs a machine without a CUDA GPU")
     out = tmp_path / "report"
-    rc = main(["--model", str(tiny_checkpoint), "--backends", "torch-eager,torch-cuda-fp32",
-               "--sizes", "64x64,96x64", "--runs", "2", "--quality-images", "2", "--threads", "1",
-               "--out", str(out)])
+    rc = main(
+        [
+            "--model",
+            str(tiny_checkpoint),
+            "--backends",
+            "torch-eager,torch-cuda-fp32",
+            "--sizes",
+            "64x64,96x64",
+            "--runs",
+            "2",
+            "--quality-images",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert f"report written to {out}" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "latency.png", "quality.png", "results.json"]
+        "README.md",
+        "latency.png",
+        "quality.png",
+        "results.json",
+    ]
     for png in ("latency.png", "quality.png"):
         data = (out / png).read_bytes()
         assert data[:8] == PNG_MAGIC
@@ -389,8 +493,19 @@ def test_end_to_end_report(tiny_checkpoint, tmp_path, capsys):
 
     results = json.loads((out / "results.json").read_text())
     assert results["schema"] == "defocus-deblur-benchmark/1"
-    assert set(results) >= {"created", "command", "machine", "model", "settings", "gemm_peak", "backends",
-                            "cells", "quality", "targets", "elapsed_s"}
+    assert set(results) >= {
+        "created",
+        "command",
+        "machine",
+        "model",
+        "settings",
+        "gemm_peak",
+        "backends",
+        "cells",
+        "quality",
+        "targets",
+        "elapsed_s",
+    }
     assert results["settings"]["sizes"] == ["64x64", "96x64"] and results["settings"]["threads"] == 1
     assert results["model"]["trained"] is True and results["model"]["macs_per_pixel"] > 0
     assert results["gemm_peak"]["cpu"]["fp32_gflops"] > 0
@@ -407,8 +522,9 @@ def test_end_to_end_report(tiny_checkpoint, tmp_path, capsys):
         assert cell["speedup_vs_baseline"] == pytest.approx(1.0)
         assert cell["fidelity"] == {"reference": True}
         assert cell["peak_rss_bytes"] >= cell["rss_base_bytes"] > 0
-        assert cell["gflops"] == pytest.approx(stats.gflops(results["model"]["macs_per_pixel"],
-                                                            cell["pixels"], cell["median_ms"] / 1e3))
+        assert cell["gflops"] == pytest.approx(
+            stats.gflops(results["model"]["macs_per_pixel"], cell["pixels"], cell["median_ms"] / 1e3)
+        )
         assert cells[("torch-cuda-fp32", size)]["status"] == "skipped"
 
     quality = results["quality"]
@@ -422,9 +538,11 @@ def test_end_to_end_report(tiny_checkpoint, tmp_path, capsys):
     assert "| backend | 64x64 | 96x64 |" in readme
     assert "| `torch-eager` |" in readme and "(1.00x)" in readme
     assert "| `torch-cuda-fp32` | skipped | skipped |" in readme
-    assert ("| backend | precision | size | median ms | p90 ms | runs | MP/s | GFLOP/s | "
-            "% own-precision peak | peak RSS MiB (x base) | GPU peak MiB | PSNR vs FP32 ref | "
-            "SSIM vs ref | compile ms |") in readme
+    assert (
+        "| backend | precision | size | median ms | p90 ms | runs | MP/s | GFLOP/s | "
+        "% own-precision peak | peak RSS MiB (x base) | GPU peak MiB | PSNR vs FP32 ref | "
+        "SSIM vs ref | compile ms |"
+    ) in readme
     assert "| `torch-eager` | fp32 | 64x64 |" in readme
     assert "- CPU features detected at run time: " in readme
     overrides = [f"{k}={os.environ[k]}" for k in launch.BLAS_TUNING_ENV if k in os.environ]
@@ -432,11 +550,14 @@ def test_end_to_end_report(tiny_checkpoint, tmp_path, capsys):
     assert "## Targets" in readme and "![latency](latency.png)" in readme
 
 
-@pytest.mark.parametrize("path, expected", [
-    (REPO / "models" / "default", "models/default"),
-    (REPO / "models" / ".." / "models" / "default", "models/default"),
-    (Path("/nonexistent/ckpt"), "/nonexistent/ckpt"),
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        (REPO / "models" / "default", "models/default"),
+        (REPO / "models" / ".." / "models" / "default", "models/default"),
+        (Path("/nonexistent/ckpt"), "/nonexistent/ckpt"),
+    ],
+)
 def test_reports_show_repository_paths_relative(path, expected):
     """A committed report must not carry the absolute path of the machine that wrote it."""
     assert shown(path) == expected
@@ -444,16 +565,21 @@ def test_reports_show_repository_paths_relative(path, expected):
 
 def test_cli_bad_model_is_one_line(capsys):
     assert main(["--model", "/nonexistent/ckpt", "--backends", "torch-eager"]) == 2
-    assert capsys.readouterr().err == ("benchmark failed: /nonexistent/ckpt: not a checkpoint folder "
-                                       "(needs model.safetensors and config.json)\n")
+    assert capsys.readouterr().err == (
+        "benchmark failed: /nonexistent/ckpt: not a checkpoint folder "
+        "(needs model.safetensors and config.json)\n"
+    )
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--backends", "nope"], "error: unknown backend(s) nope; choose from torch-eager,"),
-    (["--sizes", "64"], "error: size '64' is not WIDTHxHEIGHT with positive integers"),
-    (["--runs", "0"], "error: --runs, --warmup and --threads must be >= 1"),
-    (["--device", "tpu"], "error: argument --device: invalid choice: 'tpu'"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--backends", "nope"], "error: unknown backend(s) nope; choose from torch-eager,"),
+        (["--sizes", "64"], "error: size '64' is not WIDTHxHEIGHT with positive integers"),
+        (["--runs", "0"], "error: --runs, --warmup and --threads must be >= 1"),
+        (["--device", "tpu"], "error: argument --device: invalid choice: 'tpu'"),
+    ],
+)
 def test_cli_bad_arguments(argv, fragment, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -468,14 +594,33 @@ def test_baseline_for_each_device():
 
 def test_tiling_overhead_is_timed_in_alternating_calls(tiny_checkpoint, tmp_path):
     out = tmp_path / "report"
-    rc = main(["--model", str(tiny_checkpoint), "--backends", "runtime,runtime-whole",
-               "--sizes", "64x64,1100x64", "--runs", "3", "--quality-images", "2", "--threads", "1",
-               "--out", str(out)])
+    rc = main(
+        [
+            "--model",
+            str(tiny_checkpoint),
+            "--backends",
+            "runtime,runtime-whole",
+            "--sizes",
+            "64x64,1100x64",
+            "--runs",
+            "3",
+            "--quality-images",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     (pair,) = results["pairs"]
     assert (pair["tiled"], pair["whole"], pair["size"], pair["status"]) == (
-        "runtime", "runtime-whole", "1100x64", "ok")
+        "runtime",
+        "runtime-whole",
+        "1100x64",
+        "ok",
+    )
     tiled, whole = pair["latencies_ms"]
     assert len(tiled) == len(whole) == 3
     assert pair["median_ratio"] == pytest.approx(float(np.median(np.divide(tiled, whole))))
@@ -486,8 +631,24 @@ def test_tiling_overhead_is_timed_in_alternating_calls(tiny_checkpoint, tmp_path
 
 def test_self_ensemble_backend_runs_the_ensemble(tiny_checkpoint, tmp_path):
     out = tmp_path / "report"
-    rc = main(["--model", str(tiny_checkpoint), "--backends", "runtime,runtime-x2", "--sizes", "64x64",
-               "--runs", "1", "--quality-images", "2", "--threads", "1", "--out", str(out)])
+    rc = main(
+        [
+            "--model",
+            str(tiny_checkpoint),
+            "--backends",
+            "runtime,runtime-x2",
+            "--sizes",
+            "64x64",
+            "--runs",
+            "1",
+            "--quality-images",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert results["backends"]["runtime-x2"]["self_ensemble"] == 2
@@ -509,8 +670,9 @@ def test_openvino_rows_match_onnxruntime_and_report_their_precision(tiny_bundle)
     assert runtime.precision in ("fp32", "bf16") and runtime.description.startswith("openvino")
     assert make_runner(BY_NAME["runtime-ort"], None, tiny_bundle[0], 1).description.startswith("onnxruntime")
     if cpu_has_bf16(cpu_flags()):
-        np.testing.assert_allclose(make_runner(BY_NAME["openvino-bf16"], None, tiny_bundle[0], 1)(image),
-                                   reference, atol=5e-2)
+        np.testing.assert_allclose(
+            make_runner(BY_NAME["openvino-bf16"], None, tiny_bundle[0], 1)(image), reference, atol=5e-2
+        )
     else:
         with pytest.raises(Unavailable, match="no native BF16"):
             make_runner(BY_NAME["openvino-bf16"], None, tiny_bundle[0], 1)

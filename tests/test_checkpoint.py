@@ -1,24 +1,40 @@
 """Tests of ``training.checkpoint``: round trip, atomic writes and one-line errors."""
-import os
+
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from common.atomic import atomic_write
 from training.archs import DefocusDeblurNet
 from training.archs.deblur_arch import VARIANTS
-from common.atomic import atomic_write
-from training.checkpoint import (CONFIG, FORMAT, WEIGHTS, CheckpointError, load_checkpoint,
-                                 load_state, read_config, save_checkpoint)
+from training.checkpoint import (
+    CONFIG,
+    FORMAT,
+    WEIGHTS,
+    CheckpointError,
+    load_checkpoint,
+    load_state,
+    read_config,
+    save_checkpoint,
+)
 from training.presets import MAP_RADIUS_SCALE_PX, MAP_UNITS, get_config
 
 
 def tiny_model(variant: str = "sft_dec", preset: str = "small", seed: int = 0) -> DefocusDeblurNet:
-    config = dataclasses.replace(get_config(preset, variant), scale=2, dme_channels=8,
-                                 dme_blocks=1, dme_dilated_blocks=1, channels=8, num_blocks=1,
-                                 cond_channels=4)
+    config = dataclasses.replace(
+        get_config(preset, variant),
+        scale=2,
+        dme_channels=8,
+        dme_blocks=1,
+        dme_dilated_blocks=1,
+        channels=8,
+        num_blocks=1,
+        cond_channels=4,
+    )
     torch.manual_seed(seed)
     return DefocusDeblurNet(config).eval()
 
@@ -77,8 +93,9 @@ def test_resave_overwrites(tmp_path):
     second = tiny_model(seed=2)
     save_checkpoint(tmp_path, second)
     loaded, _ = load_checkpoint(tmp_path)
-    assert torch.equal(loaded.state_dict()["dme.conv_first.weight"],
-                       second.state_dict()["dme.conv_first.weight"])
+    assert torch.equal(
+        loaded.state_dict()["dme.conv_first.weight"], second.state_dict()["dme.conv_first.weight"]
+    )
 
 
 @pytest.mark.parametrize("preset", ["small", "paper"])
@@ -137,7 +154,7 @@ def test_atomic_write_into_missing_folder_raises(tmp_path):
 def test_corrupt_weights(checkpoint, damage):
     weights = checkpoint / WEIGHTS
     data = weights.read_bytes()
-    weights.write_bytes(data[:len(data) // 2] if damage == "truncate" else damage)
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else damage)
     with pytest.raises(CheckpointError) as exc_info:
         load_checkpoint(checkpoint)
     assert "unreadable weights" in assert_one_line_naming(exc_info, weights)
@@ -150,7 +167,7 @@ def test_missing_weights(checkpoint):
     assert_one_line_naming(exc_info, checkpoint / WEIGHTS)
 
 
-@pytest.mark.parametrize("text", ["{", "", "{\"format\": }", "\ud800"])
+@pytest.mark.parametrize("text", ["{", "", '{"format": }', "\ud800"])
 def test_corrupt_json(checkpoint, text):
     path = checkpoint / CONFIG
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
@@ -188,13 +205,17 @@ def test_preset_mismatch(checkpoint):
     assert "preset 'small', expected 'paper'" in message
 
 
-@pytest.mark.parametrize("edit", [
-    lambda net: net.pop("preset"),
-    lambda net: net.update(width=3),
-    lambda net: net.update(channels="wide"),
-    lambda net: net.update(channels=-1),
-    lambda net: net.update(variant="bogus"),
-], ids=["no-preset", "unknown-key", "str-width", "negative-width", "bad-variant"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda net: net.pop("preset"),
+        lambda net: net.update(width=3),
+        lambda net: net.update(channels="wide"),
+        lambda net: net.update(channels=-1),
+        lambda net: net.update(variant="bogus"),
+    ],
+    ids=["no-preset", "unknown-key", "str-width", "negative-width", "bad-variant"],
+)
 def test_bad_network_config(checkpoint, edit):
     path = checkpoint / CONFIG
     config = json.loads(path.read_text())

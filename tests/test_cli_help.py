@@ -1,4 +1,5 @@
 """Every command's ``--help``: the usage line names the command as it is typed."""
+
 import argparse
 import importlib
 from typing import Callable, Dict
@@ -7,10 +8,17 @@ import pytest
 
 #: module -> how its ``--help`` is reached (``main(argv)`` or ``parse_args(argv)``).
 COMMANDS: Dict[str, str] = {
-    "runtime.infer": "main", "runtime.stream": "main", "runtime.video": "main",
+    "runtime.infer": "main",
+    "runtime.stream": "main",
+    "runtime.video": "main",
     "runtime.cuda_buffers": "main",
-    "training.train": "main", "export.onnx": "main", "export.engine": "main", "export.verify": "main",
-    "export.trt_lint": "main", "benchmarks.run": "main", "benchmarks.gemm": "main",
+    "training.train": "main",
+    "export.onnx": "main",
+    "export.engine": "main",
+    "export.verify": "main",
+    "export.trt_lint": "main",
+    "benchmarks.run": "main",
+    "benchmarks.gemm": "main",
     "benchmarks.worker": "parse_args",
 }
 
@@ -28,8 +36,9 @@ class _Parsed(Exception):
     pass
 
 
-@pytest.mark.parametrize("module", ["export.engine", "export.onnx", "runtime.infer", "runtime.stream",
-                                    "runtime.video"])
+@pytest.mark.parametrize(
+    "module", ["export.engine", "export.onnx", "runtime.infer", "runtime.stream", "runtime.video"]
+)
 def test_every_option_has_help(module, monkeypatch):
     def capture(parser, *args, **kwargs):
         raise _Parsed(parser)

@@ -3,6 +3,7 @@
 The build fetches its headers from Debian (cpp/fetch_deps.sh). Without network the tests
 skip with one reason; with ``DEBLUR_REQUIRE_CPP=1`` (set by .ci/run) they fail instead.
 """
+
 import ctypes
 import os
 import shutil
@@ -26,8 +27,11 @@ FETCH_FAILED = 3  # cpp/build.sh's exit status when the dependencies cannot be f
 def build(folder: str, *cmake_args: str) -> Path:
     """Run cpp/build.sh into build/<folder>; skip (or fail where required) without network."""
     out = ROOT / "build" / folder
-    proc = subprocess.run(["bash", str(ROOT / "cpp" / "build.sh"), str(out), sys.executable, *cmake_args],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "cpp" / "build.sh"), str(out), sys.executable, *cmake_args],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode == FETCH_FAILED:
         reason = "C++ dependencies cannot be fetched from the Debian mirror (no network?)"
         if os.environ.get("DEBLUR_REQUIRE_CPP") == "1":
@@ -74,7 +78,7 @@ def wide_image(path: Path) -> np.ndarray:
 
 def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 @pytest.mark.parametrize("case", ["sample", "wide"])
@@ -87,13 +91,45 @@ def test_cli_matches_runtime_infer(cpp_build, tmp_path, case):
         wide_image(src)
     cpp_out, py_out = tmp_path / "cpp.png", tmp_path / "py.png"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cli = subprocess.run([str(cpp_build / "deblur_cpp"), str(DEFAULT), str(src), str(cpp_out),
-                          "--tile", str(tile), "--threads", "1"], capture_output=True, text=True, env=env)
+    cli = subprocess.run(
+        [
+            str(cpp_build / "deblur_cpp"),
+            str(DEFAULT),
+            str(src),
+            str(cpp_out),
+            "--tile",
+            str(tile),
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert cli.returncode == 0, cli.stderr
-    py = subprocess.run([sys.executable, "-m", "runtime.infer", str(src), "-o", str(py_out),
-                         "--tile", str(tile), "--threads", "1", "--backend", "onnxruntime", "--device", "cpu",
-                         "-q"],
-                        capture_output=True, text=True, env=env, cwd=ROOT)
+    py = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime.infer",
+            str(src),
+            "-o",
+            str(py_out),
+            "--tile",
+            str(tile),
+            "--threads",
+            "1",
+            "--backend",
+            "onnxruntime",
+            "--device",
+            "cpu",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert py.returncode == 0, py.stderr
     a, b = cv2.imread(str(cpp_out)), cv2.imread(str(py_out))
     assert a.shape == b.shape == cv2.imread(str(src)).shape
@@ -191,15 +227,18 @@ def test_c_api_bad_manifest(capi, tmp_path):
     assert status == ERROR_BUNDLE and "not valid JSON" in capi.error()
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"tile": 7}, "tile 7 must be a positive multiple of 2"),
-    ({"tile": 64}, "tile 64 (estimate tiles: 128 px) must exceed the 'estimate' overlap of 192 px"),
-    ({"tile": 180, "overlap": 180}, "tile 180 must exceed the 'restore' overlap of 180 px"),
-    ({"overlap": 10}, "overlap 10 is below"),
-    ({"tile_batch": 0}, "tile batch must be >= 1"),
-    ({"threads": -2}, "threads must be >= 0"),
-    ({"precision": b"int4"}, "precision must be fp32 or fp16"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"tile": 7}, "tile 7 must be a positive multiple of 2"),
+        ({"tile": 64}, "tile 64 (estimate tiles: 128 px) must exceed the 'estimate' overlap of 192 px"),
+        ({"tile": 180, "overlap": 180}, "tile 180 must exceed the 'restore' overlap of 180 px"),
+        ({"overlap": 10}, "overlap 10 is below"),
+        ({"tile_batch": 0}, "tile batch must be >= 1"),
+        ({"threads": -2}, "threads must be >= 0"),
+        ({"precision": b"int4"}, "precision must be fp32 or fp16"),
+    ],
+)
 def test_c_api_bad_options(capi, options, message):
     status, handle = capi.create(DEFAULT, **options)
     assert (status, handle) == (ERROR_ARGUMENT, None)
@@ -217,11 +256,15 @@ def test_c_api_bad_buffers(capi, handles):
         (dict(scale=float("nan")), "defocus scale must be in [0, 10], got nan"),
         (dict(scale=-1.0), "defocus scale must be in [0, 10], got -1"),
         (dict(scale=10.5), "defocus scale must be in [0, 10], got 10.5"),
-        (dict(dmap=np.where(np.eye(40, 52) > 0, np.inf, 0).astype(np.float32)),
-         "defocus map has 40 non-finite values"),
+        (
+            dict(dmap=np.where(np.eye(40, 52) > 0, np.inf, 0).astype(np.float32)),
+            "defocus map has 40 non-finite values",
+        ),
         (dict(dmap=np.full((40, 52), -0.5, np.float32)), "defocus map has negative values"),
-        (dict(dmap=np.full((40, 52), 6.0, np.float32), scale=2.0),
-         "defocus map reaches 12 map units as used"),
+        (
+            dict(dmap=np.full((40, 52), 6.0, np.float32), scale=2.0),
+            "defocus map reaches 12 map units as used",
+        ),
     ]
     for kwargs, message in checks:
         status = capi.run(handle, image, **kwargs)[0]
@@ -269,9 +312,23 @@ def test_asan_tiling(tmp_path):
     src = tmp_path / "wide.png"
     wide_image(src)
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=23", OMP_NUM_THREADS="1")
-    proc = subprocess.run([str(out / "deblur_cpp"), str(DEFAULT), str(src), str(tmp_path / "out.png"),
-                           "--tile", "192", "--threads", "1", "--tile-batch", "3"],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            str(out / "deblur_cpp"),
+            str(DEFAULT),
+            str(src),
+            str(tmp_path / "out.png"),
+            "--tile",
+            "192",
+            "--threads",
+            "1",
+            "--tile-batch",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0 and "AddressSanitizer" not in proc.stderr, proc.stderr[-4000:]
     assert cv2.imread(str(tmp_path / "out.png")).shape == (397, 599, 3)
 
@@ -293,8 +350,22 @@ def small_deblurrer():
     return Deblurrer(DEFAULT, backend="onnxruntime", tile=192, threads=1)
 
 
-@pytest.mark.parametrize("case", ["scale nan", "scale -1", "scale 10.5", "map nan", "map -0.5", "map huge",
-                                  "image nan", "image 1.5", "image -0.02", "ok: scale 10", "ok: image 1.008"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "scale nan",
+        "scale -1",
+        "scale 10.5",
+        "map nan",
+        "map -0.5",
+        "map huge",
+        "image nan",
+        "image 1.5",
+        "image -0.02",
+        "ok: scale 10",
+        "ok: image 1.008",
+    ],
+)
 def test_c_api_input_rules_are_runtime_validate(capi, handles, small_deblurrer, case):
     """The C API refuses exactly what runtime.validate refuses (and accepts the rest alike)."""
     image = np.full((40, 52, 3), 0.5, np.float32)

@@ -1,4 +1,5 @@
 """Datasets, sources and the validation set (training/data/datasets.py, sources.py, validation.py)."""
+
 import logging
 import signal
 
@@ -8,10 +9,21 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from training.data import (DEDDataset, DataError, ImageFolderSource, PairDataset, SkimagePhotos,
-                           SyntheticDefocusDataset, TRAIN_PHOTOS, VALIDATION_PHOTOS,
-                           build_validation_set, read_radius_png, read_image, worker_init_fn,
-                           write_radius_png)
+from training.data import (
+    TRAIN_PHOTOS,
+    VALIDATION_PHOTOS,
+    DataError,
+    DEDDataset,
+    ImageFolderSource,
+    PairDataset,
+    SkimagePhotos,
+    SyntheticDefocusDataset,
+    build_validation_set,
+    read_image,
+    read_radius_png,
+    worker_init_fn,
+    write_radius_png,
+)
 from training.data.datasets import dihedral
 from training.presets import MAP_RADIUS_SCALE_PX
 
@@ -64,8 +76,9 @@ class TestSynthetic:
     @pytest.mark.parametrize("crop", [32, 48])
     @pytest.mark.parametrize("fraction", [0.0, 1.0])
     def test_item_shapes_and_ranges(self, crop, fraction):
-        ds = SyntheticDefocusDataset([SkimagePhotos()], crop=crop, length=4, max_radius_px=6.0,
-                                     dead_leaves_fraction=fraction)
+        ds = SyntheticDefocusDataset(
+            [SkimagePhotos()], crop=crop, length=4, max_radius_px=6.0, dead_leaves_fraction=fraction
+        )
         for i in range(len(ds)):
             item = ds[i]
             _assert_item(item, crop, True)
@@ -85,8 +98,9 @@ class TestSynthetic:
         ds = SyntheticDefocusDataset([SkimagePhotos()], crop=32, length=4, seed=3)
         # spawn: the test process has onnxruntime loaded (other test modules import it),
         # and its background threads make fork-started workers hang.
-        loader = DataLoader(ds, batch_size=2, num_workers=2, worker_init_fn=worker_init_fn,
-                            multiprocessing_context="spawn")
+        loader = DataLoader(
+            ds, batch_size=2, num_workers=2, worker_init_fn=worker_init_fn, multiprocessing_context="spawn"
+        )
         # The loader leaves torch's SIGCHLD handler installed in this process; with OpenVINO
         # loaded (benchmark and runtime tests), a later subprocess's exit then crashed pytest
         # with SIGSEGV. Restore the handler this process had.
@@ -104,8 +118,9 @@ class TestSynthetic:
         checked = 0
         for i in range(len(ds)):
             item = ds[i]
-            sharp_zone = cv2.erode((item["defocus_map"][0].numpy() < 0.02).astype(np.uint8),
-                                   np.ones((25, 25), np.uint8)).astype(bool)
+            sharp_zone = cv2.erode(
+                (item["defocus_map"][0].numpy() < 0.02).astype(np.uint8), np.ones((25, 25), np.uint8)
+            ).astype(bool)
             if sharp_zone.any():
                 diff = (item["blurry"] - item["sharp"]).abs().amax(0).numpy()
                 assert diff[sharp_zone].max() < 0.05
@@ -117,19 +132,23 @@ class TestSynthetic:
         with pytest.raises(IndexError):
             ds[2]
 
-    @pytest.mark.parametrize("kwargs, error, message", [
-        ({}, DataError, "no sharp images: give sources or set dead_leaves_fraction=1"),
-        ({"psf": "box", "dead_leaves_fraction": 1.0}, ValueError, "unknown psf 'box'"),
-        ({"dead_leaves_fraction": 1.5}, ValueError, "dead_leaves_fraction must be in"),
-    ])
+    @pytest.mark.parametrize(
+        "kwargs, error, message",
+        [
+            ({}, DataError, "no sharp images: give sources or set dead_leaves_fraction=1"),
+            ({"psf": "box", "dead_leaves_fraction": 1.0}, ValueError, "unknown psf 'box'"),
+            ({"dead_leaves_fraction": 1.5}, ValueError, "dead_leaves_fraction must be in"),
+        ],
+    )
     def test_bad_arguments(self, kwargs, error, message):
         with pytest.raises(error, match=message):
             SyntheticDefocusDataset(**kwargs)
 
     def test_small_images_are_upscaled_to_the_crop(self, tmp_path):
         _write_rgb(tmp_path / "tiny.png", _pattern(12, 20, 0))
-        ds = SyntheticDefocusDataset([ImageFolderSource(tmp_path)], crop=32, length=2,
-                                     dead_leaves_fraction=0.0)
+        ds = SyntheticDefocusDataset(
+            [ImageFolderSource(tmp_path)], crop=32, length=2, dead_leaves_fraction=0.0
+        )
         _assert_item(ds[0], 32, True)
 
 
@@ -141,8 +160,11 @@ class TestDihedral:
             out_image, out_plane = dihedral(np.random.default_rng(seed), [image, image[..., 0]])
             np.testing.assert_array_equal(out_image[..., 0], out_plane)
             seen.add(out_image.tobytes())
-        reference = {np.ascontiguousarray(t).tobytes()
-                     for k in range(4) for t in (np.rot90(image, k), np.rot90(image, k)[:, ::-1])}
+        reference = {
+            np.ascontiguousarray(t).tobytes()
+            for k in range(4)
+            for t in (np.rot90(image, k), np.rot90(image, k)[:, ::-1])
+        }
         assert seen == reference
 
     def test_ded_triplets_stay_aligned(self, tmp_path):
@@ -153,8 +175,9 @@ class TestDihedral:
         for i in range(len(ds)):
             item = ds[i]
             torch.testing.assert_close(item["blurry"], item["sharp"], atol=1 / 255, rtol=0)
-            torch.testing.assert_close(item["defocus_map"][0] * MAP_RADIUS_SCALE_PX,
-                                       item["sharp"][0] * 9, atol=0.05, rtol=0)
+            torch.testing.assert_close(
+                item["defocus_map"][0] * MAP_RADIUS_SCALE_PX, item["sharp"][0] * 9, atol=0.05, rtol=0
+            )
 
 
 class TestDED:
@@ -166,8 +189,9 @@ class TestDED:
         assert item["blurry"].shape == (3, 40, 48) and item["has_map"].item() is True
         expected = cv2.imread(str(tmp_path / "blurry" / "b.png"))[..., ::-1].astype(np.float32) / 255
         np.testing.assert_allclose(item["blurry"].permute(1, 2, 0).numpy(), expected, atol=1e-7)
-        np.testing.assert_allclose(item["defocus_map"][0].numpy(), radii["b"] / MAP_RADIUS_SCALE_PX,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            item["defocus_map"][0].numpy(), radii["b"] / MAP_RADIUS_SCALE_PX, atol=1e-6
+        )
 
     @pytest.mark.parametrize("crop", [16, 40, 64])
     def test_crop_sizes_including_reflect_pad(self, tmp_path, crop):
@@ -184,8 +208,9 @@ class TestDED:
     def test_map_scale_override(self, tmp_path):
         radii = _make_ded(tmp_path)
         item = DEDDataset(tmp_path, crop=None, augment=False, map_scale=500.0)[0]
-        np.testing.assert_allclose(item["defocus_map"][0].numpy(), 2 * radii["a"] / MAP_RADIUS_SCALE_PX,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            item["defocus_map"][0].numpy(), 2 * radii["a"] / MAP_RADIUS_SCALE_PX, atol=1e-6
+        )
 
     def test_unreadable_file_skipped_with_count(self, tmp_path, caplog):
         _make_ded(tmp_path)
@@ -245,8 +270,9 @@ class TestDED:
 
 
 class TestPairs:
-    @pytest.mark.parametrize("blurry, sharp", [("blurry", "sharp"), ("source", "target"),
-                                               ("inputC", "target")])
+    @pytest.mark.parametrize(
+        "blurry, sharp", [("blurry", "sharp"), ("source", "target"), ("inputC", "target")]
+    )
     def test_layouts(self, tmp_path, blurry, sharp):
         _make_pairs(tmp_path, blurry, sharp)
         ds = PairDataset(tmp_path, crop=16)
@@ -263,8 +289,11 @@ class TestPairs:
 
     def test_no_layout(self, tmp_path):
         (tmp_path / "blurry").mkdir()
-        with pytest.raises(DataError, match=r"^no pair layout under .*: expected blurry/ \+ sharp/, "
-                                            r"source/ \+ target/, inputC/ \+ target/$"):
+        with pytest.raises(
+            DataError,
+            match=r"^no pair layout under .*: expected blurry/ \+ sharp/, "
+            r"source/ \+ target/, inputC/ \+ target/$",
+        ):
             PairDataset(tmp_path)
 
     def test_missing_root(self, tmp_path):
@@ -325,8 +354,9 @@ class TestMapsAndPhotos:
         radius = np.array([[0.0, 0.0004, 1.2345], [9.9999, 65.535, 80.0]], np.float32)
         write_radius_png(tmp_path / "m.png", radius)
         assert cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_ANYDEPTH).dtype == np.uint16
-        np.testing.assert_allclose(read_radius_png(tmp_path / "m.png"),
-                                   [[0.0, 0.0, 1.2345], [10.0, 65.535, 65.535]], atol=5e-4)
+        np.testing.assert_allclose(
+            read_radius_png(tmp_path / "m.png"), [[0.0, 0.0, 1.2345], [10.0, 65.535, 65.535]], atol=5e-4
+        )
 
     def test_splits_are_disjoint_and_load(self):
         assert not set(TRAIN_PHOTOS) & set(VALIDATION_PHOTOS)

@@ -1,4 +1,5 @@
 """Rendered items wholly in focus and uniformly blurred (SyntheticDefocusDataset)."""
+
 import numpy as np
 import pytest
 import torch
@@ -37,15 +38,19 @@ def test_without_the_new_kinds_the_stream_is_unchanged():
     """Fractions of 0 draw nothing extra from the generator: old runs resume exactly."""
     ds = SyntheticDefocusDataset([SkimagePhotos()], crop=32, length=2, seed=4)
     mixed = SyntheticDefocusDataset([SkimagePhotos()], crop=32, length=2, seed=4, in_focus_fraction=0.5)
-    assert torch.equal(ds[0]["blurry"], SyntheticDefocusDataset([SkimagePhotos()], crop=32, length=2,
-                                                                seed=4)[0]["blurry"])
+    assert torch.equal(
+        ds[0]["blurry"], SyntheticDefocusDataset([SkimagePhotos()], crop=32, length=2, seed=4)[0]["blurry"]
+    )
     assert any(not torch.equal(ds[i]["defocus_map"], mixed[i]["defocus_map"]) for i in range(2))
 
 
 def test_mixed_fractions_give_every_kind():
     items = _items(in_focus_fraction=0.4, uniform_fraction=0.4) + [
-        SyntheticDefocusDataset([SkimagePhotos()], crop=32, length=40, seed=5, in_focus_fraction=0.4,
-                                uniform_fraction=0.4)[i] for i in range(20)]
+        SyntheticDefocusDataset(
+            [SkimagePhotos()], crop=32, length=40, seed=5, in_focus_fraction=0.4, uniform_fraction=0.4
+        )[i]
+        for i in range(20)
+    ]
     zero = sum(bool(torch.count_nonzero(i["defocus_map"]) == 0) for i in items)
     flat = sum(bool(i["defocus_map"].std() < 1e-6 and i["defocus_map"].max() > 0) for i in items)
     assert zero > 0 and flat > 0 and zero + flat < len(items)
@@ -54,8 +59,13 @@ def test_mixed_fractions_give_every_kind():
 @pytest.mark.parametrize("fractions", [(-0.1, 0.0), (0.6, 0.5)])
 def test_bad_fractions_are_refused(fractions):
     with pytest.raises(ValueError, match="in_focus_fraction and uniform_fraction"):
-        SyntheticDefocusDataset([SkimagePhotos()], in_focus_fraction=fractions[0],
-                                uniform_fraction=fractions[1])
+        SyntheticDefocusDataset(
+            [SkimagePhotos()], in_focus_fraction=fractions[0], uniform_fraction=fractions[1]
+        )
     with pytest.raises(ConfigError, match="in_focus_fraction and uniform_fraction"):
-        from_dict({"data": {"in_focus_fraction": fractions[0], "uniform_fraction": fractions[1]},
-                   "stage": [{"kind": "joint", "steps": 1}]})
+        from_dict(
+            {
+                "data": {"in_focus_fraction": fractions[0], "uniform_fraction": fractions[1]},
+                "stage": [{"kind": "joint", "steps": 1}],
+            }
+        )

@@ -1,4 +1,5 @@
 """Defocus renderer, synthetic depth and dead leaves (training/data/render.py, depth.py, sources.py)."""
+
 import math
 
 import cv2
@@ -6,9 +7,20 @@ import numpy as np
 import pytest
 
 from training.data.depth import segment_image, synthetic_depth
-from training.data.render import (Camera, Noise, add_noise, blur_by_radius, coc_radius, disc_kernel,
-                                  gaussian_kernel, linear_to_srgb, render_defocus, sample_camera,
-                                  sample_noise, srgb_to_linear)
+from training.data.render import (
+    Camera,
+    Noise,
+    add_noise,
+    blur_by_radius,
+    coc_radius,
+    disc_kernel,
+    gaussian_kernel,
+    linear_to_srgb,
+    render_defocus,
+    sample_camera,
+    sample_noise,
+    srgb_to_linear,
+)
 from training.data.sources import dead_leaves
 
 PSFS = ["disc", "gaussian"]
@@ -33,7 +45,7 @@ def _point_spread(radius, psf="disc", size=81):
     image[size // 2, size // 2] = 1.0
     out = blur_by_radius(image, np.full((size, size), radius, np.float32), psf)[..., 0]
     yy, xx = np.mgrid[:size, :size] - size // 2
-    return out, (out * (yy ** 2 + xx ** 2)).sum() / out.sum()
+    return out, (out * (yy**2 + xx**2)).sum() / out.sum()
 
 
 class TestTransferCurves:
@@ -61,7 +73,7 @@ class TestKernels:
         assert kernel.shape == (2 * half + 1, 2 * half + 1) and kernel.dtype == np.float32
         assert kernel.sum() == pytest.approx(1.0, abs=1e-6)
         # Zero exactly where the pixel's square misses the disc.
-        yy, xx = np.abs(np.mgrid[-half:half + 1, -half:half + 1])
+        yy, xx = np.abs(np.mgrid[-half : half + 1, -half : half + 1])
         nearest = np.hypot(np.maximum(yy - 0.5, 0), np.maximum(xx - 0.5, 0))
         assert np.all(kernel[nearest >= radius] == 0) and np.all(kernel[nearest < radius - 0.1] > 0)
         np.testing.assert_allclose(kernel, kernel.T, atol=1e-7)
@@ -76,18 +88,18 @@ class TestKernels:
         # interior weight = 1 / area with area pi r^2.
         kernel = disc_kernel(radius)
         half = kernel.shape[0] // 2
-        yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
-        second_moment = (kernel * (yy ** 2 + xx ** 2)).sum()
-        assert second_moment == pytest.approx(radius ** 2 / 2 + 1 / 6, rel=0.05)
-        assert 1.0 / kernel.max() == pytest.approx(math.pi * radius ** 2, rel=0.02)
+        yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+        second_moment = (kernel * (yy**2 + xx**2)).sum()
+        assert second_moment == pytest.approx(radius**2 / 2 + 1 / 6, rel=0.05)
+        assert 1.0 / kernel.max() == pytest.approx(math.pi * radius**2, rel=0.02)
 
     @pytest.mark.parametrize("radius", [0.0, 2.0, 4.0, 8.0])
     def test_gaussian_sigma_is_half_radius(self, radius):
         kernel = gaussian_kernel(radius)
         assert kernel.sum() == pytest.approx(1.0, abs=1e-5)
         half = kernel.shape[0] // 2
-        yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
-        variance = (kernel * xx ** 2).sum()
+        yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+        variance = (kernel * xx**2).sum()
         assert math.sqrt(variance) == pytest.approx(radius / 2, rel=0.02, abs=1e-6)
 
 
@@ -99,8 +111,8 @@ class TestBlurByRadius:
         # by definition; Gaussian: 4 pi sigma^2 with sigma = r / 2).
         out, second_moment = _point_spread(radius, psf)
         assert out.sum() == pytest.approx(1.0, abs=1e-3)
-        effective_area = out.sum() ** 2 / (out ** 2).sum()
-        assert 0.95 <= effective_area / (math.pi * radius ** 2) <= 1.25
+        effective_area = out.sum() ** 2 / (out**2).sum()
+        assert 0.95 <= effective_area / (math.pi * radius**2) <= 1.25
         assert math.sqrt(2 * second_moment) == pytest.approx(radius, rel=0.05)
 
     @pytest.mark.parametrize("radius", [2.5, 5.5])
@@ -129,7 +141,7 @@ class TestOcclusion:
     size, radius = 64, 6.0
 
     def _scene(self):
-        yy, xx = np.mgrid[:self.size, :self.size]
+        yy, xx = np.mgrid[: self.size, : self.size]
         image = np.zeros((self.size, self.size, 3), np.float32)
         image[..., 1] = ((yy // 4 + xx // 4) % 2).astype(np.float32)  # green checker background
         inside = (abs(yy - 32) < 12) & (abs(xx - 32) < 12)
@@ -168,8 +180,9 @@ class TestRenderDefocus:
 
     def test_flat_scene_on_focal_plane_is_identity(self):
         sharp = _texture()
-        blurry, radius = render_defocus(sharp, np.full((48, 48), 3.0, np.float32), Camera(3.0, 8.0),
-                                        quantize=False)
+        blurry, radius = render_defocus(
+            sharp, np.full((48, 48), 3.0, np.float32), Camera(3.0, 8.0), quantize=False
+        )
         np.testing.assert_allclose(blurry, sharp, atol=2e-6)
         assert np.all(radius == 0)
 
@@ -202,8 +215,12 @@ class TestRenderDefocus:
 
     def test_noise_is_deterministic_in_rng(self):
         sharp, depth = _texture(), np.ones((48, 48), np.float32)
-        noisy = [render_defocus(sharp, depth, Camera(2.0, 3.0), noise=Noise(1e-3, 1e-3),
-                                rng=np.random.default_rng(seed))[0] for seed in (5, 5, 6)]
+        noisy = [
+            render_defocus(
+                sharp, depth, Camera(2.0, 3.0), noise=Noise(1e-3, 1e-3), rng=np.random.default_rng(seed)
+            )[0]
+            for seed in (5, 5, 6)
+        ]
         np.testing.assert_array_equal(noisy[0], noisy[1])
         assert np.abs(noisy[0] - noisy[2]).max() > 0
 
@@ -212,7 +229,7 @@ class TestRenderDefocus:
         noise = Noise(shot=4e-3, read=1e-2)
         flat = np.full((256, 256, 3), level, np.float32)
         residual = add_noise(flat, noise, np.random.default_rng(0)) - flat
-        expected = math.sqrt(noise.shot * level + noise.read ** 2)
+        expected = math.sqrt(noise.shot * level + noise.read**2)
         assert residual.std() == pytest.approx(expected, rel=0.03)
         assert abs(residual.mean()) < 3 * expected / 256
 
@@ -281,6 +298,7 @@ class TestDeadLeaves:
     def test_front_disc_occludes(self):
         # A huge front disc covers the whole image: one colour, one depth.
         from training.data.sources import _front_to_back
+
         centres = np.array([[16.0, 16.0], [5.0, 5.0]])
         labels = _front_to_back(centres, np.array([40.0, 3.0]), 32, 32)
         assert np.all(labels == 0)

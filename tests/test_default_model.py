@@ -1,5 +1,6 @@
 """The shipped default model: it loads, its ONNX matches PyTorch, it deblurs held-out
 renders, and tiling it is exact (tiled == whole-image, >= 50 dB)."""
+
 from pathlib import Path
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Engine builder paths that run without TensorRT: profiles, cache keys, refusals, CLI."""
+
 import ast
 import subprocess
 import sys
@@ -10,12 +11,19 @@ import pytest
 from common.hashing import sha256_file
 from export import engine as export_engine
 from export.bundle_writer import engine_file, read_manifest, write_manifest
-from export.engine_plan import (Profile, compute_profile, engine_key, engines_section, input_shapes,
-                                reusable, tensorrt_missing_message)
-from tools.typecheck import fix_stub
+from export.engine_plan import (
+    Profile,
+    compute_profile,
+    engine_key,
+    engines_section,
+    input_shapes,
+    reusable,
+    tensorrt_missing_message,
+)
 from runtime.bundle import FORMAT, REBUILD_HINT, BundleError, check_engines, load_bundle
 from runtime.errors import MissingDependency
 from runtime.gpu import GpuInfo, cuda_gpus, import_tensorrt
+from tools.typecheck import fix_stub
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
@@ -33,10 +41,22 @@ def bundle(tmp_path):
         files = {"fp32": f"{name}.onnx", "fp16": f"{name}.fp16.onnx"}
         for file in files.values():
             (tmp_path / file).write_bytes(f"onnx of {file}".encode())
-        graphs[name] = {"inputs": inputs, "outputs": [], "files": files,
-                        "sha256": {p: sha256_file(tmp_path / f) for p, f in files.items()}}
-    write_manifest(tmp_path, {"format": FORMAT, "size_multiple": 2, "map_radius_scale_px": 10.0,
-                              "receptive_field": {"estimate": 40, "restore": 30}, "graphs": graphs})
+        graphs[name] = {
+            "inputs": inputs,
+            "outputs": [],
+            "files": files,
+            "sha256": {p: sha256_file(tmp_path / f) for p, f in files.items()},
+        }
+    write_manifest(
+        tmp_path,
+        {
+            "format": FORMAT,
+            "size_multiple": 2,
+            "map_radius_scale_px": 10.0,
+            "receptive_field": {"estimate": 40, "restore": 30},
+            "graphs": graphs,
+        },
+    )
     return tmp_path
 
 
@@ -47,8 +67,11 @@ def _with_engines(bundle: Path, version="10.13.0", gpu=H100, level="none") -> di
     for name, graph in manifest["graphs"].items():
         key = engine_key(sha256_file(bundle / graph["files"]["fp16"]), version, gpu, PROFILE, level)
         (bundle / engine_file(name)).write_bytes(f"engine {name}".encode())
-        graphs[name] = {"file": engine_file(name), "onnx_sha256": key["onnx_sha256"],
-                        "engine_sha256": sha256_file(bundle / engine_file(name))}
+        graphs[name] = {
+            "file": engine_file(name),
+            "onnx_sha256": key["onnx_sha256"],
+            "engine_sha256": sha256_file(bundle / engine_file(name)),
+        }
     manifest["engines"] = {"fp16": engines_section(key, graphs)}
     write_manifest(bundle, manifest)
     return manifest
@@ -56,21 +79,25 @@ def _with_engines(bundle: Path, version="10.13.0", gpu=H100, level="none") -> di
 
 # --- profiles -------------------------------------------------------------------
 
+
 def test_default_profile():
     assert compute_profile(512, 4, 8, 64, 1024, 2) == PROFILE
     assert PROFILE.to_dict() == {"min": [1, 64, 64], "opt": [4, 512, 512], "max": [8, 1024, 1024]}
 
 
-@pytest.mark.parametrize("args, message", [
-    ((511, 4, 8, 64, 1024, 2), "--tile 511 must be a positive multiple of the model's size multiple 2"),
-    ((512, 4, 8, 63, 1024, 2), "--min-size 63 must be a positive multiple"),
-    ((512, 4, 8, 64, 0, 2), "--max-size 0 must be a positive multiple"),
-    ((2048, 4, 8, 64, 1024, 2), "need --min-size <= --tile <= --max-size, got 64, 2048, 1024"),
-    ((32, 4, 8, 64, 1024, 2), "need --min-size <= --tile <= --max-size, got 64, 32, 1024"),
-    ((512, 9, 8, 64, 1024, 2), "need 1 <= --batch <= --max-batch, got 9, 8"),
-    ((512, 0, 8, 64, 1024, 2), "need 1 <= --batch <= --max-batch, got 0, 8"),
-    ((512, 4, 8, 64, 1024, 0), "size_multiple must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((511, 4, 8, 64, 1024, 2), "--tile 511 must be a positive multiple of the model's size multiple 2"),
+        ((512, 4, 8, 63, 1024, 2), "--min-size 63 must be a positive multiple"),
+        ((512, 4, 8, 64, 0, 2), "--max-size 0 must be a positive multiple"),
+        ((2048, 4, 8, 64, 1024, 2), "need --min-size <= --tile <= --max-size, got 64, 2048, 1024"),
+        ((32, 4, 8, 64, 1024, 2), "need --min-size <= --tile <= --max-size, got 64, 32, 1024"),
+        ((512, 9, 8, 64, 1024, 2), "need 1 <= --batch <= --max-batch, got 9, 8"),
+        ((512, 0, 8, 64, 1024, 2), "need 1 <= --batch <= --max-batch, got 0, 8"),
+        ((512, 4, 8, 64, 1024, 0), "size_multiple must be >= 1, got 0"),
+    ],
+)
 def test_profile_argument_checks(args, message):
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
         compute_profile(*args)
@@ -85,19 +112,27 @@ def test_input_shapes_follow_batch_and_size():
 
 # --- cache keys and refusals ----------------------------------------------------
 
+
 def test_matching_engine_is_reused(bundle):
     manifest = _with_engines(bundle)
     key = engine_key(sha256_file(bundle / "estimate.fp16.onnx"), "10.13.0", H100, PROFILE, "none")
     assert reusable(manifest, bundle, "estimate", key)
     assert check_engines(load_bundle(bundle), "fp16", "10.13.0.35", H100) == {
-        name: bundle / f"{name}.fp16.engine" for name in ("estimate", "restore")}
+        name: bundle / f"{name}.fp16.engine" for name in ("estimate", "restore")
+    }
 
 
-@pytest.mark.parametrize("change", [
-    {"tensorrt_version": "10.14.1"}, {"gpu": "NVIDIA A100-SXM4-80GB"}, {"compute_capability": "8.0"},
-    {"profile": Profile((1, 64, 64), (4, 256, 256), (8, 1024, 1024)).to_dict()},
-    {"hardware_compatibility": "ampere_plus"}, {"onnx_sha256": "0" * 64},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tensorrt_version": "10.14.1"},
+        {"gpu": "NVIDIA A100-SXM4-80GB"},
+        {"compute_capability": "8.0"},
+        {"profile": Profile((1, 64, 64), (4, 256, 256), (8, 1024, 1024)).to_dict()},
+        {"hardware_compatibility": "ampere_plus"},
+        {"onnx_sha256": "0" * 64},
+    ],
+)
 def test_any_key_change_forces_a_rebuild(bundle, change):
     manifest = _with_engines(bundle)
     key = engine_key(sha256_file(bundle / "estimate.fp16.onnx"), "10.13.0", H100, PROFILE, "none")
@@ -111,15 +146,22 @@ def test_damaged_engine_is_not_reused(bundle):
     assert not reusable(manifest, bundle, "estimate", key)
     with pytest.raises(BundleError) as info:
         check_engines(load_bundle(bundle), "fp16", "10.13.0", H100)
-    assert str(info.value) == ("estimate.fp16.engine does not match its sha256 in manifest.json: "
-                               + REBUILD_HINT.format(dir=bundle))
+    assert str(info.value) == (
+        "estimate.fp16.engine does not match its sha256 in manifest.json: " + REBUILD_HINT.format(dir=bundle)
+    )
 
 
-@pytest.mark.parametrize("version, gpu, reason", [
-    ("10.14.1", H100, "engine built with TensorRT 10.13.0, installed is 10.14.1"),
-    ("10.13.0", GpuInfo("NVIDIA L4", "8.9"),
-     "engine built for compute capability 9.0 (NVIDIA H100 80GB HBM3), this GPU is 8.9 (NVIDIA L4)"),
-])
+@pytest.mark.parametrize(
+    "version, gpu, reason",
+    [
+        ("10.14.1", H100, "engine built with TensorRT 10.13.0, installed is 10.14.1"),
+        (
+            "10.13.0",
+            GpuInfo("NVIDIA L4", "8.9"),
+            "engine built for compute capability 9.0 (NVIDIA H100 80GB HBM3), this GPU is 8.9 (NVIDIA L4)",
+        ),
+    ],
+)
 def test_foreign_engine_is_refused(bundle, version, gpu, reason):
     """export.verify refuses engines with the runtime's check (was: a second, exact-version copy)."""
     _with_engines(bundle)
@@ -135,8 +177,10 @@ def test_stale_engine_is_refused(bundle):
     write_manifest(bundle, manifest)
     with pytest.raises(BundleError) as info:
         check_engines(load_bundle(bundle), "fp16", "10.13.0", H100)
-    assert str(info.value) == ("estimate.fp16.engine is stale: its ONNX graph changed since it was "
-                               "built: " + REBUILD_HINT.format(dir=bundle))
+    assert str(info.value) == (
+        "estimate.fp16.engine is stale: its ONNX graph changed since it was "
+        "built: " + REBUILD_HINT.format(dir=bundle)
+    )
 
 
 def test_missing_engine_is_refused(bundle):
@@ -149,6 +193,7 @@ def test_missing_engine_is_refused(bundle):
 
 
 # --- CLI with TensorRT replaced by a recording stand-in --------------------------
+
 
 @pytest.fixture
 def fake_trt(monkeypatch):
@@ -177,7 +222,10 @@ def test_build_records_engines_then_reuses(bundle, fake_trt, capsys):
     manifest = read_manifest(bundle)
     engines = manifest["engines"]["fp16"]
     assert (engines["tensorrt_version"], engines["gpu"], engines["compute_capability"]) == (
-        "10.13.0", H100.name, "9.0")
+        "10.13.0",
+        H100.name,
+        "9.0",
+    )
     assert engines["profile"] == PROFILE.to_dict() and engines["hardware_compatibility"] == "none"
     for name in ("estimate", "restore"):
         entry = engines["graphs"][name]
@@ -200,17 +248,23 @@ def test_new_profile_rebuilds(bundle, fake_trt):
 def test_no_gpu_is_one_line_exit_3(bundle, fake_trt, monkeypatch, capsys):
     def no_gpu():
         raise MissingDependency("no NVIDIA GPU found (cudaErrorNoDevice): install the NVIDIA driver")
+
     monkeypatch.setattr(export_engine, "cuda_gpus", no_gpu)
     assert export_engine.main(["--bundle", str(bundle)]) == export_engine.EXIT_MISSING
     assert capsys.readouterr().err == "no NVIDIA GPU found (cudaErrorNoDevice): install the NVIDIA driver\n"
     assert "engines" not in read_manifest(bundle)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--tile", "33"],
-     "engine build failed: --tile 33 must be a positive multiple of the model's size multiple 2"),
-    (["--batch", "16"], "engine build failed: need 1 <= --batch <= --max-batch, got 16, 8"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--tile", "33"],
+            "engine build failed: --tile 33 must be a positive multiple of the model's size multiple 2",
+        ),
+        (["--batch", "16"], "engine build failed: need 1 <= --batch <= --max-batch, got 16, 8"),
+    ],
+)
 def test_cli_argument_errors(bundle, argv, message, capsys):
     assert export_engine.main(["--bundle", str(bundle), *argv]) == 1
     assert capsys.readouterr().err == message + "\n"
@@ -219,8 +273,9 @@ def test_cli_argument_errors(bundle, argv, message, capsys):
 def test_cli_missing_fp16_onnx(bundle, capsys):
     (bundle / "restore.fp16.onnx").unlink()
     assert export_engine.main(["--bundle", str(bundle)]) == 1
-    assert capsys.readouterr().err == (f"engine build failed: {bundle / 'restore.fp16.onnx'}: "
-                                       "missing (run `make export` again)\n")
+    assert capsys.readouterr().err == (
+        f"engine build failed: {bundle / 'restore.fp16.onnx'}: missing (run `make export` again)\n"
+    )
 
 
 def test_cli_bad_workspace_is_argparse_error(bundle):
@@ -231,12 +286,17 @@ def test_cli_bad_workspace_is_argparse_error(bundle):
 
 @pytest.mark.skipif(import_tensorrt() is not None, reason="TensorRT is installed here")
 def test_missing_tensorrt_subprocess(bundle):
-    proc = subprocess.run([sys.executable, "-m", "export.engine", "--bundle", str(bundle)],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export.engine", "--bundle", str(bundle)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == export_engine.EXIT_MISSING
     assert proc.stderr == tensorrt_missing_message(bundle) + "\n"
-    assert proc.stderr.startswith("tensorrt is not installed: pip uninstall -y onnxruntime && "
-                                  "pip install -e '.[gpu]'")
+    assert proc.stderr.startswith(
+        "tensorrt is not installed: pip uninstall -y onnxruntime && pip install -e '.[gpu]'"
+    )
     assert "engines" not in read_manifest(bundle)
 
 
@@ -257,9 +317,11 @@ def test_cuda_gpus_without_driver():
 
 
 def test_stub_fix_makes_tensorrt_stubs_parse():
-    broken = ("class A:\n    def f(self, in: list[int], out: list[int]) -> int: ...\n"
-              "    def add_scale_nd(self, input: int, shift: Weights = None, power: Weights = None, "
-              "channel_axis: int) -> int: ...\n")
+    broken = (
+        "class A:\n    def f(self, in: list[int], out: list[int]) -> int: ...\n"
+        "    def add_scale_nd(self, input: int, shift: Weights = None, power: Weights = None, "
+        "channel_axis: int) -> int: ...\n"
+    )
     with pytest.raises(SyntaxError):
         ast.parse(broken)
     fixed = ast.parse(fix_stub(broken))

@@ -1,4 +1,5 @@
 """Checkpoint -> ONNX bundle: parity, metadata, TensorRT lint, FP16, bad input."""
+
 import dataclasses
 import json
 import math
@@ -14,16 +15,15 @@ from onnx import TensorProto, helper
 
 from common.hashing import sha256_file
 from export import onnx as export_onnx
+from export import verify as export_verify
 from export.bundle_writer import get_metadata, onnx_file, read_manifest
-from export.fp16 import (FP16_MAX, check_fp16, fp16_problem, max_activations, to_fp16,
-                         validation_images)
+from export.fp16 import FP16_MAX, check_fp16, fp16_problem, max_activations, to_fp16, validation_images
 from export.graphs import IR_VERSION
 from export.parity import PARITY_MIN_PSNR_DB, session
 from export.trt_lint import LintError, check_model, lint_model
-from export import verify as export_verify
 from runtime.gpu import import_tensorrt
-from training.checkpoint import load_checkpoint, save_checkpoint
 from training.archs import DefocusDeblurNet
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.metrics import psnr
 from training.presets import get_config
 
@@ -32,9 +32,15 @@ CHECKPOINT_FILES = {"model.safetensors", "config.json"}
 
 
 def tiny_config(preset="small", variant="sft_dec"):
-    return dataclasses.replace(get_config(preset, variant), channels=8, num_blocks=1,
-                               dme_channels=8, dme_blocks=1, dme_dilated_blocks=1,
-                               cond_channels=8)
+    return dataclasses.replace(
+        get_config(preset, variant),
+        channels=8,
+        num_blocks=1,
+        dme_channels=8,
+        dme_blocks=1,
+        dme_dilated_blocks=1,
+        cond_channels=8,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,7 @@ def _leftovers(folder: Path):
 
 # --- the bundle -----------------------------------------------------------------
 
+
 def test_bundle_files_and_hashes(bundle):
     manifest = read_manifest(bundle)
     assert set(manifest["graphs"]) == {"estimate", "condition", "restore"}
@@ -89,13 +96,26 @@ def test_manifest_facts(bundle):
     assert set(manifest["versions"]) == set(export_onnx.PACKAGES)
 
 
-@pytest.mark.parametrize("graph, inputs, outputs", [
-    ("estimate", [("image", ["batch", 3, "height", "width"])],
-     [("defocus_map", ["batch", 1, "height", "width"])]),
-    ("condition", [("defocus_map", ["batch", 1, "height", "width"])], [("cond_mean", ["batch", 8])]),
-    ("restore", [("image", ["batch", 3, "height", "width"]), ("defocus_map", ["batch", 1, "height", "width"]),
-                 ("cond_mean", ["batch", 8])], [("deblurred", ["batch", 3, "height", "width"])]),
-])
+@pytest.mark.parametrize(
+    "graph, inputs, outputs",
+    [
+        (
+            "estimate",
+            [("image", ["batch", 3, "height", "width"])],
+            [("defocus_map", ["batch", 1, "height", "width"])],
+        ),
+        ("condition", [("defocus_map", ["batch", 1, "height", "width"])], [("cond_mean", ["batch", 8])]),
+        (
+            "restore",
+            [
+                ("image", ["batch", 3, "height", "width"]),
+                ("defocus_map", ["batch", 1, "height", "width"]),
+                ("cond_mean", ["batch", 8]),
+            ],
+            [("deblurred", ["batch", 3, "height", "width"])],
+        ),
+    ],
+)
 def test_manifest_io(bundle, graph, inputs, outputs):
     entry = read_manifest(bundle)["graphs"][graph]
     assert [(i["name"], i["shape"]) for i in entry["inputs"]] == inputs
@@ -121,6 +141,7 @@ def test_metadata_round_trip(bundle, graph, precision):
 
 # --- parity ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("batch, h, w", [(2, 17 * 2, 23 * 2), (1, 2, 2), (1, 6, 50)])
 def test_onnx_matches_torch_on_odd_sizes(bundle, batch, h, w):
     model, _ = load_checkpoint(bundle)
@@ -129,7 +150,8 @@ def test_onnx_matches_torch_on_odd_sizes(bundle, batch, h, w):
     (dmap,) = session(onnx.load(str(bundle / "estimate.onnx"))).run(None, {"image": image})
     (cond,) = session(onnx.load(str(bundle / "condition.onnx"))).run(None, {"defocus_map": dmap})
     (out,) = session(onnx.load(str(bundle / "restore.onnx"))).run(
-        None, {"image": image, "defocus_map": dmap, "cond_mean": cond})
+        None, {"image": image, "defocus_map": dmap, "cond_mean": cond}
+    )
     with torch.no_grad():
         want_out, want_map = model(torch.from_numpy(image))
     np.testing.assert_allclose(dmap, want_map.numpy(), atol=1e-5)
@@ -159,8 +181,18 @@ def test_psnr_identical_is_inf():
 
 # --- TensorRT lint --------------------------------------------------------------
 
-@pytest.mark.parametrize("file", ["estimate.onnx", "condition.onnx", "restore.onnx",
-                                  "estimate.fp16.onnx", "condition.fp16.onnx", "restore.fp16.onnx"])
+
+@pytest.mark.parametrize(
+    "file",
+    [
+        "estimate.onnx",
+        "condition.onnx",
+        "restore.onnx",
+        "estimate.fp16.onnx",
+        "condition.fp16.onnx",
+        "restore.fp16.onnx",
+    ],
+)
 def test_lint_passes_exported_graphs(bundle, file):
     assert lint_model(onnx.load(str(bundle / file))) == []
 
@@ -172,19 +204,35 @@ def _plant(model, node, initializers=()):
     return model
 
 
-@pytest.mark.parametrize("planted, expected", [
-    (helper.make_node("Unique", ["image"], ["u"], name="planted_unique"),
-     "Unique node 'planted_unique': operator not supported"),
-    (helper.make_node("MyOp", ["image"], ["u"], name="custom", domain="com.example"),
-     "custom domain 'com.example'"),
-    (helper.make_node("Resize", ["image", "", "scales"], ["u"], name="aa", antialias=1, mode="linear"),
-     "antialias=1"),
-    (helper.make_node("Resize", ["image", "", "scales"], ["u"], name="cubic", mode="cubic"), "mode=cubic"),
-    (helper.make_node("ReduceSum", ["image", "image_axes"], ["u"], name="rs"),
-     "input 1 ('image_axes') must be a constant"),
-    (helper.make_node("MaxPool", ["image"], ["u", "idx"], name="mp", kernel_shape=[2, 2]),
-     "the Indices output"),
-])
+@pytest.mark.parametrize(
+    "planted, expected",
+    [
+        (
+            helper.make_node("Unique", ["image"], ["u"], name="planted_unique"),
+            "Unique node 'planted_unique': operator not supported",
+        ),
+        (
+            helper.make_node("MyOp", ["image"], ["u"], name="custom", domain="com.example"),
+            "custom domain 'com.example'",
+        ),
+        (
+            helper.make_node("Resize", ["image", "", "scales"], ["u"], name="aa", antialias=1, mode="linear"),
+            "antialias=1",
+        ),
+        (
+            helper.make_node("Resize", ["image", "", "scales"], ["u"], name="cubic", mode="cubic"),
+            "mode=cubic",
+        ),
+        (
+            helper.make_node("ReduceSum", ["image", "image_axes"], ["u"], name="rs"),
+            "input 1 ('image_axes') must be a constant",
+        ),
+        (
+            helper.make_node("MaxPool", ["image"], ["u", "idx"], name="mp", kernel_shape=[2, 2]),
+            "the Indices output",
+        ),
+    ],
+)
 def test_lint_catches_planted(bundle, planted, expected):
     model = onnx.load(str(bundle / "estimate.onnx"))
     scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
@@ -204,6 +252,7 @@ def test_lint_catches_opset_out_of_range(bundle):
 
 # --- FP16 -----------------------------------------------------------------------
 
+
 def _producer(model, name):
     return next(n for n in model.graph.node if name in n.output)
 
@@ -221,8 +270,9 @@ def test_fp16_keeps_reduction_and_residual_in_fp32(bundle):
     for node in restore.graph.node:
         if node.op_type == "Cast" and node.attribute[0].i == TensorProto.FLOAT:
             src = next((n for n in restore.graph.node if node.input[0] in n.output), None)
-            assert not (src is not None and src.op_type == "Cast"
-                        and src.attribute[0].i == TensorProto.FLOAT16)
+            assert not (
+                src is not None and src.op_type == "Cast" and src.attribute[0].i == TensorProto.FLOAT16
+            )
 
 
 @pytest.mark.parametrize("graph", ["estimate", "condition", "restore"])
@@ -246,12 +296,17 @@ def test_fp16_close_to_fp32_on_smooth_images(bundle):
 
 def _scale_graph(factor):
     """y = (x * factor) + x, named nodes."""
-    nodes = [helper.make_node("Mul", ["x", "k"], ["scaled"], name="mul"),
-             helper.make_node("Add", ["scaled", "x"], ["y"], name="add")]
+    nodes = [
+        helper.make_node("Mul", ["x", "k"], ["scaled"], name="mul"),
+        helper.make_node("Add", ["scaled", "x"], ["y"], name="add"),
+    ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor("k", TensorProto.FLOAT, [1], [factor])])
+        [helper.make_tensor("k", TensorProto.FLOAT, [1], [factor])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = IR_VERSION
     return model
@@ -274,13 +329,20 @@ def test_fp16_overflow_is_reported():
     assert fp16_problem("g", report) == "g: activation 1e+05 at y overflows FP16 (max 65504)"
 
 
-@pytest.mark.parametrize("report, expected", [
-    ({"nan_or_inf": True, "psnr_db_vs_fp32": 80.0, "max_activation": {"a": 2.0}},
-     "g: FP16 output holds NaN or Inf (largest FP32 activation 2 at a)"),
-    ({"nan_or_inf": False, "psnr_db_vs_fp32": 44.5, "max_activation": {"a": 2.0}},
-     "g: FP16 vs FP32 PSNR 44.5 dB < 45 dB"),
-    ({"nan_or_inf": False, "psnr_db_vs_fp32": 45.0, "max_activation": {"a": FP16_MAX}}, ""),
-])
+@pytest.mark.parametrize(
+    "report, expected",
+    [
+        (
+            {"nan_or_inf": True, "psnr_db_vs_fp32": 80.0, "max_activation": {"a": 2.0}},
+            "g: FP16 output holds NaN or Inf (largest FP32 activation 2 at a)",
+        ),
+        (
+            {"nan_or_inf": False, "psnr_db_vs_fp32": 44.5, "max_activation": {"a": 2.0}},
+            "g: FP16 vs FP32 PSNR 44.5 dB < 45 dB",
+        ),
+        ({"nan_or_inf": False, "psnr_db_vs_fp32": 45.0, "max_activation": {"a": FP16_MAX}}, ""),
+    ],
+)
 def test_fp16_problem_lines(report, expected):
     assert fp16_problem("g", report) == expected
 
@@ -295,6 +357,7 @@ def test_validation_images_shapes_and_range():
 
 
 # --- bad input: one line, exit 1, nothing left behind ---------------------------
+
 
 def test_missing_checkpoint(tmp_path, capsys):
     err = _one_line_failure(capsys, ["--checkpoint", tmp_path / "nope", "--out", tmp_path / "out"])
@@ -313,8 +376,9 @@ def test_corrupt_checkpoint(tmp_path, checkpoint, capsys):
 
 
 def test_checkpoint_of_another_preset(checkpoint, tmp_path, capsys):
-    err = _one_line_failure(capsys, ["--checkpoint", checkpoint, "--out", tmp_path / "out",
-                                     "--preset", "paper"])
+    err = _one_line_failure(
+        capsys, ["--checkpoint", checkpoint, "--out", tmp_path / "out", "--preset", "paper"]
+    )
     assert err.endswith("checkpoint is preset 'small', expected 'paper'")
     assert not (tmp_path / "out").exists()
 
@@ -350,8 +414,20 @@ def test_bundle_the_runtime_cannot_load_is_not_written(checkpoint, tmp_path, cap
 
 
 def test_cli_subprocess_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "export.onnx", "--checkpoint", str(tmp_path / "x"),
-                           "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.onnx",
+            "--checkpoint",
+            str(tmp_path / "x"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"export failed: {tmp_path / 'x'}: no such checkpoint"
 
@@ -363,6 +439,7 @@ def test_summary_table(bundle):
 
 
 # --- verify without TensorRT ----------------------------------------------------
+
 
 @pytest.mark.skipif(import_tensorrt() is not None, reason="the TensorRT path runs engines instead")
 def test_verify_compares_fp16_onnx_without_tensorrt(bundle, capsys):

@@ -4,6 +4,7 @@ The server tests start the ``tritonserver`` binary of the nvidia-pytriton wheel 
 127.0.0.1 with the generated repository (its Python-backend ``deblur`` model) and
 compare what it serves with ``runtime.Deblurrer`` in this process.
 """
+
 import importlib.util
 import json
 import shutil
@@ -19,8 +20,10 @@ from runtime.bundle import DEFAULT_BUNDLE, PACKAGE_ROOT, load_bundle
 from runtime.image_io import read_image
 
 SERVE_MISSING = [m for m in ("tritonclient", "pytriton") if importlib.util.find_spec(m) is None]
-SKIP_REASON = (f"serving packages absent ({', '.join(SERVE_MISSING)}): pip install -e '.[serve]' "
-               "&& pip install --no-deps nvidia-pytriton==0.7.0")
+SKIP_REASON = (
+    f"serving packages absent ({', '.join(SERVE_MISSING)}): pip install -e '.[serve]' "
+    "&& pip install --no-deps nvidia-pytriton==0.7.0"
+)
 needs_serve = pytest.mark.skipif(bool(SERVE_MISSING), reason=SKIP_REASON)
 #: Small tiles make small images several tiles wide; one thread for the shared CI cores.
 TILE, THREADS = 128, 1
@@ -38,11 +41,13 @@ def _pb2():
     if SERVE_MISSING:
         pytest.skip(SKIP_REASON)
     from tritonclient.grpc import model_config_pb2
+
     return model_config_pb2
 
 
 def _parse(path: Path):
     from google.protobuf import text_format
+
     return text_format.Parse(path.read_text(), _pb2().ModelConfig())
 
 
@@ -93,8 +98,12 @@ def test_deblur_config_inputs_outputs_and_parameters(repo):
     assert set(inputs) == {"image_uint8", "image_uint16", "image_float32", "defocus_scale", "defocus_map"}
     assert all(t.optional for t in inputs.values())
     assert list(inputs["image_uint16"].dims) == [-1, -1, 3] and list(inputs["defocus_map"].dims) == [-1, -1]
-    assert [t.name for t in config.output] == ["deblurred_uint8", "deblurred_uint16", "deblurred_float32",
-                                                "defocus_map_used"]
+    assert [t.name for t in config.output] == [
+        "deblurred_uint8",
+        "deblurred_uint16",
+        "deblurred_float32",
+        "defocus_map_used",
+    ]
     assert _groups(config) == [("KIND_CPU", 1)]
     assert config.parameters["tile"].string_value == str(TILE)
     model = repo / "deblur" / "1"
@@ -113,9 +122,16 @@ def test_gpu_instances_and_engine_plans(tmp_path):
     for name in manifest["graphs"]:
         (bundle / f"{name}.fp16.engine").write_bytes(f"plan of {name}".encode())
         graphs[name] = {"file": f"{name}.fp16.engine", "onnx_sha256": "x", "engine_sha256": "y"}
-    manifest["engines"] = {"fp16": {"tensorrt_version": "10.13.0", "gpu": "NVIDIA H100", "profile": profile,
-                                    "compute_capability": "9.0", "hardware_compatibility": "none",
-                                    "graphs": graphs}}
+    manifest["engines"] = {
+        "fp16": {
+            "tensorrt_version": "10.13.0",
+            "gpu": "NVIDIA H100",
+            "profile": profile,
+            "compute_capability": "9.0",
+            "hardware_compatibility": "none",
+            "graphs": graphs,
+        }
+    }
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     repo = _generate(tmp_path / "repo", "--kind", "gpu", "--instances", "2", bundle=bundle)
     for name in manifest["graphs"]:
@@ -161,6 +177,7 @@ def server(repo):
 @pytest.fixture(scope="module")
 def client(server):
     import tritonclient.http as httpclient
+
     return httpclient.InferenceServerClient(server.url)
 
 
@@ -175,6 +192,7 @@ def _infer(client, image: np.ndarray, dtype_name=None, **extra):
     """One request; returns (deblurred, defocus_map_used)."""
     import tritonclient.http as httpclient
     from tritonclient.utils import np_to_triton_dtype
+
     name = f"image_{dtype_name or image.dtype}"
     tensors = [(name, image)] + [(k, np.asarray(v)) for k, v in extra.items()]
     inputs = []
@@ -203,8 +221,9 @@ def _photo(height: int, width: int, dtype) -> np.ndarray:
 
 
 @needs_serve
-@pytest.mark.parametrize("height, width, dtype", [(120, 520, np.uint8), (96, 130, np.uint16),
-                                                  (64, 90, np.float32)])
+@pytest.mark.parametrize(
+    "height, width, dtype", [(120, 520, np.uint8), (96, 130, np.uint16), (64, 90, np.float32)]
+)
 def test_served_output_matches_the_runtime(client, local, height, width, dtype):
     image = _photo(height, width, dtype)
     if width == 520:
@@ -213,8 +232,10 @@ def test_served_output_matches_the_runtime(client, local, height, width, dtype):
     want_sharp, want_map = local.run(image)
     assert sharp.dtype == image.dtype and sharp.shape == image.shape and dmap.shape == (height, width)
     fidelity = psnr_db(sharp, want_sharp)
-    print(f"served vs local {height}x{width} {np.dtype(dtype)}: {fidelity:.1f} dB, "
-          f"max abs map difference {np.abs(dmap - want_map).max():.3g}")
+    print(
+        f"served vs local {height}x{width} {np.dtype(dtype)}: {fidelity:.1f} dB, "
+        f"max abs map difference {np.abs(dmap - want_map).max():.3g}"
+    )
     assert fidelity >= FIDELITY_DB
     np.testing.assert_allclose(dmap, want_map, atol=1e-5)
 
@@ -228,6 +249,7 @@ def test_served_model_runs_the_runtime_copied_into_the_repository(server, client
 @needs_serve
 def test_grpc_endpoint_serves_the_same(server, client):
     import tritonclient.grpc as grpcclient
+
     image = _photo(32, 48, np.uint16)
     inp = grpcclient.InferInput("image_uint16", list(image.shape), "UINT16")
     inp.set_data_from_numpy(image)
@@ -249,16 +271,24 @@ def test_served_defocus_scale_and_map(client, local):
 
 
 BAD_REQUESTS = {
-    "wrong dtype": ((np.zeros((8, 8, 3), np.int32), "uint8"),
-                    "inference input 'image_uint8' data-type is 'INT32', but model 'deblur' expects 'UINT8'"),
-    "wrong rank": ((np.zeros((8, 8), np.uint8), None), "unexpected shape for input 'image_uint8' for "
-                   "model 'deblur'. Expected [-1,-1,3], got [8,8]"),
+    "wrong dtype": (
+        (np.zeros((8, 8, 3), np.int32), "uint8"),
+        "inference input 'image_uint8' data-type is 'INT32', but model 'deblur' expects 'UINT8'",
+    ),
+    "wrong rank": (
+        (np.zeros((8, 8), np.uint8), None),
+        "unexpected shape for input 'image_uint8' for model 'deblur'. Expected [-1,-1,3], got [8,8]",
+    ),
     "four channels": ((np.zeros((8, 8, 4), np.uint8), None), "Expected [-1,-1,3], got [8,8,4]"),
-    "float out of range": ((np.full((8, 8, 3), 2.0, np.float32), None),
-                           "error: image has float32 samples in [2, 2]; expected [0, 1]"),
+    "float out of range": (
+        (np.full((8, 8, 3), 2.0, np.float32), None),
+        "error: image has float32 samples in [2, 2]; expected [0, 1]",
+    ),
     "empty image": ((np.zeros((0, 8, 3), np.uint8), None), "error: image is empty: shape (0, 8, 3)"),
-    "absurd size": ((np.zeros((2, 20000, 3), np.uint8), None),
-                    "error: image 2x20000 exceeds this server's limits: sides up to 16384 px"),
+    "absurd size": (
+        (np.zeros((2, 20000, 3), np.uint8), None),
+        "error: image 2x20000 exceeds this server's limits: sides up to 16384 px",
+    ),
 }
 
 
@@ -266,6 +296,7 @@ BAD_REQUESTS = {
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
 def test_bad_request_gets_a_clear_error_and_the_server_keeps_serving(client, case):
     from tritonclient.utils import InferenceServerException
+
     (array, dtype_name), message = BAD_REQUESTS[case]
     with pytest.raises(InferenceServerException) as info:
         _infer(client, array, dtype_name)
@@ -280,10 +311,13 @@ def test_bad_request_gets_a_clear_error_and_the_server_keeps_serving(client, cas
 def test_request_without_image_and_bad_map_are_refused(client):
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
+
     scale = httpclient.InferInput("defocus_scale", [1], "FP32")
     scale.set_data_from_numpy(np.array([1.0], np.float32))
-    with pytest.raises(InferenceServerException, match="send exactly one of image_uint8, image_uint16, "
-                                                       "image_float32, got none"):
+    with pytest.raises(
+        InferenceServerException,
+        match="send exactly one of image_uint8, image_uint16, image_float32, got none",
+    ):
         client.infer("deblur", [scale])
     with pytest.raises(InferenceServerException, match=r"defocus map is \(4, 4\), the image is \(16, 16\)"):
         _infer(client, _photo(16, 16, np.uint8), defocus_map=np.zeros((4, 4), np.float32))

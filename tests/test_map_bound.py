@@ -1,6 +1,7 @@
 """The estimated defocus map stays in the trained range [0, MAP_MAX], in PyTorch and in
 the shipped bundle, for any input and any flip or transposition of it; and the
 trainer's precision choice (bf16 autocast only where the CPU has bf16)."""
+
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ from training.presets import MAP_MAX, get_config
 BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
 
 #: The eight flips and transpositions of an (H, W, C) image.
-DIHEDRAL = [lambda x, k=k, t=t: np.rot90(x.transpose(1, 0, 2) if t else x, k)
-            for t in (False, True) for k in range(4)]
+DIHEDRAL = [
+    lambda x, k=k, t=t: np.rot90(x.transpose(1, 0, 2) if t else x, k) for t in (False, True) for k in range(4)
+]
 
 
 def circuit_board(size: int = 192, seed: int = 0) -> np.ndarray:
@@ -34,12 +36,12 @@ def circuit_board(size: int = 192, seed: int = 0) -> np.ndarray:
         length, width = rng.integers(8, size // 2), rng.integers(1, 3)
         colour = (0.9, 0.8, 0.4) if rng.random() < 0.7 else (1.0, 1.0, 1.0)
         if rng.random() < 0.5:
-            board[y:y + width, x:x + length] = colour
+            board[y : y + width, x : x + length] = colour
         else:
-            board[y:y + length, x:x + width] = colour
+            board[y : y + length, x : x + width] = colour
     for _ in range(80):
         y, x = rng.integers(0, size - 4, 2)
-        board[y:y + rng.integers(2, 5), x:x + rng.integers(2, 5)] = rng.random(3)
+        board[y : y + rng.integers(2, 5), x : x + rng.integers(2, 5)] = rng.random(3)
     return board
 
 
@@ -63,13 +65,20 @@ def test_estimator_output_is_bounded_for_extreme_weights_and_inputs(training):
     with torch.no_grad():
         model.dme.conv_last.weight.mul_(300.0)  # drive the raw output far outside [0, 1]
     model.train(training)
-    images = [torch.rand(2, 3, 32, 48), torch.zeros(1, 3, 32, 32), torch.ones(1, 3, 32, 32),
-              (torch.rand(1, 3, 32, 32) > 0.5).float()]
+    images = [
+        torch.rand(2, 3, 32, 48),
+        torch.zeros(1, 3, 32, 32),
+        torch.ones(1, 3, 32, 32),
+        (torch.rand(1, 3, 32, 32) > 0.5).float(),
+    ]
     for image in images:
         estimate = model.estimate(image)
         assert estimate.min() >= 0 and estimate.max() <= MAP_MAX
-    raw = model.dme.conv_last(model.dme.conv_body(model.dme.body(model.dme.conv_first(
-        torch.nn.functional.pixel_unshuffle(images[0], 2)))))
+    raw = model.dme.conv_last(
+        model.dme.conv_body(
+            model.dme.body(model.dme.conv_first(torch.nn.functional.pixel_unshuffle(images[0], 2)))
+        )
+    )
     assert raw.min() < 0 and raw.max() > MAP_MAX, "the test must push the raw output out of range"
 
 
@@ -113,23 +122,29 @@ def test_max_radius_beyond_the_trained_range_is_refused():
 
 # --- precision ----------------------------------------------------------------
 
+
 def test_cpu_flags_read_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
-                       "processor\t: 1\nflags\t\t: fpu\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+        "processor\t: 1\nflags\t\t: fpu\n"
+    )
     assert amp.cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
     assert amp.cpu_flags(tmp_path / "missing") == set()
 
 
-@pytest.mark.parametrize("device, asked, flags, expected", [
-    ("cpu", True, {"avx512f", "avx512_bf16"}, True),
-    ("cpu", True, {"amx_bf16"}, True),
-    ("cpu", True, {"avx512f", "avx512_vnni"}, False),  # Cascade Lake: emulated, slower
-    ("cpu", True, {"avx2"}, False),
-    ("cpu", False, {"avx512_bf16"}, False),
-    ("cuda", True, set(), True),
-    ("cuda", False, set(), False),
-])
+@pytest.mark.parametrize(
+    "device, asked, flags, expected",
+    [
+        ("cpu", True, {"avx512f", "avx512_bf16"}, True),
+        ("cpu", True, {"amx_bf16"}, True),
+        ("cpu", True, {"avx512f", "avx512_vnni"}, False),  # Cascade Lake: emulated, slower
+        ("cpu", True, {"avx2"}, False),
+        ("cpu", False, {"avx512_bf16"}, False),
+        ("cuda", True, set(), True),
+        ("cuda", False, set(), False),
+    ],
+)
 def test_bf16_only_where_the_hardware_has_it(device, asked, flags, expected):
     assert amp.use_bf16(torch.device(device), asked, flags) is expected
     line = amp.describe(torch.device(device), asked, expected)
@@ -141,13 +156,22 @@ def test_trainer_steps_in_the_precision_it_chose(monkeypatch, tmp_path, capsys, 
     from training.train import Trainer
 
     monkeypatch.setattr(amp, "cpu_flags", lambda: flags)
-    config = from_dict({"data": {"crop": 32, "workers": 0, "val_size": 32},
-                        "train": {"batch": 2}, "stage": [{"kind": "joint", "steps": 1}]})
+    config = from_dict(
+        {
+            "data": {"crop": 32, "workers": 0, "val_size": 32},
+            "train": {"batch": 2},
+            "stage": [{"kind": "joint", "steps": 1}],
+        }
+    )
     trainer = Trainer(config, tmp_path / "run", torch.device("cpu"))
     seen = []
     trainer.model.dme.conv_last.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
-    batch = {"blurry": torch.rand(2, 3, 32, 32), "sharp": torch.rand(2, 3, 32, 32),
-             "defocus_map": torch.rand(2, 1, 32, 32), "has_map": torch.ones(2, dtype=torch.bool)}
+    batch = {
+        "blurry": torch.rand(2, 3, 32, 32),
+        "sharp": torch.rand(2, 3, 32, 32),
+        "defocus_map": torch.rand(2, 1, 32, 32),
+        "has_map": torch.ones(2, dtype=torch.bool),
+    }
     losses = trainer.train_step("joint", batch)
     assert seen == [expected] and torch.isfinite(losses["total"])
     assert ("precision: bf16" if expected == torch.bfloat16 else "precision: fp32") in capsys.readouterr().out

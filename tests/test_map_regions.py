@@ -1,4 +1,5 @@
 """Region labels of the map-error analysis on a scene whose regions are known."""
+
 import numpy as np
 
 from training.map_regions import REGIONS, map_error_by_region, region_labels
@@ -9,10 +10,10 @@ def _scene(size: int = 96):
     (an edge) across the flat half, and a depth jump down the middle column."""
     rng = np.random.default_rng(0)
     sharp = np.full((size, size, 3), 0.5, np.float32)
-    sharp[:, size // 2:] = rng.random((size, size // 2, 1)).astype(np.float32)
+    sharp[:, size // 2 :] = rng.random((size, size // 2, 1)).astype(np.float32)
     sharp[20:30, 5:35] = 1.0
     true_map = np.zeros((size, size), np.float32)
-    true_map[:, size // 2:] = 0.6
+    true_map[:, size // 2 :] = 0.6
     return sharp, true_map
 
 

@@ -3,6 +3,7 @@
 The expected figures are computed here from the layer list of the architecture
 (conv shapes, resolutions and depths), independently of the hooks under test.
 """
+
 import dataclasses
 import re
 import sys
@@ -20,11 +21,23 @@ from training.presets import PRESETS, NetConfig, get_config
 DID_ANET_DME_PARAMS = 334_721  # DID-ANet's published DME branch (C=64, 4 blocks)
 
 
-def tiny_config(variant: str = "sft_dec", scale: int = 2, dme_blocks: int = 1,
-                num_blocks: int = 2, dme_dilated_blocks: int = 0) -> NetConfig:
-    return dataclasses.replace(get_config("small", variant), scale=scale, dme_channels=8,
-                               dme_blocks=dme_blocks, dme_dilated_blocks=dme_dilated_blocks,
-                               channels=8, num_blocks=num_blocks, cond_channels=4)
+def tiny_config(
+    variant: str = "sft_dec",
+    scale: int = 2,
+    dme_blocks: int = 1,
+    num_blocks: int = 2,
+    dme_dilated_blocks: int = 0,
+) -> NetConfig:
+    return dataclasses.replace(
+        get_config("small", variant),
+        scale=scale,
+        dme_channels=8,
+        dme_blocks=dme_blocks,
+        dme_dilated_blocks=dme_dilated_blocks,
+        channels=8,
+        num_blocks=num_blocks,
+        cond_channels=4,
+    )
 
 
 def build(config: NetConfig) -> DefocusDeblurNet:
@@ -39,14 +52,14 @@ def conv_params(cin: int, cout: int, k: int) -> int:
 
 def dme_convs(c: NetConfig) -> list:
     """(cin, cout, k) of the DME at 1/scale resolution."""
-    s2, ch = c.scale ** 2, c.dme_channels
+    s2, ch = c.scale**2, c.dme_channels
     blocks = c.dme_blocks + c.dme_dilated_blocks
     return [(3 * s2, ch, 3)] + [(ch, ch, 3)] * (2 * blocks) + [(ch, ch, 3), (ch, s2, 3)]
 
 
 def deblur_convs(c: NetConfig) -> list:
     """(cin, cout, k) of the convs that run at 1/scale resolution, condition net included."""
-    s2, ch, cc = c.scale ** 2, c.channels, c.cond_channels
+    s2, ch, cc = c.scale**2, c.channels, c.cond_channels
     cin = (4 if c.variant == "concat" else 3) * s2
     convs = [(cin, ch, 3)] + [(ch, ch, 3)] * (2 * c.num_blocks) + [(ch, ch, 3), (ch, 3 * s2, 3)]
     if c.variant == "concat":
@@ -78,7 +91,7 @@ def expected_params(c: NetConfig) -> int:
 def expected_macs_per_pixel(c: NetConfig, size: int) -> float:
     per_cell = sum(cin * cout * k * k for cin, cout, k in dme_convs(c) + deblur_convs(c))
     once = sum(cin * cout for cin, cout, _ in pooled_convs(c))
-    return per_cell / c.scale ** 2 + once / size ** 2
+    return per_cell / c.scale**2 + once / size**2
 
 
 def expected_fields(c: NetConfig) -> dict:
@@ -93,8 +106,9 @@ def expected_fields(c: NetConfig) -> dict:
     rest = 3 + 2 * c.num_blocks
     through_map = est + rest - (0 if c.variant == "concat" else 1)
     total = max(rest, through_map)
-    return {name: c.scale * (1 + 2 * n)
-            for name, n in (("estimate", est), ("restore", rest), ("total", total))}
+    return {
+        name: c.scale * (1 + 2 * n) for name, n in (("estimate", est), ("restore", rest), ("total", total))
+    }
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -125,13 +139,16 @@ def test_small_preset_is_smaller(variant):
 
 
 # ----------------------------------------------------------------------------- MACs
-@pytest.mark.parametrize("conv,expected", [
-    (nn.Conv2d(3, 5, 3, padding=1), 5 * 3 * 9),
-    (nn.Conv2d(3, 7, 1), 7 * 3),
-    (nn.Conv2d(3, 8, 3, stride=2, padding=1), 8 * 3 * 9 / 4),
-    (nn.Conv2d(3, 6, 5, padding=2, groups=3), 6 * 1 * 25),
-    (nn.Conv2d(3, 4, 3), 4 * 3 * 9 * 62 * 62 / 64 ** 2),  # no padding: 62 x 62 outputs
-])
+@pytest.mark.parametrize(
+    "conv,expected",
+    [
+        (nn.Conv2d(3, 5, 3, padding=1), 5 * 3 * 9),
+        (nn.Conv2d(3, 7, 1), 7 * 3),
+        (nn.Conv2d(3, 8, 3, stride=2, padding=1), 8 * 3 * 9 / 4),
+        (nn.Conv2d(3, 6, 5, padding=2, groups=3), 6 * 1 * 25),
+        (nn.Conv2d(3, 4, 3), 4 * 3 * 9 * 62 * 62 / 64**2),  # no padding: 62 x 62 outputs
+    ],
+)
 def test_macs_of_single_conv(conv, expected):
     assert macs_per_pixel(conv, size=64) == pytest.approx(expected, rel=1e-12)
 
@@ -140,7 +157,7 @@ def test_macs_of_single_conv(conv, expected):
 def test_macs_of_dme(scale):
     config = tiny_config(scale=scale)
     dme = DefocusMapEstimator(config.dme_channels, config.dme_blocks, scale)
-    expected = sum(cin * cout * k * k for cin, cout, k in dme_convs(config)) / scale ** 2
+    expected = sum(cin * cout * k * k for cin, cout, k in dme_convs(config)) / scale**2
     assert macs_per_pixel(dme, size=32) == pytest.approx(expected, rel=1e-12)
 
 
@@ -150,7 +167,8 @@ def test_macs_of_dme(scale):
 def test_macs_of_model(variant, scale, size):
     config = tiny_config(variant, scale)
     assert macs_per_pixel(build(config), size=size) == pytest.approx(
-        expected_macs_per_pixel(config, size), rel=1e-12)
+        expected_macs_per_pixel(config, size), rel=1e-12
+    )
 
 
 # ----------------------------------------------------------------------------- receptive field
@@ -172,9 +190,10 @@ def test_receptive_field_of_dilated_dme_at_scale_one(dilated):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("scale,dme_blocks,num_blocks,dilated",
-                         [(1, 1, 1, 0), (1, 2, 3, 0), (2, 1, 2, 0), (3, 1, 1, 0),
-                          (1, 1, 1, 2), (2, 2, 1, 3)])
+@pytest.mark.parametrize(
+    "scale,dme_blocks,num_blocks,dilated",
+    [(1, 1, 1, 0), (1, 2, 3, 0), (2, 1, 2, 0), (3, 1, 1, 0), (1, 1, 1, 2), (2, 2, 1, 3)],
+)
 def test_receptive_fields_match_hand_count(variant, scale, dme_blocks, num_blocks, dilated):
     config = tiny_config(variant, scale, dme_blocks, num_blocks, dilated)
     assert receptive_fields(build(config), size=96) == expected_fields(config)
@@ -213,8 +232,10 @@ def test_model_stats(variant, scale):
 
 
 def test_cli_prints_one_row_per_preset(monkeypatch, capsys):
-    tiny = {"tiny1": dataclasses.replace(tiny_config(scale=1), preset="tiny1"),
-            "tiny2": dataclasses.replace(tiny_config(scale=2), preset="tiny2")}
+    tiny = {
+        "tiny1": dataclasses.replace(tiny_config(scale=1), preset="tiny1"),
+        "tiny2": dataclasses.replace(tiny_config(scale=2), preset="tiny2"),
+    }
     monkeypatch.setattr(model_info, "PRESETS", tiny)
     monkeypatch.setattr("training.presets.PRESETS", tiny)
     monkeypatch.setattr(sys, "argv", ["model_info", "--variant", "sft_fdec"])

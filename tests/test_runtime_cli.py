@@ -1,4 +1,5 @@
 """``python -m runtime.infer`` and ``python -m runtime.stream``: outputs, bad input, no torch."""
+
 import os
 import re
 import subprocess
@@ -29,8 +30,9 @@ def _image(path: Path, shape=(30, 44, 3), dtype=np.uint8) -> np.ndarray:
 
 def _infer(args, bundle) -> int:
     try:
-        return infer_main([*map(str, args), "--model", str(bundle), "--device", "cpu", "-q",
-                           "--threads", "1"])
+        return infer_main(
+            [*map(str, args), "--model", str(bundle), "--device", "cpu", "-q", "--threads", "1"]
+        )
     except SystemExit as exit_:
         return int(exit_.code)
 
@@ -61,10 +63,10 @@ def test_float32_tiff_keeps_its_sample_type(tiny_bundle, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f_deblurred.tif"]
 
 
-@pytest.mark.parametrize("dtype,suffix,name", [(np.float32, ".tif", "x.png"),
-                                               (np.uint16, ".png", "x.jpg")])
+@pytest.mark.parametrize("dtype,suffix,name", [(np.float32, ".tif", "x.png"), (np.uint16, ".png", "x.jpg")])
 def test_output_format_too_shallow_is_refused_before_the_work(
-        tiny_bundle, tmp_path, capsys, monkeypatch, dtype, suffix, name):
+    tiny_bundle, tmp_path, capsys, monkeypatch, dtype, suffix, name
+):
     src = tmp_path / f"in{suffix}"
     cv2.imwrite(str(src), np.zeros((20, 22, 3), dtype))
     monkeypatch.setattr(Deblurrer, "run", lambda *a, **k: pytest.fail("deblurred anyway"))
@@ -81,11 +83,15 @@ def test_output_dir_with_maps_and_alpha(tiny_bundle, tmp_path):
     grey = tmp_path / "in" / "g.jpg"
     _image(grey, shape=(20, 22))
     out_dir = tmp_path / "out"
-    assert _infer([src.parent, "--output-dir", out_dir, "--save-defocus-map", "both"],
-                  tiny_bundle[0]) == 0
+    assert _infer([src.parent, "--output-dir", out_dir, "--save-defocus-map", "both"], tiny_bundle[0]) == 0
     assert sorted(p.name for p in out_dir.iterdir()) == [
-        "a_deblurred.png", "a_defocus.png", "a_defocus_raw.tif", "g_deblurred.png", "g_defocus.png",
-        "g_defocus_raw.tif"]
+        "a_deblurred.png",
+        "a_defocus.png",
+        "a_defocus_raw.tif",
+        "g_deblurred.png",
+        "g_defocus.png",
+        "g_defocus_raw.tif",
+    ]
     out = cv2.imread(str(out_dir / "a_deblurred.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(out[:, :, 3], rgba[:, :, 3])
     assert cv2.imread(str(out_dir / "g_deblurred.png"), cv2.IMREAD_UNCHANGED).shape == (20, 22)
@@ -97,8 +103,13 @@ def test_output_dir_with_maps_and_alpha(tiny_bundle, tmp_path):
 def test_saved_raw_map_round_trips_through_defocus_map(tiny_bundle, tmp_path):
     src = tmp_path / "x.png"
     _image(src)
-    assert _infer([src, "-o", tmp_path / "first.png", "--save-defocus-map", "raw",
-                   "--defocus-scale", "0.5"], tiny_bundle[0]) == 0
+    assert (
+        _infer(
+            [src, "-o", tmp_path / "first.png", "--save-defocus-map", "raw", "--defocus-scale", "0.5"],
+            tiny_bundle[0],
+        )
+        == 0
+    )
     raw = tmp_path / "first_defocus_raw.tif"
     assert _infer([src, "-o", tmp_path / "second.png", "--defocus-map", raw], tiny_bundle[0]) == 0
     first = cv2.imread(str(tmp_path / "first.png")).astype(int)
@@ -130,7 +141,7 @@ def _bad_case(tmp_path: Path, case: str):
         return [bad], "not a readable image"
     if case == "truncated":
         data = good.read_bytes()
-        bad.write_bytes(data[:len(data) // 2])
+        bad.write_bytes(data[: len(data) // 2])
         return [bad], "truncated or corrupt"
     if case == "huge":
         bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + (50000).to_bytes(4, "big") * 2)
@@ -146,8 +157,20 @@ def _bad_case(tmp_path: Path, case: str):
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "not_image", "truncated", "huge", "unwritable",
-                                  "two_inputs_one_output", "bad_scale", "bad_ensemble"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "empty",
+        "not_image",
+        "truncated",
+        "huge",
+        "unwritable",
+        "two_inputs_one_output",
+        "bad_scale",
+        "bad_ensemble",
+    ],
+)
 def test_bad_input_gives_one_line_and_no_output(tiny_bundle, tmp_path, capsys, case):
     argv, message = _bad_case(tmp_path, case)
     before = {p for p in tmp_path.rglob("*")}
@@ -157,9 +180,10 @@ def test_bad_input_gives_one_line_and_no_output(tiny_bundle, tmp_path, capsys, c
     assert {p for p in tmp_path.rglob("*")} == before
 
 
-@pytest.mark.parametrize("model,message", [("model.txt", "is not a model"),
-                                           ("fake.onnx", "no manifest.json"),
-                                           ("nowhere", "does not exist")])
+@pytest.mark.parametrize(
+    "model,message",
+    [("model.txt", "is not a model"), ("fake.onnx", "no manifest.json"), ("nowhere", "does not exist")],
+)
 def test_bad_model_gives_one_line(tmp_path, capsys, model, message):
     src = tmp_path / "x.png"
     _image(src)
@@ -197,16 +221,38 @@ def test_runtime_never_imports_torch(tiny_bundle):
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'export'))\n"
         "assert not bad, bad\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 
 def _stream(bundle, frames: bytes, width: int, height: int, pix_fmt: str = "rgb24"):
     return subprocess.run(
-        [sys.executable, "-m", "runtime.stream", "--width", str(width), "--height", str(height),
-         "--pix-fmt", pix_fmt, "--model", str(bundle), "--device", "cpu", "--threads", "1", "-q"],
-        input=frames, env=_env(), cwd=ROOT, capture_output=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "runtime.stream",
+            "--width",
+            str(width),
+            "--height",
+            str(height),
+            "--pix-fmt",
+            pix_fmt,
+            "--model",
+            str(bundle),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "-q",
+        ],
+        input=frames,
+        env=_env(),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def test_stream_frames_and_short_last_frame(tiny_bundle):
@@ -221,18 +267,22 @@ def test_stream_frames_and_short_last_frame(tiny_bundle):
         assert np.abs(expected.astype(int) - got.astype(int)).max() <= 1
 
     frame_bytes = width * height * 3
-    short = _stream(tiny_bundle[0], frames.tobytes()[:2 * frame_bytes + 100], width, height)
+    short = _stream(tiny_bundle[0], frames.tobytes()[: 2 * frame_bytes + 100], width, height)
     assert short.returncode == 1
     assert len(short.stdout) == 2 * frame_bytes
     assert _error_lines(short.stderr.decode()) == [
-        f"error: stdin ended inside frame 3: got 100 of {frame_bytes} bytes ({width}x{height} uint8 RGB)"]
+        f"error: stdin ended inside frame 3: got 100 of {frame_bytes} bytes ({width}x{height} uint8 RGB)"
+    ]
 
 
-@pytest.mark.parametrize("width, height, message", [
-    (0, 10, "must be positive, got 0x10"),
-    (30_001, 8, "30001x8 frames are too large (limit 30000 px a side, 400 MP)"),
-    (25_000, 20_000, "25000x20000 frames are too large"),
-])
+@pytest.mark.parametrize(
+    "width, height, message",
+    [
+        (0, 10, "must be positive, got 0x10"),
+        (30_001, 8, "30001x8 frames are too large (limit 30000 px a side, 400 MP)"),
+        (25_000, 20_000, "25000x20000 frames are too large"),
+    ],
+)
 def test_stream_bad_frame_sizes(tiny_bundle, width, height, message):
     result = _stream(tiny_bundle[0], b"\0" * 1000, width, height)
     assert result.returncode == 2 and result.stdout == b""
@@ -252,9 +302,25 @@ def test_stream_rgb48le(tiny_bundle):
 def test_infer_end_to_end_subprocess(tiny_bundle, tmp_path):
     src = tmp_path / "e.png"
     _image(src)
-    result = subprocess.run([sys.executable, "-m", "runtime.infer", str(src), "--model",
-                             str(tiny_bundle[0]), "--device", "cpu", "--threads", "1"],
-                            env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime.infer",
+            str(src),
+            "--model",
+            str(tiny_bundle[0]),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ],
+        env=_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert re.search(r"backend: openvino \S+ on cpu, (fp32|bf16)\n", result.stderr), result.stderr
     assert image_io.read_image(tmp_path / "e_deblurred.png").rgb.shape == (30, 44, 3)
@@ -264,14 +330,16 @@ def test_missing_input_fails_before_the_model_loads(tiny_bundle, tmp_path, capsy
     monkeypatch.setattr("runtime.infer.build_deblurrer", lambda args: pytest.fail("model loaded"))
     assert _infer([tmp_path / "nowhere", tmp_path / "gone.png"], tiny_bundle[0]) == 1
     lines = _error_lines(capsys.readouterr().err)
-    assert lines == [f"error: {tmp_path / 'nowhere'}: no such file",
-                     f"error: {tmp_path / 'gone.png'}: no such file",
-                     f"error: 2 of 2 images failed: {tmp_path / 'nowhere'}, {tmp_path / 'gone.png'}"]
+    assert lines == [
+        f"error: {tmp_path / 'nowhere'}: no such file",
+        f"error: {tmp_path / 'gone.png'}: no such file",
+        f"error: 2 of 2 images failed: {tmp_path / 'nowhere'}, {tmp_path / 'gone.png'}",
+    ]
 
 
 @pytest.mark.parametrize("many", [False, True])
 def test_last_log_line_names_the_output(tiny_bundle, tmp_path, caplog, many):
-    for name in ("a.png", "b.png")[:1 + many]:
+    for name in ("a.png", "b.png")[: 1 + many]:
         _image(tmp_path / name)
     args = [tmp_path, "--output-dir", tmp_path / "out"] if many else [tmp_path / "a.png"]
     with caplog.at_level("INFO", logger="runtime"):
@@ -297,6 +365,6 @@ def test_save_comparison(tiny_bundle, tmp_path):  # noqa: F811
     assert picture.dtype == np.uint8
     height = image_io.LABEL_HEIGHT + 30 + image_io.LEGEND_HEIGHT
     assert picture.shape == (height, 3 * 44 + 2 * image_io.GAP_PX, 3)
-    shown_input = picture[image_io.LABEL_HEIGHT:image_io.LABEL_HEIGHT + 30, :44]
+    shown_input = picture[image_io.LABEL_HEIGHT : image_io.LABEL_HEIGHT + 30, :44]
     np.testing.assert_array_equal(shown_input, (data.astype(np.float32) / 257 + 0.5).astype(np.uint8))
     assert not (tmp_path / "o_defocus.png").exists()  # only what was asked for

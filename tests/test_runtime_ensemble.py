@@ -1,4 +1,5 @@
 """Self-ensemble: the transforms, and ``Deblurrer(self_ensemble=N)`` against PyTorch."""
+
 import numpy as np
 import pytest
 import torch
@@ -38,8 +39,9 @@ def test_transforms_are_eight_distinct_and_prefixes_are_groups():
     assert len(set(images)) == 8
     for size in (2, 4):
         group = set(images[:size])
-        assert {a.apply(b.apply(array)).tobytes()
-                for a in TRANSFORMS[:size] for b in TRANSFORMS[:size]} == group
+        assert {
+            a.apply(b.apply(array)).tobytes() for a in TRANSFORMS[:size] for b in TRANSFORMS[:size]
+        } == group
 
 
 def test_transform_on_channel_first_axes():
@@ -94,8 +96,9 @@ def test_ensemble_is_equivariant_to_its_transforms(tiny_bundle, size):
 
 def test_ensemble_tiled_equals_whole_on_odd_sizes(tiny_bundle):
     image = RNG.integers(0, 65536, (75, 131, 3)).astype(np.uint16)
-    whole, whole_map = Deblurrer(tiny_bundle[0], precision="fp32", threads=1, self_ensemble=8,
-                                 tile=256).run(image)
+    whole, whole_map = Deblurrer(tiny_bundle[0], precision="fp32", threads=1, self_ensemble=8, tile=256).run(
+        image
+    )
     deblurrer = Deblurrer(tiny_bundle[0], precision="fp32", threads=1, self_ensemble=8, tile=64)
     finished = []
     tiled, tiled_map = deblurrer.run(image, progress=finished.append)

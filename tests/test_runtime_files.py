@@ -1,5 +1,6 @@
 """``runtime.infer`` loses nothing: inputs never overwritten, no name collisions, reruns
 skip earlier outputs, all-or-nothing writes, bounded reads, clean interrupts."""
+
 import errno
 import logging
 import os
@@ -60,12 +61,18 @@ def test_output_naming_rule(tiny_bundle, tmp_path):
     src.parent.mkdir()
     _image(src)
     assert batch.output_paths(src, None, None) == (
-        src.parent / "a_deblurred.png", src.parent / "a_defocus.png", src.parent / "a_defocus_raw.tif",
-        src.parent / "a_compare.png")
+        src.parent / "a_deblurred.png",
+        src.parent / "a_defocus.png",
+        src.parent / "a_defocus_raw.tif",
+        src.parent / "a_compare.png",
+    )
     out = tmp_path / "out"
     assert batch.output_paths(src, None, out, ".tif").deblurred == out / "a_deblurred.tif"
     assert batch.output_paths(src, tmp_path / "x.jpg", None)[1:] == (
-        tmp_path / "x_defocus.png", tmp_path / "x_defocus_raw.tif", tmp_path / "x_compare.png")
+        tmp_path / "x_defocus.png",
+        tmp_path / "x_defocus_raw.tif",
+        tmp_path / "x_compare.png",
+    )
     assert _infer(tiny_bundle[0], src, "--output-dir", out, "-q") == 0
     assert _infer(tiny_bundle[0], src, "-q") == 0
     assert _files(out) == ["a_deblurred.png"] and _files(src.parent) == ["a.png", "a_deblurred.png"]
@@ -76,8 +83,9 @@ def test_output_onto_the_input_is_refused(tiny_bundle, tmp_path, capsys, no_mode
     original = _image(src)
     assert _infer(tiny_bundle[0], src, "-o", src) == 2
     (line,), _ = _errors(capsys)
-    assert line == (f"error: {src} is an input: refusing to overwrite it (name another output, or use "
-                    "--output-dir)")
+    assert line == (
+        f"error: {src} is an input: refusing to overwrite it (name another output, or use --output-dir)"
+    )
     assert src.read_bytes() == original and _files(tmp_path) == ["photo.jpg"]
 
 
@@ -99,8 +107,10 @@ def test_colliding_output_names_are_refused_up_front(tiny_bundle, tmp_path, caps
     extra = ["--output-dir", out] if output_dir else []
     assert _infer(tiny_bundle[0], folder, *extra) == 2
     (line,), _ = _errors(capsys)
-    assert line == (f"error: {folder / 'x.jpg'} and {folder / 'x.png'} would both write "
-                    f"{out / 'x_deblurred.png'}: rename one, or run them with different --output-dir")
+    assert line == (
+        f"error: {folder / 'x.jpg'} and {folder / 'x.png'} would both write "
+        f"{out / 'x_deblurred.png'}: rename one, or run them with different --output-dir"
+    )
     assert _files(folder) == ["x.jpg", "x.png"]
     assert not output_dir or _files(out) == []
 
@@ -115,10 +125,23 @@ def test_rerun_on_a_folder_skips_earlier_outputs(tiny_bundle, tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="runtime"):
         assert _infer(tiny_bundle[0], folder, "--save-defocus-map", "both") == 0
-    assert _files(folder) == first == ["a.png", "a_deblurred.png", "a_defocus.png", "a_defocus_raw.tif",
-                                       "b.jpg", "b_deblurred.png", "b_defocus.png", "b_defocus_raw.tif"]
-    assert (f"{folder}: skipped 6 earlier outputs of this tool (*_deblurred, *_defocus, *_defocus_raw, "
-            "*_compare)") in caplog.messages
+    assert (
+        _files(folder)
+        == first
+        == [
+            "a.png",
+            "a_deblurred.png",
+            "a_defocus.png",
+            "a_defocus_raw.tif",
+            "b.jpg",
+            "b_deblurred.png",
+            "b_defocus.png",
+            "b_defocus_raw.tif",
+        ]
+    )
+    assert (
+        f"{folder}: skipped 6 earlier outputs of this tool (*_deblurred, *_defocus, *_defocus_raw, *_compare)"
+    ) in caplog.messages
 
 
 def test_other_file_types_in_a_folder_are_reported(tiny_bundle, tmp_path, caplog):
@@ -134,21 +157,25 @@ def test_other_file_types_in_a_folder_are_reported(tiny_bundle, tmp_path, caplog
         f"{folder}: skipped 2 entries that are not regular files (FIFO, device, socket or broken link): "
         "gone.png, pipe.png",
         f"{folder}: skipped 1 file of other types (.gif): anim.gif; this tool reads .png, .jpg, .jpeg, "
-        ".tif, .tiff, .webp"]
+        ".tif, .tiff, .webp",
+    ]
 
 
 def test_alpha_into_jpeg_warns(tiny_bundle, tmp_path, caplog):
     src = tmp_path / "rgba.png"
     _image(src, (18, 22, 4))
     assert _infer(tiny_bundle[0], src, "-o", tmp_path / "out.jpg", "-q") == 0
-    assert _warnings(caplog) == [f"{tmp_path / 'out.jpg'}: JPEG has no alpha channel: the input's "
-                                 "alpha is not written (write .png, .tif or .webp to keep it)"]
+    assert _warnings(caplog) == [
+        f"{tmp_path / 'out.jpg'}: JPEG has no alpha channel: the input's "
+        "alpha is not written (write .png, .tif or .webp to keep it)"
+    ]
     assert cv2.imread(str(tmp_path / "out.jpg"), cv2.IMREAD_UNCHANGED).shape == (18, 22, 3)
 
 
 @pytest.mark.parametrize("case", ["missing_folder", "onto_folder", "read_only", "unknown_format"])
-def test_unwritable_output_is_refused_before_the_model_loads(tiny_bundle, tmp_path, capsys, monkeypatch,
-                                                             no_model, case):
+def test_unwritable_output_is_refused_before_the_model_loads(
+    tiny_bundle, tmp_path, capsys, monkeypatch, no_model, case
+):
     src = tmp_path / "a.png"
     _image(src)
     target, message = {
@@ -158,8 +185,10 @@ def test_unwritable_output_is_refused_before_the_model_loads(tiny_bundle, tmp_pa
         "unknown_format": (tmp_path / "x.bmp", "unknown output format '.bmp'"),
     }[case]
     if case == "read_only":
+
         def refuse(*args, **kwargs):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
         monkeypatch.setattr(batch.tempfile, "mkstemp", refuse)
     assert _infer(tiny_bundle[0], src, "-o", target) == 2
     (line,), _ = _errors(capsys)
@@ -189,8 +218,10 @@ def test_failed_image_leaves_none_of_its_files(tiny_bundle, tmp_path, capsys, mo
     monkeypatch.setattr(atomic, "tempfile", _FullDisk(fail={2}))  # a's colour map
     assert _infer(tiny_bundle[0], folder, "--output-dir", out, "--save-defocus-map", "-q") == 1
     lines, _ = _errors(capsys)
-    assert lines == [f"error: {out / 'a_deblurred.png'}: cannot write to {out} (No space left on device)",
-                     f"error: 1 of 2 images failed: {folder / 'a.png'}"]
+    assert lines == [
+        f"error: {out / 'a_deblurred.png'}: cannot write to {out} (No space left on device)",
+        f"error: 1 of 2 images failed: {folder / 'a.png'}",
+    ]
     assert _files(out) == ["b_deblurred.png", "b_defocus.png"]
 
 
@@ -229,12 +260,22 @@ def test_non_regular_and_oversized_files_are_refused_unread(tmp_path, monkeypatc
 def _tiff_header(width: int, height: int, kind: int = 4) -> bytes:
     """A little-endian 8-bit grey TIFF whose one IFD declares width x height (SHORT or LONG
     sizes), with the strip tags that let libtiff read the header, but no pixel data."""
-    entries = [(256, kind, width), (257, kind, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
-               (273, 4, 8), (277, 3, 1), (278, 4, height), (279, 4, width * height)]
+    entries = [
+        (256, kind, width),
+        (257, kind, height),
+        (258, 3, 8),
+        (259, 3, 1),
+        (262, 3, 1),
+        (273, 4, 8),
+        (277, 3, 1),
+        (278, 4, height),
+        (279, 4, width * height),
+    ]
     ifd = struct.pack("<H", len(entries))
     for tag, typ, value in entries:
-        ifd += struct.pack("<HHI", tag, typ, 1) + struct.pack("<I" if typ == 4 else "<HH", value,
-                                                               *(() if typ == 4 else (0,)))
+        ifd += struct.pack("<HHI", tag, typ, 1) + struct.pack(
+            "<I" if typ == 4 else "<HH", value, *(() if typ == 4 else (0,))
+        )
     return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00\x00\x00\x00"
 
 
@@ -257,9 +298,11 @@ def test_decoder_errors_are_caught_per_file(tiny_bundle, tmp_path, capsys, monke
     monkeypatch.setattr(image_io, "probe_size", lambda data: None if data == unprobed else probe(data))
     assert _infer(tiny_bundle[0], folder, "--output-dir", tmp_path / "out", "-q") == 1
     lines, _ = _errors(capsys)
-    assert lines == [f"error: {folder / 'b.tif'}: 60000x60000 is too large (limit 30000 px a side, 400 MP)",
-                     f"error: {folder / 'c.tif'}: too large (limit 30000 px a side, 400 MP)",
-                     f"error: 2 of 4 images failed: {folder / 'b.tif'}, {folder / 'c.tif'}"]
+    assert lines == [
+        f"error: {folder / 'b.tif'}: 60000x60000 is too large (limit 30000 px a side, 400 MP)",
+        f"error: {folder / 'c.tif'}: too large (limit 30000 px a side, 400 MP)",
+        f"error: 2 of 4 images failed: {folder / 'b.tif'}, {folder / 'c.tif'}",
+    ]
     assert _files(tmp_path / "out") == ["a_deblurred.png", "d_deblurred.png"]
 
 
@@ -291,10 +334,26 @@ def test_signal_ends_a_batch_cleanly(tiny_bundle, tmp_path, capsys, monkeypatch,
 def test_stream_sigint_ends_with_one_line(tiny_bundle):
     width, height = 10, 8
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.stream", "--width", str(width), "--height", str(height),
-         "--model", str(tiny_bundle[0]), "--threads", "1", "-q"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        [
+            sys.executable,
+            "-m",
+            "runtime.stream",
+            "--width",
+            str(width),
+            "--height",
+            str(height),
+            "--model",
+            str(tiny_bundle[0]),
+            "--threads",
+            "1",
+            "-q",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     try:
         proc.stdin.write(bytes(width * height * 3))
         proc.stdin.flush()

@@ -11,6 +11,7 @@ finite) or exactly one ``error:`` line naming it: no traceback, no hang, no cras
 leftover file. ``DEFOCUS_FUZZ_FILES=N`` runs N files instead of CI's short run,
 ``DEFOCUS_FUZZ_SEED=S`` another seed (default 0); the counts are printed (``pytest -s``).
 """
+
 import collections
 import os
 import struct
@@ -40,12 +41,20 @@ def _layouts(rng: np.random.Generator) -> List[Tuple[str, np.ndarray]]:
         image = samples[k % len(samples)]
         h, w = int(rng.integers(9, 48)), int(rng.integers(9, 48))
         y, x = int(rng.integers(0, image.shape[0] - h)), int(rng.integers(0, image.shape[1] - w))
-        crop = image[y:y + h, x:x + w]
+        crop = image[y : y + h, x : x + w]
         wide = crop.astype(np.uint16) * 257
         alpha = np.dstack([crop, rng.integers(0, 256, crop.shape[:2], dtype=np.uint8)])
-        out += [(".png", crop), (".png", wide), (".png", crop[:, :, 0]), (".png", alpha),
-                (".jpg", crop), (".jpg", crop[:, :, 1]),
-                (".tif", crop), (".tif", wide), (".tif", (crop / 255.0).astype(np.float32))]
+        out += [
+            (".png", crop),
+            (".png", wide),
+            (".png", crop[:, :, 0]),
+            (".png", alpha),
+            (".jpg", crop),
+            (".jpg", crop[:, :, 1]),
+            (".tif", crop),
+            (".tif", wide),
+            (".tif", (crop / 255.0).astype(np.float32)),
+        ]
     return out
 
 
@@ -59,25 +68,30 @@ def _fix_png_crcs(data: bytearray) -> None:
     """Recompute every chunk's CRC, so that libpng reads past a flipped bit to zlib and the filters."""
     at = 8
     while at + 12 <= len(data):
-        length = struct.unpack(">I", data[at:at + 4])[0]
+        length = struct.unpack(">I", data[at : at + 4])[0]
         if at + 12 + length > len(data):
             return
-        crc = zlib.crc32(bytes(data[at + 4:at + 8 + length]))
-        data[at + 8 + length:at + 12 + length] = struct.pack(">I", crc)
+        crc = zlib.crc32(bytes(data[at + 4 : at + 8 + length]))
+        data[at + 8 + length : at + 12 + length] = struct.pack(">I", crc)
         at += 12 + length
 
 
 def _truncate(data: bytearray, rng: np.random.Generator) -> str:
-    del data[int(rng.integers(0, len(data))):]
+    del data[int(rng.integers(0, len(data))) :]
     return "truncation"
 
 
 def _png_header(data: bytearray, rng: np.random.Generator) -> str:
     field = str(rng.choice(["width", "height", "bit depth", "colour type", "interlace"]))
-    offset, size = {"width": (16, 4), "height": (20, 4), "bit depth": (24, 1), "colour type": (25, 1),
-                    "interlace": (28, 1)}[field]
-    value = int(rng.choice(_NUMBERS)) % (256 ** size)
-    data[offset:offset + size] = value.to_bytes(size, "big")
+    offset, size = {
+        "width": (16, 4),
+        "height": (20, 4),
+        "bit depth": (24, 1),
+        "colour type": (25, 1),
+        "interlace": (28, 1),
+    }[field]
+    value = int(rng.choice(_NUMBERS)) % (256**size)
+    data[offset : offset + size] = value.to_bytes(size, "big")
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # IHDR's CRC stays valid
     return f"PNG {field} = {value}"
 
@@ -87,37 +101,51 @@ def _jpeg_header(data: bytearray, rng: np.random.Generator) -> str:
     while i + 9 < len(data) and data[i] == 0xFF:
         if 0xC0 <= data[i + 1] <= 0xC2:
             field = str(rng.choice(["precision", "height", "width", "components"]))
-            offset, size = {"precision": (4, 1), "height": (5, 2), "width": (7, 2),
-                            "components": (9, 1)}[field]
-            value = int(rng.choice(_NUMBERS)) % (256 ** size)
-            data[i + offset:i + offset + size] = value.to_bytes(size, "big")
+            offset, size = {"precision": (4, 1), "height": (5, 2), "width": (7, 2), "components": (9, 1)}[
+                field
+            ]
+            value = int(rng.choice(_NUMBERS)) % (256**size)
+            data[i + offset : i + offset + size] = value.to_bytes(size, "big")
             return f"JPEG {field} = {value}"
-        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
     return _flip_bits(data, rng)
 
 
-_TIFF_TAGS = {256: "width", 257: "height", 258: "bits per sample", 259: "compression",
-              262: "photometric", 273: "strip offsets", 277: "samples per pixel", 278: "rows per strip",
-              279: "strip byte counts", 284: "planar config", 339: "sample format"}
+_TIFF_TAGS = {
+    256: "width",
+    257: "height",
+    258: "bits per sample",
+    259: "compression",
+    262: "photometric",
+    273: "strip offsets",
+    277: "samples per pixel",
+    278: "rows per strip",
+    279: "strip byte counts",
+    284: "planar config",
+    339: "sample format",
+}
 
 
 def _tiff_header(data: bytearray, rng: np.random.Generator) -> str:
     order = "<" if data[:2] == b"II" else ">"
     offset = struct.unpack(order + "I", data[4:8])[0]
     entries = []
-    for k in range(struct.unpack(order + "H", data[offset:offset + 2])[0]):
+    for k in range(struct.unpack(order + "H", data[offset : offset + 2])[0]):
         at = offset + 2 + 12 * k
-        tag, kind = struct.unpack(order + "HH", data[at:at + 4])
+        tag, kind = struct.unpack(order + "HH", data[at : at + 4])
         if tag in _TIFF_TAGS and kind in (3, 4):
             entries.append((at, tag, kind))
     at, tag, kind = entries[int(rng.integers(0, len(entries)))]
     value = int(rng.choice(_NUMBERS)) % (2 ** (16 if kind == 3 else 32))
-    data[at + 8:at + (10 if kind == 3 else 12)] = struct.pack(order + ("H" if kind == 3 else "I"), value)
+    data[at + 8 : at + (10 if kind == 3 else 12)] = struct.pack(order + ("H" if kind == 3 else "I"), value)
     return f"TIFF {_TIFF_TAGS[tag]} = {value}"
 
 
 _HEADERS: Dict[str, Callable[[bytearray, np.random.Generator], str]] = {
-    ".png": _png_header, ".jpg": _jpeg_header, ".tif": _tiff_header}
+    ".png": _png_header,
+    ".jpg": _jpeg_header,
+    ".tif": _tiff_header,
+}
 
 
 def mutated_files(folder: Path, count: int, seed: int = 0) -> Dict[str, str]:
@@ -157,10 +185,27 @@ def test_mutated_files_give_a_sane_output_or_one_error_line(tiny_bundle, tmp_pat
     folder.mkdir()
     made = mutated_files(folder, count, seed)
     result = subprocess.run(
-        [sys.executable, "-m", "runtime.infer", str(folder), "--output-dir", str(out), "--model",
-         str(tiny_bundle[0]), "--device", "cpu", "--threads", "1", "-q"],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
-        capture_output=True, text=True, timeout=60 + count)
+        [
+            sys.executable,
+            "-m",
+            "runtime.infer",
+            str(folder),
+            "--output-dir",
+            str(out),
+            "--model",
+            str(tiny_bundle[0]),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "-q",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=60 + count,
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     per_file = collections.Counter(line.split(": ", 2)[1] for line in errors)
     outputs = {p.name for p in out.iterdir()} if out.exists() else set()
@@ -177,9 +222,11 @@ def test_mutated_files_give_a_sane_output_or_one_error_line(tiny_bundle, tmp_pat
             counts["anything else"] += 1
             badly.append(f"{name} ({how}): {refused} error lines, output {wrote}")
     leftovers = sorted(p.name for p in out.glob(".*")) if out.exists() else []
-    print(f"\nfuzz (seed {seed}): {count} files, {counts['clean refusals']} clean refusals, "
-          f"{counts['sane outputs']} sane outputs, {counts['anything else']} anything else; "
-          f"exit {result.returncode}")
+    print(
+        f"\nfuzz (seed {seed}): {count} files, {counts['clean refusals']} clean refusals, "
+        f"{counts['sane outputs']} sane outputs, {counts['anything else']} anything else; "
+        f"exit {result.returncode}"
+    )
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.returncode == (1 if counts["clean refusals"] else 0), result.stderr[-3000:]
     assert not badly and not leftovers, (badly, leftovers)

@@ -4,6 +4,7 @@ Skipped without a CUDA GPU (and CuPy); on a GPU machine without TensorRT or
 onnxruntime-gpu the graphs run through a stand-in backend that copies to the host,
 so everything around the backend runs on CuPy arrays.
 """
+
 import numpy as np
 import pytest
 

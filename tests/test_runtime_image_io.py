@@ -1,4 +1,5 @@
 """Image files: bit depths, grey, alpha, EXIF orientation, size limits, map encoding."""
+
 import struct
 import zlib
 
@@ -74,14 +75,17 @@ def test_exif_orientation_turns_alpha_too(tmp_path):
     np.testing.assert_array_equal(loaded.rgb, np.rot90(pixels[:, :, :3], -1))
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda p: None, "no such file"),
-    (lambda p: p.write_bytes(b""), "empty file"),
-    (lambda p: p.write_text("not an image at all"), "not a readable image"),
-    (lambda p: p.write_bytes(_png_header(40000, 100)), "40000x100 is too large"),
-    (lambda p: p.write_bytes(_png_header(25000, 25000)), "25000x25000 is too large"),
-    (lambda p: p.mkdir(), "is a folder"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.write_text("not an image at all"), "not a readable image"),
+        (lambda p: p.write_bytes(_png_header(40000, 100)), "40000x100 is too large"),
+        (lambda p: p.write_bytes(_png_header(25000, 25000)), "25000x25000 is too large"),
+        (lambda p: p.mkdir(), "is a folder"),
+    ],
+)
 def test_read_errors_are_one_line(tmp_path, make, message):
     path = tmp_path / "bad.png"
     make(path)
@@ -95,7 +99,7 @@ def test_truncated_file_is_refused(tmp_path, ext):
     path = tmp_path / f"t{ext}"
     cv2.imwrite(str(path), RNG.integers(0, 256, (200, 200, 3)).astype(np.uint8))
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageError, match="truncated or corrupt"):
         image_io.read_image(path)
 
@@ -108,13 +112,20 @@ def test_probe_size_reads_headers_without_decoding(tmp_path):
     assert image_io.probe_size(b"GIF89a....") is None
 
 
-@pytest.mark.parametrize("name,image,message", [
-    ("x.bmp", np.zeros((4, 4, 3), np.uint8), "unknown output format"),
-    ("x.jpg", np.zeros((4, 4, 3), np.uint16), r"\.jpg cannot hold 16-bit samples; write \.png or \.tif$"),
-    ("x.png", np.zeros((4, 4, 3), np.float32), r"\.png cannot hold float32 samples; write \.tif or \.tiff$"),
-    ("x.webp", np.zeros((4, 4), np.float32), "cannot hold float32"),
-    ("missing/x.png", np.zeros((4, 4, 3), np.uint8), "does not exist"),
-])
+@pytest.mark.parametrize(
+    "name,image,message",
+    [
+        ("x.bmp", np.zeros((4, 4, 3), np.uint8), "unknown output format"),
+        ("x.jpg", np.zeros((4, 4, 3), np.uint16), r"\.jpg cannot hold 16-bit samples; write \.png or \.tif$"),
+        (
+            "x.png",
+            np.zeros((4, 4, 3), np.float32),
+            r"\.png cannot hold float32 samples; write \.tif or \.tiff$",
+        ),
+        ("x.webp", np.zeros((4, 4), np.float32), "cannot hold float32"),
+        ("missing/x.png", np.zeros((4, 4, 3), np.uint8), "does not exist"),
+    ],
+)
 def test_write_errors(tmp_path, name, image, message):
     with pytest.raises(ImageError, match=message):
         image_io.write_image(tmp_path / name, image)
@@ -130,8 +141,9 @@ def test_float32_tiff_round_trip(tmp_path, channels):
     assert loaded.rgb.dtype == np.float32 and loaded.grey == (channels == 1)
     back = image_io.compose(loaded.rgb, loaded.alpha, loaded.grey)
     # Grey goes back through the luminance weights, which sum to 1 within an ulp.
-    np.testing.assert_allclose(back, stored[:, :, 0] if channels == 1 else stored,
-                               rtol=0, atol=1e-7 if channels == 1 else 0)
+    np.testing.assert_allclose(
+        back, stored[:, :, 0] if channels == 1 else stored, rtol=0, atol=1e-7 if channels == 1 else 0
+    )
 
 
 @pytest.mark.parametrize("dtype,ext", [(np.uint8, ".png"), (np.uint16, ".png"), (np.float32, ".tif")])
@@ -151,9 +163,14 @@ def test_defocus_map_raw_round_trip_is_exact(tmp_path):
         image_io.write_map_file(tmp_path / "map.png", dmap)
 
 
-@pytest.mark.parametrize("dtype,value,expected", [(np.uint8, 255, image_io.MAP_FILE_MAX),
-                                                  (np.uint8, 0, 0.0),
-                                                  (np.uint16, 32768, 32768 / 65535 * image_io.MAP_FILE_MAX)])
+@pytest.mark.parametrize(
+    "dtype,value,expected",
+    [
+        (np.uint8, 255, image_io.MAP_FILE_MAX),
+        (np.uint8, 0, 0.0),
+        (np.uint16, 32768, 32768 / 65535 * image_io.MAP_FILE_MAX),
+    ],
+)
 def test_defocus_map_file_encoding(tmp_path, dtype, value, expected):
     path = tmp_path / "m.png"
     cv2.imwrite(str(path), np.full((3, 4), value, dtype))
@@ -179,17 +196,18 @@ def test_colour_map_spans_the_trained_range(map_max, radius_scale_px):
 def test_colour_map_legend_has_a_tick_per_px_step():
     width = 401
     colored = image_io.colorize_defocus_map(np.zeros((5, width), np.float32), 10.0, 1.0)
-    tick_rows = colored[5 + 10:5 + 15]
+    tick_rows = colored[5 + 10 : 5 + 15]
     white = np.all(tick_rows == 255, axis=(0, 2))
     # 0 .. 10 px over 401 columns, about one tick per 40 px: steps of 1 px, at x = 40 v.
     assert list(np.flatnonzero(white)) == [40 * v for v in range(11)]
-    labels = colored[5 + 15:5 + 28]
+    labels = colored[5 + 15 : 5 + 28]
     for v in range(11):  # every tick has text under it
-        assert labels[:, max(0, 40 * v - 6):40 * v + 6].max() > 0
+        assert labels[:, max(0, 40 * v - 6) : 40 * v + 6].max() > 0
 
 
-@pytest.mark.parametrize("top,intervals,step", [(10, 12, 1), (10, 3, 5), (10, 1, 10), (0.8, 5, 0.2),
-                                                (40, 4, 10), (25, 6, 5)])
+@pytest.mark.parametrize(
+    "top,intervals,step", [(10, 12, 1), (10, 3, 5), (10, 1, 10), (0.8, 5, 0.2), (40, 4, 10), (25, 6, 5)]
+)
 def test_tick_step(top, intervals, step):
     assert image_io._tick_step(top, intervals) == pytest.approx(step)
 
@@ -199,19 +217,19 @@ def test_side_by_side_pads_and_labels():
     tall = np.zeros((14, 5, 3), np.uint8)
     picture = image_io.side_by_side([("a", grey), ("b", tall)])
     assert picture.shape == (14 + image_io.LABEL_HEIGHT, 6 + image_io.GAP_PX + 5, 3)
-    below = picture[image_io.LABEL_HEIGHT:]
+    below = picture[image_io.LABEL_HEIGHT :]
     np.testing.assert_array_equal(below[:10, :6], grey)
     assert below[10:, :6].max() == 0  # padding under the shorter panel
-    assert picture[:image_io.LABEL_HEIGHT, :6].max() > 0  # its label
+    assert picture[: image_io.LABEL_HEIGHT, :6].max() > 0  # its label
 
 
-@pytest.mark.parametrize("dtype,value,expected", [(np.uint8, 51, 51), (np.uint16, 257 * 51, 51),
-                                                  (np.float32, 0.2, 51), (np.float32, 1.7, 255)])
+@pytest.mark.parametrize(
+    "dtype,value,expected",
+    [(np.uint8, 51, 51), (np.uint16, 257 * 51, 51), (np.float32, 0.2, 51), (np.float32, 1.7, 255)],
+)
 def test_display_bgr(dtype, value, expected):
     rgb = np.zeros((2, 3, 3), dtype)
     rgb[..., 0] = value
     shown = image_io.display_bgr(rgb)
     assert shown.dtype == np.uint8
     assert shown[0, 0, 2] == expected and shown[0, 0, 0] == 0  # red lands in BGR's last channel
-
-

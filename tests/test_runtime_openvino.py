@@ -1,6 +1,7 @@
 """OpenVINO backend: precision choice, parity with PyTorch and ONNX Runtime, exact tiling
 in FP32 and BF16 (where the CPU has it), the ``auto`` choice, and a missing OpenVINO or a
 bad bundle."""
+
 import json
 import logging
 import shutil
@@ -19,14 +20,24 @@ from training.metrics import psnr
 
 BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
 HAS_BF16 = ov_backend.best_precision(ov_backend.cpu_capabilities(ov_backend.ov.Core())) == "bf16"
-PRECISIONS = ["fp32", pytest.param("bf16", marks=pytest.mark.skipif(
-    not HAS_BF16, reason="this CPU has no native BF16 (OpenVINO's OPTIMIZATION_CAPABILITIES)"))]
+PRECISIONS = [
+    "fp32",
+    pytest.param(
+        "bf16",
+        marks=pytest.mark.skipif(
+            not HAS_BF16, reason="this CPU has no native BF16 (OpenVINO's OPTIMIZATION_CAPABILITIES)"
+        ),
+    ),
+]
 
 
-@pytest.mark.parametrize("capabilities,expected,hint", [
-    (["FP32", "BF16", "INT8", "BIN"], "bf16", "bf16"),
-    (["FP32", "INT8", "BIN", "EXPORT_IMPORT"], "fp32", "f32"),
-])
+@pytest.mark.parametrize(
+    "capabilities,expected,hint",
+    [
+        (["FP32", "BF16", "INT8", "BIN"], "bf16", "bf16"),
+        (["FP32", "INT8", "BIN", "EXPORT_IMPORT"], "fp32", "f32"),
+    ],
+)
 def test_precision_follows_the_cpu(tiny_bundle, monkeypatch, capabilities, expected, hint):
     monkeypatch.setattr(ov_backend, "cpu_capabilities", lambda core: capabilities)
     backend = ov_backend.OpenVinoBackend(load_bundle(tiny_bundle[0]), threads=1)
@@ -56,9 +67,9 @@ def test_one_compile_per_tile_graph_and_shape(tiny_bundle):
         backend.run("restore", {"image": image, "defocus_map": dmap, "cond_mean": cond})
     # The condition graph is compiled once, with dynamic shapes.
     assert [len(backend._requests[g]) for g in ("estimate", "condition", "restore")] == [1, 1, 1]
-    assert list(backend._requests["restore"]) == [(("image", (2, 3, 18, 22)),
-                                                   ("defocus_map", (2, 1, 18, 22)),
-                                                   ("cond_mean", (2, 8)))]
+    assert list(backend._requests["restore"]) == [
+        (("image", (2, 3, 18, 22)), ("defocus_map", (2, 1, 18, 22)), ("cond_mean", (2, 8)))
+    ]
 
 
 def test_compiled_shapes_are_bounded(tiny_bundle):
@@ -80,8 +91,9 @@ def test_default_model_is_exact_and_faithful(precision):
     with torch.no_grad():
         ref, _ = model(torch.from_numpy(image.transpose(2, 0, 1).copy())[None])
     ref = np.clip(ref[0].numpy().transpose(1, 2, 0), 0, 1)
-    whole, whole_map = Deblurrer(BUNDLE, backend="openvino", precision=precision, tile=512,
-                                 threads=1).run(image)
+    whole, whole_map = Deblurrer(BUNDLE, backend="openvino", precision=precision, tile=512, threads=1).run(
+        image
+    )
     tiled = Deblurrer(BUNDLE, backend="openvino", precision=precision, tile=128, threads=1)
     assert tiled.describe().endswith(precision)
     assert tiled.count_tiles(*image.shape[:2]) >= 4
@@ -111,8 +123,7 @@ def test_auto_picks_openvino_on_the_cpu(tiny_bundle, caplog):
         chosen = create_backend(load_bundle(tiny_bundle[0]), "auto", "cpu", threads=1)
     assert chosen.name == "openvino"
     assert "backend auto: openvino (installed" in caplog.text
-    with caplog.at_level(logging.INFO, logger="runtime"), \
-            pytest.raises(BundleError, match="no fp16 ONNX"):
+    with caplog.at_level(logging.INFO, logger="runtime"), pytest.raises(BundleError, match="no fp16 ONNX"):
         create_backend(load_bundle(tiny_bundle[0]), "auto", "cpu", "fp16", threads=1)
     assert "backend auto: onnxruntime (fp16 runs the FP16 graph on ONNX Runtime)" in caplog.text
 
@@ -146,11 +157,24 @@ def test_cli_bf16_without_it_is_one_error_line(tiny_bundle, tmp_path, monkeypatc
     src = tmp_path / "in.png"
     cv2.imwrite(str(src), np.zeros((20, 24, 3), np.uint8))
     with pytest.raises(SystemExit) as exit_:
-        infer_main([str(src), "--model", str(tiny_bundle[0]), "--device", "cpu", "--backend",
-                    "openvino", "--precision", "bf16", "-q"])
+        infer_main(
+            [
+                str(src),
+                "--model",
+                str(tiny_bundle[0]),
+                "--device",
+                "cpu",
+                "--backend",
+                "openvino",
+                "--precision",
+                "bf16",
+                "-q",
+            ]
+        )
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: this CPU has no native BF16 (OpenVINO reports FP32, INT8): use --precision fp32"]
+        "error: this CPU has no native BF16 (OpenVINO reports FP32, INT8): use --precision fp32"
+    ]
     assert not (tmp_path / "in_deblurred.png").exists()
 
 
@@ -169,6 +193,9 @@ def test_bad_and_stale_bundles_are_one_clear_error(tiny_bundle, tmp_path):
     manifest = json.loads((stale / "manifest.json").read_text())
     manifest["graphs"]["estimate"]["inputs"][0]["name"] = "rgb"
     (stale / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BackendError, match=r"estimate\.onnx: inputs \['image'\] differ from the "
-                                           r"manifest's \['rgb'\] \(a stale bundle"):
+    with pytest.raises(
+        BackendError,
+        match=r"estimate\.onnx: inputs \['image'\] differ from the "
+        r"manifest's \['rgb'\] \(a stale bundle",
+    ):
         ov_backend.OpenVinoBackend(load_bundle(stale), "fp32")

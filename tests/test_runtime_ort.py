@@ -1,4 +1,5 @@
 """The CPU backends against PyTorch, backend choice, and the ``Deblurrer`` API."""
+
 import logging
 import sys
 import types
@@ -33,8 +34,9 @@ def test_graphs_match_pytorch(tiny_bundle, backend, shape):
         ref_map = model.estimate(timage).numpy()
         ref_cond = model.condition_mean(tmap).numpy()
         ref_out = model.restore(timage, tmap, torch.from_numpy(ref_cond)).numpy()
-    np.testing.assert_allclose(backend.run("estimate", {"image": image})["defocus_map"], ref_map,
-                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        backend.run("estimate", {"image": image})["defocus_map"], ref_map, atol=1e-5, rtol=1e-5
+    )
     cond = backend.run("condition", {"defocus_map": dmap})["cond_mean"]
     np.testing.assert_allclose(cond, ref_cond, atol=1e-5, rtol=1e-5)
     out = backend.run("restore", {"image": image, "defocus_map": dmap, "cond_mean": cond})["deblurred"]
@@ -53,11 +55,14 @@ def test_cuda_request_without_gpu_warns_and_falls_back(tiny_bundle, caplog, capf
     assert "CUDAExecutionProvider" not in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("provider,expected", [
-    ("cpu", ["CPUExecutionProvider"]),
-    ("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
-    ("tensorrt", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]),
-])
+@pytest.mark.parametrize(
+    "provider,expected",
+    [
+        ("cpu", ["CPUExecutionProvider"]),
+        ("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+        ("tensorrt", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]),
+    ],
+)
 def test_provider_list(provider, expected):
     assert [p if isinstance(p, str) else p[0] for p in provider_list(provider)] == expected
 
@@ -84,8 +89,11 @@ class _RecordingTrt(Backend):
 @pytest.fixture
 def fp16_engine_fits(monkeypatch):
     """TensorRT as if installed, with an fp16 engine that fits this GPU (and no fp32 one)."""
-    monkeypatch.setattr(backend_module, "tensorrt_unusable",
-                        lambda bundle, precision: None if precision == "fp16" else "no fp32 engine")
+    monkeypatch.setattr(
+        backend_module,
+        "tensorrt_unusable",
+        lambda bundle, precision: None if precision == "fp16" else "no fp32 engine",
+    )
     module = types.ModuleType("runtime.trt_backend")
     module.TrtBackend = _RecordingTrt
     monkeypatch.setitem(sys.modules, "runtime.trt_backend", module)
@@ -178,23 +186,29 @@ def test_gpu_arrays_on_cpu_backend_are_refused_clearly(tiny_bundle, array):
         Deblurrer(tiny_bundle[0], threads=1).run(array)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(tile=63), "multiple of 2"),
-    (dict(overlap=10), "below .* minimum for exact tiling"),
-    (dict(tile=40), "--tile 40 must exceed the 'restore' overlap of 40 px"),
-    (dict(tile=20), r"--tile 20 \(estimate tiles: 40 px\) must exceed the 'estimate' overlap"),
-    (dict(backend="nope"), "unknown backend"),
-    (dict(threads=0), "--threads must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(tile=63), "multiple of 2"),
+        (dict(overlap=10), "below .* minimum for exact tiling"),
+        (dict(tile=40), "--tile 40 must exceed the 'restore' overlap of 40 px"),
+        (dict(tile=20), r"--tile 20 \(estimate tiles: 40 px\) must exceed the 'estimate' overlap"),
+        (dict(backend="nope"), "unknown backend"),
+        (dict(threads=0), "--threads must be >= 1"),
+    ],
+)
 def test_bad_options(tiny_bundle, kwargs, message):
     with pytest.raises(BackendError, match=message):
         Deblurrer(tiny_bundle[0], **kwargs)
 
 
-@pytest.mark.parametrize("image,message", [
-    (np.zeros((8, 8), np.uint8), r"must be \(H, W, 3\)"),
-    (np.zeros((8, 8, 3), np.int32), "dtype must be uint8, uint16 or float32"),
-])
+@pytest.mark.parametrize(
+    "image,message",
+    [
+        (np.zeros((8, 8), np.uint8), r"must be \(H, W, 3\)"),
+        (np.zeros((8, 8, 3), np.int32), "dtype must be uint8, uint16 or float32"),
+    ],
+)
 def test_bad_images(tiny_bundle, image, message):
     with pytest.raises(BackendError, match=message):
         Deblurrer(tiny_bundle[0], threads=1).run(image)

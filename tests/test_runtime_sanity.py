@@ -1,6 +1,7 @@
 """Output sanity as an invariant: adversarial but valid images through every backend that
 runs here give a finite, in-range output of the input's shape and type, and a finite map
 inside the trained range."""
+
 import numpy as np
 import pytest
 
@@ -8,8 +9,14 @@ from runtime import Deblurrer, load_bundle
 from runtime.errors import DeblurError
 
 #: (backend, precision) pairs tried; those that cannot run on this machine are skipped.
-_BACKENDS = [("onnxruntime", "fp32"), ("onnxruntime", "fp16"), ("openvino", "fp32"), ("openvino", "bf16"),
-             ("tensorrt", "fp16"), ("tensorrt", "fp32")]
+_BACKENDS = [
+    ("onnxruntime", "fp32"),
+    ("onnxruntime", "fp16"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+    ("tensorrt", "fp16"),
+    ("tensorrt", "fp32"),
+]
 _SHAPE = (131, 141)  # odd: padding; over 128 px: several restore tiles with tile=128
 
 
@@ -18,7 +25,7 @@ def _adversarial(kind: str, rng: np.random.Generator) -> np.ndarray:
     h, w = _SHAPE
     if kind == "extreme_contrast":  # black / white halves, and a white dot on black
         image = np.zeros((h, w, 3))
-        image[:, w // 2:] = 1.0
+        image[:, w // 2 :] = 1.0
         image[h // 4, w // 4] = 1.0
         return image
     if kind in ("black", "white", "grey"):

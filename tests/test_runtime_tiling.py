@@ -1,4 +1,5 @@
 """Tile grid, blend weights, padding, and exactness of tiled against whole-image inference."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,22 +7,40 @@ import torch
 from runtime.bundle import load_bundle
 from runtime.errors import BackendError
 from runtime.ort_backend import OrtBackend
+from runtime.tiling import (
+    TiledPipeline,
+    axis_weights,
+    balanced_tile,
+    chunk_bounds,
+    default_overlap,
+    estimate_tile_for,
+    make_grid,
+    margin_for,
+    min_overlap,
+    pad_to,
+    padded_size,
+    tile_starts,
+)
 from training.metrics import psnr
-from runtime.tiling import (TiledPipeline, axis_weights, balanced_tile, chunk_bounds,
-                            default_overlap, estimate_tile_for, make_grid, margin_for, min_overlap,
-                            pad_to, padded_size, tile_starts)
 
 
-@pytest.mark.parametrize("length,tile,overlap,multiple", [
-    (100, 32, 8, 2), (512, 512, 64, 2), (513, 128, 40, 1), (1000, 256, 80, 2), (34, 32, 30, 2),
-    (64, 100, 8, 2),
-])
+@pytest.mark.parametrize(
+    "length,tile,overlap,multiple",
+    [
+        (100, 32, 8, 2),
+        (512, 512, 64, 2),
+        (513, 128, 40, 1),
+        (1000, 256, 80, 2),
+        (34, 32, 30, 2),
+        (64, 100, 8, 2),
+    ],
+)
 def test_tile_starts_cover_flush_aligned(length, tile, overlap, multiple):
     starts = tile_starts(length, min(tile, length), overlap, multiple)
     size = min(tile, length)
     covered = np.zeros(length, bool)
     for s in starts:
-        covered[s:s + size] = True
+        covered[s : s + size] = True
     assert covered.all()
     assert starts[0] == 0 and starts[-1] + size == length
     assert all(s % multiple == 0 for s in starts)
@@ -36,9 +55,16 @@ def test_tile_starts_rejects_bad_sizes(args):
 
 
 @pytest.mark.parametrize("blend", ["cosine", "linear"])
-@pytest.mark.parametrize("length,tile,overlap,margin", [
-    (200, 64, 40, 12), (130, 64, 24, 12), (64, 64, 24, 12), (301, 100, 60, 20), (90, 64, 60, 12),
-])
+@pytest.mark.parametrize(
+    "length,tile,overlap,margin",
+    [
+        (200, 64, 40, 12),
+        (130, 64, 24, 12),
+        (64, 64, 24, 12),
+        (301, 100, 60, 20),
+        (90, 64, 60, 12),
+    ],
+)
 def test_axis_weights_normalised_and_zero_near_inner_edges(blend, length, tile, overlap, margin):
     starts = tile_starts(length, min(tile, length), overlap)
     weights = axis_weights(starts, tile, length, margin, blend)
@@ -46,11 +72,11 @@ def test_axis_weights_normalised_and_zero_near_inner_edges(blend, length, tile, 
     total = np.zeros(length)
     for s, w in zip(starts, weights):
         assert w.shape == (size,) and (w >= 0).all()
-        total[s:s + size] += w
+        total[s : s + size] += w
         if s > 0:
             assert np.all(w[:margin] == 0)
         if s + size < length:
-            assert np.all(w[size - margin:] == 0)
+            assert np.all(w[size - margin :] == 0)
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
 
 
@@ -73,7 +99,7 @@ def test_grid_weights_normalise_in_2d():
     grid = make_grid(150, 230, 64, 40, receptive_field=22, multiple=2)
     total = np.zeros((150, 230))
     for i, j, y, x in grid.tiles():
-        total[y:y + grid.tile_h, x:x + grid.tile_w] += np.outer(grid.wy[i], grid.wx[j])
+        total[y : y + grid.tile_h, x : x + grid.tile_w] += np.outer(grid.wy[i], grid.wx[j])
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
 
 
@@ -95,23 +121,30 @@ def test_chunk_bounds_partition_aligned(length, chunk, multiple):
     assert max(sizes) - min(sizes) <= multiple and max(sizes) <= chunk + multiple
 
 
-@pytest.mark.parametrize("h,w,multiple,minimum,expected", [
-    (101, 157, 2, (1, 1), (102, 158)), (64, 64, 2, (1, 1), (64, 64)), (1, 1, 2, (1, 1), (2, 2)),
-    (30, 200, 2, (64, 64), (64, 200)), (33, 35, 4, (1, 1), (36, 36)),
-])
+@pytest.mark.parametrize(
+    "h,w,multiple,minimum,expected",
+    [
+        (101, 157, 2, (1, 1), (102, 158)),
+        (64, 64, 2, (1, 1), (64, 64)),
+        (1, 1, 2, (1, 1), (2, 2)),
+        (30, 200, 2, (64, 64), (64, 200)),
+        (33, 35, 4, (1, 1), (36, 36)),
+    ],
+)
 def test_padded_size(h, w, multiple, minimum, expected):
     assert padded_size(h, w, multiple, minimum) == expected
 
 
-@pytest.mark.parametrize("shape,target", [((5, 7, 3), (6, 8)), ((1, 1, 3), (2, 2)), ((4, 4), (4, 6)),
-                                          ((3, 5, 3), (64, 64))])
+@pytest.mark.parametrize(
+    "shape,target", [((5, 7, 3), (6, 8)), ((1, 1, 3), (2, 2)), ((4, 4), (4, 6)), ((3, 5, 3), (64, 64))]
+)
 def test_pad_to_keeps_original_and_reflects(shape, target):
     image = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     padded = pad_to(image, *target)
     assert padded.shape[:2] == target
-    np.testing.assert_array_equal(padded[:shape[0], :shape[1]], image)
+    np.testing.assert_array_equal(padded[: shape[0], : shape[1]], image)
     if shape[0] < target[0] < 2 * shape[0] and target[1] < 2 * shape[1]:
-        np.testing.assert_array_equal(padded[shape[0], :shape[1]], image[shape[0] - 2])
+        np.testing.assert_array_equal(padded[shape[0], : shape[1]], image[shape[0] - 2])
 
 
 def _whole_image_reference(model, image: np.ndarray):
@@ -126,22 +159,31 @@ def _pipeline(folder, tile, overlap=None, tile_batch=3, estimate_tile=None, side
     bundle = load_bundle(folder)
     backend = OrtBackend(bundle, threads=1)
     run = backend.run if side is None else side.wrap(backend.run)
-    return TiledPipeline(run, bundle.receptive_field, bundle.size_multiple,
-                         bundle.uses_pooling, tile=tile, overlap=overlap, tile_batch=tile_batch,
-                         estimate_tile=estimate_tile)
+    return TiledPipeline(
+        run,
+        bundle.receptive_field,
+        bundle.size_multiple,
+        bundle.uses_pooling,
+        tile=tile,
+        overlap=overlap,
+        tile_batch=tile_batch,
+        estimate_tile=estimate_tile,
+    )
 
 
-@pytest.mark.parametrize("tile,overlap,estimate_tile", [
-    (64, None, None), (72, None, None), (96, 40, None), (128, None, None), (64, None, 96),
-    (128, 40, 64)])
+@pytest.mark.parametrize(
+    "tile,overlap,estimate_tile",
+    [(64, None, None), (72, None, None), (96, 40, None), (128, None, None), (64, None, 96), (128, 40, 64)],
+)
 def test_tiled_matches_whole_image(tiny_bundle, array_side, tile, overlap, estimate_tile):
     folder, model = tiny_bundle
     image = np.random.default_rng(tile).random((150, 262, 3), dtype=np.float32)
     pipe = _pipeline(folder, tile, overlap, estimate_tile=estimate_tile, side=array_side)
     assert len(pipe.grid("restore", 150, 262).tiles()) >= 6
     estimate_grid = pipe.grid("estimate", 150, 262)
-    assert estimate_grid.tile_w == balanced_tile(262, estimate_tile or tile,
-                                                 pipe.overlap_for("estimate"), pipe.multiple)
+    assert estimate_grid.tile_w == balanced_tile(
+        262, estimate_tile or tile, pipe.overlap_for("estimate"), pipe.multiple
+    )
     on_side = array_side.put(image)
     dmap = pipe.estimate(on_side)
     out = array_side.get(pipe.restore(on_side, dmap, pipe.condition_mean(dmap)))
@@ -172,8 +214,10 @@ def test_per_tile_pooling_is_not_exact(tiny_bundle):
 
     def per_tile(graph, inputs):
         if graph == "restore":
-            inputs = dict(inputs, cond_mean=backend.run("condition", {
-                "defocus_map": inputs["defocus_map"]})["cond_mean"])
+            inputs = dict(
+                inputs,
+                cond_mean=backend.run("condition", {"defocus_map": inputs["defocus_map"]})["cond_mean"],
+            )
         return backend.run(graph, inputs)
 
     pipe = TiledPipeline(per_tile, bundle.receptive_field, bundle.size_multiple, True, tile=64)
@@ -183,15 +227,18 @@ def test_per_tile_pooling_is_not_exact(tiny_bundle):
     assert psnr(out, ref_out) < 50
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(tile=63), "--tile 63 must be a positive multiple of 2"),
-    (dict(tile=64, condition_chunk=33), "--tile 33 must be a positive multiple of 2"),
-    (dict(tile=64, overlap=10), "--overlap 10 is below .* minimum for exact tiling of 'estimate'"),
-    (dict(tile=48, estimate_tile=100), "--tile 48 must exceed the 'restore' overlap of 48 px"),
-    (dict(tile=40), "--tile 40 must exceed the 'estimate' overlap of 58 px"),
-    (dict(tile=64, estimate_tile=40), r"--tile 64 \(estimate tiles: 40 px\) must exceed the 'estimate'"),
-    (dict(tile=64, tile_batch=0), "--tile-batch must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(tile=63), "--tile 63 must be a positive multiple of 2"),
+        (dict(tile=64, condition_chunk=33), "--tile 33 must be a positive multiple of 2"),
+        (dict(tile=64, overlap=10), "--overlap 10 is below .* minimum for exact tiling of 'estimate'"),
+        (dict(tile=48, estimate_tile=100), "--tile 48 must exceed the 'restore' overlap of 48 px"),
+        (dict(tile=40), "--tile 40 must exceed the 'estimate' overlap of 58 px"),
+        (dict(tile=64, estimate_tile=40), r"--tile 64 \(estimate tiles: 40 px\) must exceed the 'estimate'"),
+        (dict(tile=64, tile_batch=0), "--tile-batch must be >= 1, got 0"),
+    ],
+)
 def test_pipeline_is_the_one_check_of_tile_and_overlap(kwargs, message):
     """TiledPipeline itself refuses what cannot tile exactly (was: Deblurrer only, ValueError here)."""
     rf = {"estimate": 40, "restore": 30}
@@ -214,10 +261,18 @@ def test_condition_chunk_is_explicit(chunk, calls):
     assert len(seen) == calls and all(min(s) >= (chunk or 128) // 2 - 2 for s in seen)
 
 
-@pytest.mark.parametrize("length,tile,overlap,multiple", [
-    (1080, 1024, 112, 2), (3840, 1024, 112, 2), (2160, 1024, 112, 2), (1024, 1024, 112, 2),
-    (1030, 512, 80, 2), (301, 100, 60, 1), (64, 512, 40, 2),
-])
+@pytest.mark.parametrize(
+    "length,tile,overlap,multiple",
+    [
+        (1080, 1024, 112, 2),
+        (3840, 1024, 112, 2),
+        (2160, 1024, 112, 2),
+        (1024, 1024, 112, 2),
+        (1030, 512, 80, 2),
+        (301, 100, 60, 1),
+        (64, 512, 40, 2),
+    ],
+)
 def test_balanced_tile_keeps_the_count_and_computes_less(length, tile, overlap, multiple):
     size = balanced_tile(length, tile, overlap, multiple)
     fixed = tile_starts(length, min(tile, length), overlap, multiple)
@@ -233,9 +288,16 @@ def test_balanced_tile_1080p_in_1024_tiles():
     assert balanced_tile(1080, 1024, 112, 2) == 596
 
 
-@pytest.mark.parametrize("tile,multiple,max_side,expected", [
-    (1024, 2, None, 2048), (512, 2, 1024, 1024), (512, 2, 700, 700), (512, 8, 701, 696),
-    (1001, 8, None, 2008), (64, 2, 64, 64),
-])
+@pytest.mark.parametrize(
+    "tile,multiple,max_side,expected",
+    [
+        (1024, 2, None, 2048),
+        (512, 2, 1024, 1024),
+        (512, 2, 700, 700),
+        (512, 8, 701, 696),
+        (1001, 8, None, 2008),
+        (64, 2, 64, 64),
+    ],
+)
 def test_estimate_tile_is_larger_aligned_and_capped(tile, multiple, max_side, expected):
     assert estimate_tile_for(tile, multiple, max_side) == expected

@@ -1,4 +1,5 @@
 """TensorRT path: buffer sizing, CUDA checks and type checks here; engines where TensorRT runs."""
+
 import json
 import os
 import re
@@ -17,18 +18,23 @@ from runtime.cuda_buffers import CudaError, device_count, nbytes, plan_buffers, 
 from runtime.gpu import cuda_gpus, import_tensorrt
 
 ROOT = Path(__file__).resolve().parent.parent
-NO_TRT = ("TensorRT library not installed (at most the tensorrt-stubs type stubs): engine "
-          "build / run tests need a GPU machine with `pip install tensorrt`")
+NO_TRT = (
+    "TensorRT library not installed (at most the tensorrt-stubs type stubs): engine "
+    "build / run tests need a GPU machine with `pip install tensorrt`"
+)
 NO_GPU = "no CUDA GPU visible (cudaGetDeviceCount): this test runs on a GPU machine"
 
 
-@pytest.mark.parametrize("shape,dtype,expected", [
-    ((8, 3, 1024, 1024), np.float32, 8 * 3 * 1024 * 1024 * 4),
-    ((8, 3, 1024, 1024), np.float16, 8 * 3 * 1024 * 1024 * 2),
-    ((8, 32), np.float32, 8 * 32 * 4),
-    ((1, 1, 1, 1), np.float32, 4),
-    ((0, 3, 64, 64), np.float32, 0),
-])
+@pytest.mark.parametrize(
+    "shape,dtype,expected",
+    [
+        ((8, 3, 1024, 1024), np.float32, 8 * 3 * 1024 * 1024 * 4),
+        ((8, 3, 1024, 1024), np.float16, 8 * 3 * 1024 * 1024 * 2),
+        ((8, 32), np.float32, 8 * 32 * 4),
+        ((1, 1, 1, 1), np.float32, 4),
+        ((0, 3, 64, 64), np.float32, 0),
+    ],
+)
 def test_nbytes(shape, dtype, expected):
     assert nbytes(shape, dtype) == expected
 
@@ -47,8 +53,7 @@ def test_buffers_for_profile_max(tiny_bundle):
     tensors = {name: (shape, np.float32) for name, shape in max_inputs.items()}
     tensors["deblurred"] = (restore.output_shape("deblurred", max_inputs), np.float32)
     sizes = plan_buffers(tensors)
-    assert sizes == {"image": 100663296, "defocus_map": 33554432, "cond_mean": 256,
-                     "deblurred": 100663296}
+    assert sizes == {"image": 100663296, "defocus_map": 33554432, "cond_mean": 256, "deblurred": 100663296}
 
 
 def test_stub_only_tensorrt_counts_as_absent(monkeypatch):
@@ -60,9 +65,14 @@ def test_stub_only_tensorrt_counts_as_absent(monkeypatch):
 def test_selftest_without_gpu_is_one_clear_line():
     with pytest.raises(CudaError, match="^no CUDA device: cudaGetDeviceCount says cudaError"):
         selftest(1)
-    result = subprocess.run([sys.executable, "-m", "runtime.cuda_buffers", "--selftest"],
-                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime.cuda_buffers", "--selftest"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert re.fullmatch(r"error: no CUDA device: cudaGetDeviceCount says cudaError\w+\n", result.stderr)
 
@@ -86,16 +96,27 @@ def _build_engines(trt, bundle_dir: Path, profile: dict) -> None:
                 opt.set_shape("cond_mean", *[(profile[k][0], c) for k in ("min", "opt", "max")])
             else:
                 c = tensor["shape"][1]
-                opt.set_shape(tensor["name"], *[(n, c, h, w) for n, h, w in
-                                                (profile["min"], profile["opt"], profile["max"])])
+                opt.set_shape(
+                    tensor["name"],
+                    *[(n, c, h, w) for n, h, w in (profile["min"], profile["opt"], profile["max"])],
+                )
         config.add_optimization_profile(opt)
         path = bundle_dir / f"{name}.fp32.engine"
         path.write_bytes(bytes(builder.build_serialized_network(network, config)))
-        graphs[name] = {"file": path.name, "onnx_sha256": graph["sha256"]["fp32"],
-                        "engine_sha256": sha256_file(path)}
-    manifest["engines"] = {"fp32": {"tensorrt_version": trt.__version__, "gpu": gpu.name,
-                                    "compute_capability": gpu.compute_capability, "profile": profile,
-                                    "graphs": graphs}}
+        graphs[name] = {
+            "file": path.name,
+            "onnx_sha256": graph["sha256"]["fp32"],
+            "engine_sha256": sha256_file(path),
+        }
+    manifest["engines"] = {
+        "fp32": {
+            "tensorrt_version": trt.__version__,
+            "gpu": gpu.name,
+            "compute_capability": gpu.compute_capability,
+            "profile": profile,
+            "graphs": graphs,
+        }
+    }
     (bundle_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
@@ -111,13 +132,15 @@ def test_tensorrt_matches_onnxruntime(tiny_bundle, tmp_path, cuda_graphs):
     _build_engines(trt, folder, {"min": [1, 64, 64], "opt": [4, 128, 128], "max": [8, 256, 256]})
     image = np.random.default_rng(0).random((300, 420, 3), dtype=np.float32)
     expected, expected_map = Deblurrer(folder, device="cpu", threads=1, tile=192).run(image)
-    trt_deblurrer = Deblurrer(folder, backend="tensorrt", device="cuda", tile=192,
-                              cuda_graphs=cuda_graphs)
+    trt_deblurrer = Deblurrer(folder, backend="tensorrt", device="cuda", tile=192, cuda_graphs=cuda_graphs)
     assert trt_deblurrer.backend.name == "tensorrt"
     restore = trt_deblurrer.backend.runners["restore"]
     largest = {t.name: t.max_shape for t in restore.tensors.values() if t.is_input}
-    assert restore.tensors["deblurred"].max_shape == (8, 3, 256, 256) == restore.entry.output_shape(
-        "deblurred", largest)
+    assert (
+        restore.tensors["deblurred"].max_shape
+        == (8, 3, 256, 256)
+        == restore.entry.output_shape("deblurred", largest)
+    )
     for _ in range(2):  # the second pass replays the captured CUDA graphs
         out, dmap = trt_deblurrer.run(image)
         np.testing.assert_allclose(dmap, expected_map, atol=5e-3)

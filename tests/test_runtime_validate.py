@@ -1,5 +1,6 @@
 """The validation layer (``runtime.validate``): one refusal, worded the same by the API,
 ``runtime.infer`` and ``runtime.stream``, for bad samples, maps, scales, tiling and bundles."""
+
 import json
 import logging
 import shutil
@@ -41,10 +42,15 @@ def _one_error(capsys) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("value,message", [(np.nan, "non-finite float32 samples"),
-                                           (np.inf, "non-finite float32 samples"),
-                                           (1e6, r"samples in \[.*\]; expected \[0, 1\]"),
-                                           (-0.5, r"expected \[0, 1\]")])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (np.nan, "non-finite float32 samples"),
+        (np.inf, "non-finite float32 samples"),
+        (1e6, r"samples in \[.*\]; expected \[0, 1\]"),
+        (-0.5, r"expected \[0, 1\]"),
+    ],
+)
 def test_bad_float_samples_are_refused(deblurrer, value, message):
     image = _float_image()
     image[2:12, 3:13] = value
@@ -68,9 +74,15 @@ def test_bad_defocus_scale_is_refused(deblurrer, scale):
         deblurrer.run(_float_image(), defocus_scale=scale)
 
 
-@pytest.mark.parametrize("fill,message", [(np.nan, "non-finite values"), (np.inf, "non-finite values"),
-                                          (1e6, "over 10: 10 times the model's trained range of 1"),
-                                          (-5.0, "negative values")])
+@pytest.mark.parametrize(
+    "fill,message",
+    [
+        (np.nan, "non-finite values"),
+        (np.inf, "non-finite values"),
+        (1e6, "over 10: 10 times the model's trained range of 1"),
+        (-5.0, "negative values"),
+    ],
+)
 def test_bad_user_map_is_refused(deblurrer, fill, message):
     dmap = np.full((20, 26), 0.3, np.float32)
     dmap[4:14, 4:14] = fill
@@ -85,8 +97,10 @@ def test_map_beyond_trained_range_warns_once(tiny_bundle, caplog):
         deblurrer.run(_float_image(), defocus_map=dmap)
         deblurrer.run(_float_image(), defocus_map=dmap)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == ["defocus map reaches 2 map units (20 px blur radius), beyond the model's "
-                        "trained range of 1 (10 px): expect artefacts"]
+    assert warnings == [
+        "defocus map reaches 2 map units (20 px blur radius), beyond the model's "
+        "trained range of 1 (10 px): expect artefacts"
+    ]
     with pytest.raises(ImageError, match="reaches 12 map units as used"):
         deblurrer.run(_float_image(), defocus_map=dmap, defocus_scale=6.0)
 
@@ -106,13 +120,16 @@ def test_non_finite_model_output_is_refused(tiny_bundle):
         deblurrer.run(np.zeros((20, 26, 3), np.uint8))
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(tile=0), "--tile must be an integer >= 1, got 0"),
-    (dict(tile=-64), "--tile must be an integer >= 1, got -64"),
-    (dict(tile_batch=0), "--tile-batch must be an integer >= 1, got 0"),
-    (dict(tile_batch=-3), "--tile-batch must be an integer >= 1, got -3"),
-    (dict(overlap=-2), "--overlap must be an integer >= 0, got -2"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(tile=0), "--tile must be an integer >= 1, got 0"),
+        (dict(tile=-64), "--tile must be an integer >= 1, got -64"),
+        (dict(tile_batch=0), "--tile-batch must be an integer >= 1, got 0"),
+        (dict(tile_batch=-3), "--tile-batch must be an integer >= 1, got -3"),
+        (dict(overlap=-2), "--overlap must be an integer >= 0, got -2"),
+    ],
+)
 def test_nonsense_tiling_is_refused_not_default(tiny_bundle, kwargs, message):
     with pytest.raises(BackendError, match=message):
         Deblurrer(tiny_bundle[0], threads=1, **kwargs)
@@ -132,18 +149,21 @@ def _set(folder, key, value):
     path.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("size_multiple", 0, r"size_multiple 0 must be in \[1, 256\]"),
-    ("size_multiple", -2, r"size_multiple -2 must be in \[1, 256\]"),
-    ("size_multiple", 1e9, "size_multiple 1000000000 must be in"),
-    ("map_radius_scale_px", 0, "map_radius_scale_px 0.0 must be finite and > 0"),
-    ("map_radius_scale_px", "nan", "map_radius_scale_px nan must be finite and > 0"),
-    ("receptive_field", {"estimate": -1, "restore": 5}, "receptive_field needs 'estimate' >= 0"),
-    ("receptive_field", {"estimate": 9}, "receptive_field needs 'restore' >= 0"),
-    ("map_max", 0, "map_max 0.0 must be finite and > 0"),
-    ("map_max", "inf", "map_max inf must be finite and > 0"),
-    ("map_max", [1, 2], "missing or bad key"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("size_multiple", 0, r"size_multiple 0 must be in \[1, 256\]"),
+        ("size_multiple", -2, r"size_multiple -2 must be in \[1, 256\]"),
+        ("size_multiple", 1e9, "size_multiple 1000000000 must be in"),
+        ("map_radius_scale_px", 0, "map_radius_scale_px 0.0 must be finite and > 0"),
+        ("map_radius_scale_px", "nan", "map_radius_scale_px nan must be finite and > 0"),
+        ("receptive_field", {"estimate": -1, "restore": 5}, "receptive_field needs 'estimate' >= 0"),
+        ("receptive_field", {"estimate": 9}, "receptive_field needs 'restore' >= 0"),
+        ("map_max", 0, "map_max 0.0 must be finite and > 0"),
+        ("map_max", "inf", "map_max inf must be finite and > 0"),
+        ("map_max", [1, 2], "missing or bad key"),
+    ],
+)
 def test_impossible_bundle_fields_are_refused(bundle_copy, key, value, message):
     _set(bundle_copy, key, value)
     with pytest.raises(BundleError, match=message) as info:
@@ -162,6 +182,7 @@ def test_explicit_cuda_without_gpu_is_refused(tiny_bundle):
 
 
 # The command lines: the same words, exit 2 for bad usage or model, before any work.
+
 
 @pytest.fixture
 def png(tmp_path):
@@ -205,8 +226,9 @@ def test_bad_model_exits_2_in_infer_and_stream(bundle_copy, png, capsys, main):
     assert "size_multiple 0 must be in [1, 256]" in _one_error(capsys)
 
 
-@pytest.mark.parametrize("fill,message", [(np.nan, "non-finite values"), (1e6, "over 10"),
-                                          (-5.0, "negative values")])
+@pytest.mark.parametrize(
+    "fill,message", [(np.nan, "non-finite values"), (1e6, "over 10"), (-5.0, "negative values")]
+)
 def test_infer_bad_defocus_map_file(tiny_bundle, png, tmp_path, capsys, fill, message):
     dmap = np.full((16, 18), 0.3, np.float32)
     dmap[2:12, 2:12] = fill
@@ -225,6 +247,8 @@ def test_infer_nan_float_tiff_is_refused(tiny_bundle, tmp_path, capsys):
     src = tmp_path / "nan.tif"
     cv2.imwrite(str(src), image)
     assert _exit_code(infer_main, [src, "--model", tiny_bundle[0], "--threads", "1", "-q"]) == 1
-    assert _one_error(capsys) == (f"error: {src}: image has 300 non-finite float32 samples (NaN or "
-                                  "Inf); expected finite values in [0, 1]")
+    assert _one_error(capsys) == (
+        f"error: {src}: image has 300 non-finite float32 samples (NaN or "
+        "Inf); expected finite values in [0, 1]"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.tif"]

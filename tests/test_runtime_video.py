@@ -1,4 +1,5 @@
 """``python -m runtime.video``: frame rate, audio, bit depth, rotation and frames kept end to end."""
+
 import json
 import os
 import shutil
@@ -13,8 +14,9 @@ from runtime import Deblurrer, video
 from runtime.video import FFMPEG_MISSING
 from runtime.video import main as video_main
 
-needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
-                                  reason="ffmpeg / ffprobe not installed")
+needs_ffmpeg = pytest.mark.skipif(
+    shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None, reason="ffmpeg / ffprobe not installed"
+)
 W, H, FPS = 40, 26, 5
 
 
@@ -25,9 +27,24 @@ def _ffmpeg(*args) -> None:
 def _clip(path: Path, pix_fmt: str, rotation: int = 0) -> Path:
     """A 7-frame W x H clip at FPS fps with a sine tone (AAC), optionally rotated."""
     plain = path.with_name(f"plain_{path.name}")
-    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:rate={FPS}:duration=1.4",
-            "-f", "lavfi", "-i", "sine=frequency=440:duration=1.4",
-            "-c:v", "libx264", "-pix_fmt", pix_fmt, "-c:a", "aac", "-shortest", plain)
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={W}x{H}:rate={FPS}:duration=1.4",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=1.4",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        pix_fmt,
+        "-c:a",
+        "aac",
+        "-shortest",
+        plain,
+    )
     if not rotation:
         return plain
     if video.has_display_rotation():
@@ -38,21 +55,41 @@ def _clip(path: Path, pix_fmt: str, rotation: int = 0) -> Path:
 
 
 def _streams(path: Path) -> list:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(path)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out)["streams"]
 
 
 def _frames(path: Path, width: int, height: int) -> np.ndarray:
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-noautorotate", "-i", str(path), "-f", "rawvideo",
-                          "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-noautorotate",
+            "-i",
+            str(path),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
 
 def _run(argv, bundle) -> int:
     try:
-        return video_main([*map(str, argv), "--model", str(bundle), "--device", "cpu", "--threads", "1",
-                           "-q"])
+        return video_main(
+            [*map(str, argv), "--model", str(bundle), "--device", "cpu", "--threads", "1", "-q"]
+        )
     except SystemExit as exit_:
         return int(exit_.code)
 
@@ -94,18 +131,27 @@ def test_missing_ffmpeg_is_one_line(tiny_bundle, tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err == f"error: {FFMPEG_MISSING}\n"
 
 
-@pytest.mark.parametrize("case,message", [("missing", "in.mp4: no such file"),
-                                          ("same", "is the input itself"),
-                                          ("no_folder", "does not exist"),
-                                          ("no_extension", "no extension")])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing", "in.mp4: no such file"),
+        ("same", "is the input itself"),
+        ("no_folder", "does not exist"),
+        ("no_extension", "no extension"),
+    ],
+)
 def test_bad_paths_fail_before_the_model_loads(tiny_bundle, tmp_path, capsys, monkeypatch, case, message):
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
     monkeypatch.setattr(video, "build_deblurrer", lambda args: pytest.fail("model loaded"))
     src = tmp_path / "in.mp4"
     if case != "missing":
         src.write_bytes(b"not looked at")
-    out = {"missing": tmp_path / "o.mp4", "same": src, "no_folder": tmp_path / "no" / "o.mp4",
-           "no_extension": tmp_path / "o"}[case]
+    out = {
+        "missing": tmp_path / "o.mp4",
+        "same": src,
+        "no_folder": tmp_path / "no" / "o.mp4",
+        "no_extension": tmp_path / "o",
+    }[case]
     assert _run([src, out], tiny_bundle[0]) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: ") and message in line
@@ -139,5 +185,6 @@ def test_signal_ends_a_video_with_one_line(tiny_bundle, tmp_path, capsys, monkey
     assert "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [
         f"error: interrupted by {signal.Signals(signum).name} after 2 frames; {tmp_path / 'out.mp4'} "
-        "is not written"]
+        "is not written"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]  # no output, no temporary file

@@ -1,4 +1,5 @@
 """Trainer: config checks, losses, an end-to-end tiny run, exact resume after SIGKILL, DDP."""
+
 import csv
 import dataclasses
 import json
@@ -7,11 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from safetensors.torch import load_file
 
@@ -58,10 +59,27 @@ steps = 3
 
 
 def _train(config: Path, out: Path, *extra, env=None, **kw) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "training.train", "--config", str(config), "--out", str(out),
-           "--device", "cpu", *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env or {**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.train",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or {**os.environ, "OMP_NUM_THREADS": "1"},
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -78,17 +96,28 @@ def _final_weights(out: Path) -> dict:
 
 # --- config -----------------------------------------------------------------
 
-@pytest.mark.parametrize("raw, message", [
-    ({}, "no [[stage]] tables"),
-    ({"stage": [{"kind": "warp", "steps": 3}]}, "stage kind 'warp' is not one of"),
-    ({"stage": [{"kind": "joint", "steps": 0}]}, "has 0 steps"),
-    ({"train": {"bacth": 3}, "stage": [{"kind": "joint", "steps": 1}]}, "[train] has unknown keys: bacth"),
-    ({"optim": {}, "stage": [{"kind": "joint", "steps": 1}]}, "unknown sections: optim"),
-    ({"model": {"preset": "huge"}, "stage": [{"kind": "joint", "steps": 1}]},
-     "[model] preset 'huge' is not one of paper, small"),
-    ({"model": {"variant": "sft2"}, "stage": [{"kind": "joint", "steps": 1}]},
-     "[model] variant 'sft2' is not one of concat, sft, sft_dec, sft_fdec"),
-])
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({}, "no [[stage]] tables"),
+        ({"stage": [{"kind": "warp", "steps": 3}]}, "stage kind 'warp' is not one of"),
+        ({"stage": [{"kind": "joint", "steps": 0}]}, "has 0 steps"),
+        (
+            {"train": {"bacth": 3}, "stage": [{"kind": "joint", "steps": 1}]},
+            "[train] has unknown keys: bacth",
+        ),
+        ({"optim": {}, "stage": [{"kind": "joint", "steps": 1}]}, "unknown sections: optim"),
+        (
+            {"model": {"preset": "huge"}, "stage": [{"kind": "joint", "steps": 1}]},
+            "[model] preset 'huge' is not one of paper, small",
+        ),
+        (
+            {"model": {"variant": "sft2"}, "stage": [{"kind": "joint", "steps": 1}]},
+            "[model] variant 'sft2' is not one of concat, sft, sft_dec, sft_fdec",
+        ),
+    ],
+)
 def test_config_errors(raw, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         from_dict(raw)
@@ -105,10 +134,23 @@ def test_unknown_preset_is_one_line(tmp_path, capsys):
 
 
 def test_stage_schedule_and_rescale():
-    config = from_dict({"stage": [{"kind": "gt_map", "steps": 40}, {"kind": "joint", "steps": 30},
-                                  {"kind": "finetune", "steps": 30}]})
+    config = from_dict(
+        {
+            "stage": [
+                {"kind": "gt_map", "steps": 40},
+                {"kind": "joint", "steps": 30},
+                {"kind": "finetune", "steps": 30},
+            ]
+        }
+    )
     assert [config.stage_at(s) for s in (0, 39, 40, 69, 70, 99)] == [
-        "gt_map", "gt_map", "joint", "joint", "finetune", "finetune"]
+        "gt_map",
+        "gt_map",
+        "joint",
+        "joint",
+        "finetune",
+        "finetune",
+    ]
     config.rescale(10)
     assert [s.steps for s in config.stages] == [4, 3, 3]
 
@@ -119,6 +161,7 @@ def test_shipped_configs_load():
 
 
 # --- losses -----------------------------------------------------------------
+
 
 def test_weighted_l2_matches_numpy_reference():
     rng = np.random.default_rng(0)
@@ -147,7 +190,7 @@ def test_stage_losses_use_the_paper_weights():
     joint = stage_loss("joint", out, est, batch)
     assert float(joint["total"]) == pytest.approx(LAMBDA_DME * 0.3 + LAMBDA_DF * 0.1)
     fine = stage_loss("finetune", out, est, batch)
-    per_pixel = np.sqrt(3 * 0.1 ** 2)
+    per_pixel = np.sqrt(3 * 0.1**2)
     assert float(fine["total"]) == pytest.approx(LAMBDA_DF * 0.1 + LAMBDA_WD * per_pixel, rel=1e-5)
     no_map = {**batch, "has_map": torch.tensor([False])}
     assert float(stage_loss("gt_map", out, est, no_map)["l_dme"]) == 0
@@ -155,12 +198,16 @@ def test_stage_losses_use_the_paper_weights():
 
 def test_every_stage_kind_has_a_forward_call():
     from training.train import _CALLS
+
     assert set(_CALLS) == set(STAGES)
 
 
 def test_dme_stage_trains_the_map_alone():
-    batch = {"sharp": torch.zeros(2, 3, 4, 4), "defocus_map": torch.full((2, 1, 4, 4), 0.5),
-             "has_map": torch.tensor([True, False])}
+    batch = {
+        "sharp": torch.zeros(2, 3, 4, 4),
+        "defocus_map": torch.full((2, 1, 4, 4), 0.5),
+        "has_map": torch.tensor([True, False]),
+    }
     est = torch.full((2, 1, 4, 4), 0.2)
     est[1] = 9.0  # the sample without a map must not count
     losses = stage_loss("dme", None, est, batch)
@@ -169,6 +216,7 @@ def test_dme_stage_trains_the_map_alone():
 
 
 # --- validation -------------------------------------------------------------
+
 
 class MapEcho(torch.nn.Module):
     """A stand-in model: returns its input, plus 0.1 x the map when one is given, and
@@ -193,17 +241,20 @@ def test_evaluate_against_numpy():
     assert metrics["psnr_in"] == pytest.approx(psnr_in, rel=1e-5)
     assert metrics["psnr_out"] == pytest.approx(psnr_in, rel=1e-5)
     assert metrics["psnr_true_map"] == pytest.approx(
-        np.mean([psnr(np.clip(b + 0.1 * m, 0, 1), t) for b, m, t in zip(blurry, maps, sharp)]), rel=1e-5)
+        np.mean([psnr(np.clip(b + 0.1 * m, 0, 1), t) for b, m, t in zip(blurry, maps, sharp)]), rel=1e-5
+    )
     assert metrics["psnr_true_map"] < metrics["psnr_out"]  # the echo only adds error
     assert metrics["map_mae"] == pytest.approx(np.mean([np.abs(m).mean() for m in maps]), rel=1e-5)
     assert metrics["images"] == len(samples) == 12
     # Equal counts per level: the overall mean is the mean of the level means.
     assert metrics["psnr_in"] == pytest.approx(
-        np.mean([level["psnr_in"] for level in metrics["levels"].values()]))
+        np.mean([level["psnr_in"] for level in metrics["levels"].values()])
+    )
     assert list(metrics["levels"]) == ["2.0", "5.0", "8.0"]
 
 
 # --- runs -------------------------------------------------------------------
+
 
 def test_tiny_run_writes_checkpoints_logs_and_best(tiny_config, tmp_path):
     out = tmp_path / "run"
@@ -211,15 +262,20 @@ def test_tiny_run_writes_checkpoints_logs_and_best(tiny_config, tmp_path):
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-2000:]
     assert (out / "checkpoints" / "latest").read_text().startswith("step_00000010")
-    for name in ("log.csv", "val.csv", "curves.png", "best/model.safetensors",
-                 "best/config.json", "best/metrics.json"):
+    for name in (
+        "log.csv",
+        "val.csv",
+        "curves.png",
+        "best/model.safetensors",
+        "best/config.json",
+        "best/metrics.json",
+    ):
         assert (out / name).is_file(), name
     assert len(list((out / "checkpoints").glob("step_*"))) == 2
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".tmp-*"))
     # One row per 10 steps (log_every) and at each stage's end; unused terms stay empty.
     log = list(csv.DictReader(open(out / "log.csv")))
-    assert [(r["step"], r["stage"]) for r in log] == [("4", "gt_map"), ("7", "joint"),
-                                                       ("10", "finetune")]
+    assert [(r["step"], r["stage"]) for r in log] == [("4", "gt_map"), ("7", "joint"), ("10", "finetune")]
     assert all(np.isfinite(float(r["total"])) and float(r["l_df"]) > 0 for r in log)
     assert [bool(r["l_dme"]) for r in log] == [True, True, False]
     assert [bool(r["l_wd"]) for r in log] == [False, False, True]
@@ -227,9 +283,11 @@ def test_tiny_run_writes_checkpoints_logs_and_best(tiny_config, tmp_path):
     again = _train(tiny_config, out)
     stdout, stderr = again.communicate(timeout=300)
     assert again.returncode == 0, stderr[-2000:]
-    assert stdout.splitlines()[-1] == (f"{out}: this run is already complete (10 of 10 steps; best "
-                                       f"checkpoint in {out / 'best'}). To train again, remove {out} "
-                                       f"or give another --out.")
+    assert stdout.splitlines()[-1] == (
+        f"{out}: this run is already complete (10 of 10 steps; best "
+        f"checkpoint in {out / 'best'}). To train again, remove {out} "
+        f"or give another --out."
+    )
     assert "train:" not in stderr  # no progress bar
     assert len(list((out / "checkpoints").glob("step_*"))) == 2
     assert len(list(csv.DictReader(open(out / "log.csv")))) == 3
@@ -253,9 +311,13 @@ def test_resume_after_sigkill_reaches_the_same_weights(tiny_config, tmp_path):
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-2000:]
     # The raw weights, and best/: the moving average, which the trainer state carries.
-    pairs = [(_final_weights(whole), _final_weights(cut)),
-             (load_file(str(whole / "best" / "model.safetensors")),
-              load_file(str(cut / "best" / "model.safetensors")))]
+    pairs = [
+        (_final_weights(whole), _final_weights(cut)),
+        (
+            load_file(str(whole / "best" / "model.safetensors")),
+            load_file(str(cut / "best" / "model.safetensors")),
+        ),
+    ]
     for a, b in pairs:
         assert a.keys() == b.keys()
         for key in a:
@@ -269,14 +331,17 @@ def test_ema_is_the_moving_average_of_the_raw_weights(tmp_path):
     trainer = Trainer(config, tmp_path / "run", torch.device("cpu"))
     decay = config.train.ema_decay
     torch.manual_seed(0)
-    batch = {"blurry": torch.rand(2, 3, 32, 32), "sharp": torch.rand(2, 3, 32, 32),
-             "defocus_map": torch.rand(2, 1, 32, 32), "has_map": torch.tensor([True, True])}
+    batch = {
+        "blurry": torch.rand(2, 3, 32, 32),
+        "sharp": torch.rand(2, 3, 32, 32),
+        "defocus_map": torch.rand(2, 1, 32, 32),
+        "has_map": torch.tensor([True, True]),
+    }
     expected = None
     for _ in range(3):
         trainer.train_step("joint", batch)
         raw = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-        expected = raw if expected is None else {k: decay * expected[k] + (1 - decay) * raw[k]
-                                                 for k in raw}
+        expected = raw if expected is None else {k: decay * expected[k] + (1 - decay) * raw[k] for k in raw}
     averaged = trainer.shipped_model.state_dict()
     assert not torch.equal(averaged["dme.conv_first.weight"], raw["dme.conv_first.weight"])
     for key in expected:
@@ -315,9 +380,23 @@ def test_two_process_ddp_with_gloo(tmp_path):
     tiny_config = tmp_path / "dme_first.toml"
     tiny_config.write_text(TINY.replace('kind = "gt_map"\nsteps = 4', 'kind = "dme"\nsteps = 4'))
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "training.train", "--config", str(tiny_config),
-           "--out", str(out), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "training.train",
+        "--config",
+        str(tiny_config),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -350,8 +429,7 @@ def test_init_from_a_shallower_estimator_grows_it(tmp_path, plain, dilated):
     starts from exactly the checkpoint's function."""
     config = get_config("small")
     torch.manual_seed(0)
-    shallow = DefocusDeblurNet(dataclasses.replace(config, dme_blocks=plain,
-                                                   dme_dilated_blocks=dilated))
+    shallow = DefocusDeblurNet(dataclasses.replace(config, dme_blocks=plain, dme_dilated_blocks=dilated))
     save_checkpoint(tmp_path / "shallow", shallow)
     grown = DefocusDeblurNet(config)
     added = config.dme_blocks + config.dme_dilated_blocks - plain - dilated
@@ -362,21 +440,30 @@ def test_init_from_a_shallower_estimator_grows_it(tmp_path, plain, dilated):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("change", [dict(dme_blocks=1), dict(channels=16), dict(variant="sft"),
-                                    dict(dme_blocks=3, dme_dilated_blocks=1),
-                                    dict(dme_dilated_blocks=0)])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(dme_blocks=1),
+        dict(channels=16),
+        dict(variant="sft"),
+        dict(dme_blocks=3, dme_dilated_blocks=1),
+        dict(dme_dilated_blocks=0),
+    ],
+)
 def test_init_from_refuses_another_network(tmp_path, change):
     """Fewer blocks only, and only at the end: a plain block after a dilated one would
     take the place of a trained dilated block."""
     config = get_config("small")
-    save_checkpoint(tmp_path / "ckpt", DefocusDeblurNet(dataclasses.replace(
-        config, dme_blocks=2, dme_dilated_blocks=1)))
+    save_checkpoint(
+        tmp_path / "ckpt", DefocusDeblurNet(dataclasses.replace(config, dme_blocks=2, dme_dilated_blocks=1))
+    )
     other = DefocusDeblurNet(dataclasses.replace(config, **change))
     with pytest.raises(CheckpointError, match="does not fit .* only DME blocks may be added"):
         init_from(other, tmp_path / "ckpt", "small")
 
 
 # --- bad input ----------------------------------------------------------------
+
 
 def _one_error_line(proc) -> str:
     stdout, stderr = proc.communicate(timeout=300)
@@ -408,12 +495,15 @@ def test_corrupt_checkpoint_is_refused_and_kept(tiny_config, tmp_path):
     assert (latest / "model.safetensors").read_bytes() == b"\0garbage"
 
 
-@pytest.mark.parametrize("old, new, conflict", [
-    ("lr = 1e-3", "lr = 5e-4", "train.lr = 0.0005 (the run has 0.001)"),
-    ("ema_decay = 0.9", "ema_decay = 0.0", "train.ema_decay = 0.0 (the run has 0.9)"),
-    ("crop = 32", "crop = 48", "data.crop = 48 (the run has 32)"),
-    ("val_every = 100", "val_every = 5", None),
-])
+@pytest.mark.parametrize(
+    "old, new, conflict",
+    [
+        ("lr = 1e-3", "lr = 5e-4", "train.lr = 0.0005 (the run has 0.001)"),
+        ("ema_decay = 0.9", "ema_decay = 0.0", "train.ema_decay = 0.0 (the run has 0.9)"),
+        ("crop = 32", "crop = 48", "data.crop = 48 (the run has 32)"),
+        ("val_every = 100", "val_every = 5", None),
+    ],
+)
 def test_resume_refuses_changed_settings(tmp_path, old, new, conflict):
     first, changed = tmp_path / "first.toml", tmp_path / "changed.toml"
     first.write_text(TINY.replace("steps = 3\n", "steps = 1\n"))

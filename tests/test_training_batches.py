@@ -1,4 +1,5 @@
 """Training batches: the pool's per-sample crops against a numpy reference, and the pool itself."""
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,7 @@ from training.config import from_dict
 
 def reference_crop(images: np.ndarray, i: int, y: int, x: int, bits: int, size: int) -> np.ndarray:
     """Crop, then flip x (bit 0), flip y (bit 1), then transpose (bit 2)."""
-    crop = images[i, :, y:y + size, x:x + size]
+    crop = images[i, :, y : y + size, x : x + size]
     if bits & 1:
         crop = crop[:, :, ::-1]
     if bits & 2:
@@ -32,8 +33,7 @@ def test_dihedral_crops_match_reference(dtype, channels, full, size):
     assert crops.shape == (batch, channels, size, size) and crops.dtype == dtype
     assert crops.is_contiguous(memory_format=torch.channels_last)
     for b in range(batch):
-        expected = reference_crop(images.numpy(), int(idx[b]), int(ys[b]), int(xs[b]),
-                                  int(flips[b]), size)
+        expected = reference_crop(images.numpy(), int(idx[b]), int(ys[b]), int(xs[b]), int(flips[b]), size)
         np.testing.assert_array_equal(crops[b].numpy(), expected, err_msg=f"crop {b}")
 
 
@@ -47,10 +47,13 @@ def test_dihedral_crops_are_eight_distinct_symmetries():
 
 
 def test_pool_batches_on_cpu():
-    config = from_dict({
-        "data": {"crop": 32, "pool_size": 6, "pool_crop": 40, "workers": 0},
-        "train": {"batch": 5, "seed": 1},
-        "stage": [{"kind": "gt_map", "steps": 1}]})
+    config = from_dict(
+        {
+            "data": {"crop": 32, "pool_size": 6, "pool_crop": 40, "workers": 0},
+            "train": {"batch": 5, "seed": 1},
+            "stage": [{"kind": "gt_map", "steps": 1}],
+        }
+    )
     batches = PoolBatches(config, torch.device("cpu"))
     try:
         for _ in range(3):

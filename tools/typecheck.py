@@ -9,6 +9,7 @@ without a ``py.typed`` marker (mypy then skips them as untyped), and its
 into ``<venv>/tensorrt-typings`` with those lines fixed and runs mypy with that
 folder on its path; errors inside the stubs themselves are not reported.
 """
+
 import re
 import shutil
 import subprocess
@@ -40,8 +41,9 @@ follow_imports = silent
 def fix_stub(text: str) -> str:
     """Make the TensorRT stub parse: rename ``in`` parameters, default ``channel_axis``."""
     text = re.sub(r"([(,] *)in: ", r"\1in_: ", text)
-    return text.replace("power: Weights = None, channel_axis: int)",
-                        "power: Weights = None, channel_axis: int = ...)")
+    return text.replace(
+        "power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = ...)"
+    )
 
 
 def prepare(typings: Path) -> Path:
@@ -49,11 +51,14 @@ def prepare(typings: Path) -> Path:
     site = Path(sysconfig.get_paths()["purelib"])
     for package in STUB_PACKAGES:
         if not (site / package).is_dir():
-            raise FileNotFoundError(f"{site / package}: tensorrt-stubs is not installed "
-                                    "(pip install --no-deps tensorrt-stubs==10.13.0.35.1)")
+            raise FileNotFoundError(
+                f"{site / package}: tensorrt-stubs is not installed "
+                "(pip install --no-deps tensorrt-stubs==10.13.0.35.1)"
+            )
         shutil.rmtree(typings / package, ignore_errors=True)
-        shutil.copytree(site / package, typings / package,
-                        ignore=shutil.ignore_patterns("*.py", "*.so", "__pycache__"))
+        shutil.copytree(
+            site / package, typings / package, ignore=shutil.ignore_patterns("*.py", "*.so", "__pycache__")
+        )
     for stub in (typings / "tensorrt_bindings").glob("*.pyi"):
         stub.write_text(fix_stub(stub.read_text()))
     config = typings / "mypy.ini"

@@ -5,6 +5,7 @@ step of the ``small`` preset took 0.45 s against 1.14 s in FP32 (AMD EPYC, batch
 4 x 256²). Without them PyTorch emulates bf16 and is slower than FP32, so the trainer
 falls back to FP32 (Intel Cascade Lake, AMD Zen 3).
 """
+
 import torch
 
 from common.cpu import BF16_CPU_FLAGS, cpu_flags, cpu_has_bf16
@@ -23,5 +24,7 @@ def describe(device: torch.device, amp: bool, bf16: bool) -> str:
         return f"precision: bf16 autocast on {device.type}"
     if not amp:
         return "precision: fp32 ([train] amp = false)"
-    return (f"precision: fp32 (this CPU has none of {', '.join(BF16_CPU_FLAGS)}; "
-            "bf16 would be emulated and slower)")
+    return (
+        f"precision: fp32 (this CPU has none of {', '.join(BF16_CPU_FLAGS)}; "
+        "bf16 would be emulated and slower)"
+    )

@@ -3,6 +3,7 @@
 A checkpoint is a folder holding ``model.safetensors`` and ``config.json``; the
 trainer adds ``state.pt`` (optimizer, schedule, RNG) beside them to resume.
 """
+
 import json
 import subprocess
 from dataclasses import replace
@@ -31,8 +32,13 @@ class CheckpointError(ValueError):
 def git_commit() -> str:
     """The repository's commit, or "unknown" outside a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
@@ -125,13 +131,15 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> int:
     theirs, mine = source.config, model.config
     their_blocks = dme_dilations(theirs.dme_blocks, theirs.dme_dilated_blocks)
     my_blocks = dme_dilations(mine.dme_blocks, mine.dme_dilated_blocks)
-    same_rest = replace(theirs, dme_blocks=mine.dme_blocks,
-                        dme_dilated_blocks=mine.dme_dilated_blocks) == mine
-    if not same_rest or my_blocks[:len(their_blocks)] != their_blocks:
-        raise CheckpointError(f"{path}: its network ({theirs}) does not fit {mine}; "
-                              "only DME blocks may be added")
+    same_rest = (
+        replace(theirs, dme_blocks=mine.dme_blocks, dme_dilated_blocks=mine.dme_dilated_blocks) == mine
+    )
+    if not same_rest or my_blocks[: len(their_blocks)] != their_blocks:
+        raise CheckpointError(
+            f"{path}: its network ({theirs}) does not fit {mine}; only DME blocks may be added"
+        )
     model.load_state_dict(source.state_dict(), strict=False)
-    for block in model.dme.body[len(their_blocks):]:
+    for block in model.dme.body[len(their_blocks) :]:
         torch.nn.init.zeros_(block.conv2.weight)
         torch.nn.init.zeros_(block.conv2.bias)
     return len(my_blocks) - len(their_blocks)

@@ -1,21 +1,23 @@
 """Training configuration files (TOML), e.g. ``configs/small.toml``.
 
-    [model]  preset, variant
-    [data]   source = "builtin" | "corpus" (builtin + ``make data``'s train split) |
-             a folder of sharp images (searched recursively); ded = folder of
-             (blurry, sharp, defocus_map) triplets; pairs = folder of (blurry,
-             sharp) pairs; crop, max_radius_px, workers, pool_size, pool_crop
-    [train]  batch, lr, lr_min, warmup_steps, betas, ema_decay, seed, amp,
-             channels_last, compile, log_every, val_every, ckpt_every, budget_seconds
-    [[stage]] kind = "gt_map" | "joint" | "finetune" | "end_to_end" | "dme", steps
+[model]  preset, variant
+[data]   source = "builtin" | "corpus" (builtin + ``make data``'s train split) |
+         a folder of sharp images (searched recursively); ded = folder of
+         (blurry, sharp, defocus_map) triplets; pairs = folder of (blurry,
+         sharp) pairs; crop, max_radius_px, workers, pool_size, pool_crop
+[train]  batch, lr, lr_min, warmup_steps, betas, ema_decay, seed, amp,
+         channels_last, compile, log_every, val_every, ckpt_every, budget_seconds
+[[stage]] kind = "gt_map" | "joint" | "finetune" | "end_to_end" | "dme", steps
 """
-import tomllib
+
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from training.losses import STAGES
+import tomllib
+
 from training.archs.deblur_arch import VARIANTS
+from training.losses import STAGES
 from training.presets import MAP_MAX, MAP_RADIUS_SCALE_PX, PRESETS
 
 
@@ -109,7 +111,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return {
-            "model": vars(self.model), "data": vars(self.data),
+            "model": vars(self.model),
+            "data": vars(self.data),
             "train": {**vars(self.train), "betas": list(self.train.betas)},
             "stage": [vars(s) for s in self.stages],
         }
@@ -118,8 +121,17 @@ class TrainConfig:
 #: Settings a resumed run must share with the run it continues: they decide its data
 #: and its updates. The others (intervals, workers, compile, the time budget) may change.
 RESUME_FIXED = {
-    "data": ("source", "ded", "pairs", "crop", "max_radius_px", "pool_size", "pool_crop",
-             "in_focus_fraction", "uniform_fraction"),
+    "data": (
+        "source",
+        "ded",
+        "pairs",
+        "crop",
+        "max_radius_px",
+        "pool_size",
+        "pool_crop",
+        "in_focus_fraction",
+        "uniform_fraction",
+    ),
     "train": ("batch", "lr", "lr_min", "warmup_steps", "betas", "ema_decay", "seed", "amp"),
 }
 
@@ -159,24 +171,29 @@ def from_dict(raw: dict) -> TrainConfig:
             raise ConfigError(f"stage kind {stage.kind!r} is not one of {', '.join(STAGES)}")
         if stage.steps < 1:
             raise ConfigError(f"stage {stage.kind!r} has {stage.steps} steps; need >= 1")
-    config = TrainConfig(_section(ModelSection, raw.get("model", {}), "model"),
-                         _section(DataSection, raw.get("data", {}), "data"),
-                         _section(TrainSection, raw.get("train", {}), "train"), stages)
+    config = TrainConfig(
+        _section(ModelSection, raw.get("model", {}), "model"),
+        _section(DataSection, raw.get("data", {}), "data"),
+        _section(TrainSection, raw.get("train", {}), "train"),
+        stages,
+    )
     if config.model.preset not in PRESETS:
-        raise ConfigError(f"[model] preset {config.model.preset!r} is not one of "
-                          f"{', '.join(sorted(PRESETS))}")
+        raise ConfigError(
+            f"[model] preset {config.model.preset!r} is not one of {', '.join(sorted(PRESETS))}"
+        )
     if config.model.variant not in VARIANTS:
         raise ConfigError(f"[model] variant {config.model.variant!r} is not one of {', '.join(VARIANTS)}")
     if config.train.batch < 1 or config.data.crop < 16 or config.train.log_every < 1:
         raise ConfigError("batch and log_every must be >= 1 and crop >= 16")
     top_px = MAP_MAX * MAP_RADIUS_SCALE_PX
     if not 0 < config.data.max_radius_px <= top_px:
-        raise ConfigError(f"max_radius_px {config.data.max_radius_px:g} must be in (0, {top_px:g}]: "
-                          "the estimator's output is clamped to that trained range")
+        raise ConfigError(
+            f"max_radius_px {config.data.max_radius_px:g} must be in (0, {top_px:g}]: "
+            "the estimator's output is clamped to that trained range"
+        )
     shares = (config.data.in_focus_fraction, config.data.uniform_fraction)
     if min(shares) < 0 or sum(shares) > 1:
-        raise ConfigError(f"in_focus_fraction and uniform_fraction {shares} must be >= 0 "
-                          "with a sum <= 1")
+        raise ConfigError(f"in_focus_fraction and uniform_fraction {shares} must be >= 0 with a sum <= 1")
     if not 0 <= config.train.ema_decay < 1:
         raise ConfigError(f"ema_decay {config.train.ema_decay} must be in [0, 1)")
     return config

@@ -1,4 +1,5 @@
 """The paper's losses (Sec. 3.4) and the loss of each training stage."""
+
 from typing import Optional
 
 import torch
@@ -25,8 +26,7 @@ def weighted_l2(output: Tensor, target: Tensor, defocus_map: Tensor, has_map: Te
     """
     mean = defocus_map.abs().mean(dim=(1, 2, 3), keepdim=True)
     usable = has_map.view(-1, 1, 1, 1) & (mean > 1e-6)
-    weight = torch.where(usable, defocus_map.abs() / mean.clamp_min(1e-6),
-                         torch.ones_like(defocus_map))
+    weight = torch.where(usable, defocus_map.abs() / mean.clamp_min(1e-6), torch.ones_like(defocus_map))
     per_pixel = torch.sqrt(((output - target) ** 2).sum(dim=1, keepdim=True) + 1e-12)
     return (weight * per_pixel).mean()
 

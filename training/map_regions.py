@@ -11,6 +11,7 @@ the sharp image and the true map:
   above ``EDGE_COHERENCE``);
 - ``texture``: the rest, contrast in many orientations.
 """
+
 from typing import Dict
 
 import cv2
@@ -43,7 +44,7 @@ def region_labels(sharp: np.ndarray, true_map: np.ndarray) -> np.ndarray:
     smooth = lambda a: cv2.GaussianBlur(a, (0, 0), WINDOW_SIGMA_PX)  # noqa: E731
     jxx, jyy, jxy = smooth(gx * gx), smooth(gy * gy), smooth(gx * gy)
     energy = jxx + jyy
-    coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / np.maximum(energy, 1e-12)
+    coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / np.maximum(energy, 1e-12)
     labels = np.full(grey.shape, REGIONS.index("texture"), np.uint8)
     labels[coherence > EDGE_COHERENCE] = REGIONS.index("edge")
     labels[np.sqrt(energy) < FLAT_GRADIENT] = REGIONS.index("flat")
@@ -66,6 +67,9 @@ def map_error_by_region(sharp: np.ndarray, true_map: np.ndarray, estimate: np.nd
     for index, name in enumerate(REGIONS):
         mask = labels == index
         if mask.any():
-            out[name] = {"share": float(mask.mean()), "mae": float(np.abs(error[mask]).mean()),
-                         "bias": float(error[mask].mean())}
+            out[name] = {
+                "share": float(mask.mean()),
+                "mae": float(np.abs(error[mask]).mean()),
+                "bias": float(error[mask].mean()),
+            }
     return out

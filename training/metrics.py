@@ -5,6 +5,7 @@ project: training, the export gates, benchmarks and tests); SSIM is
 ``skimage.metrics.structural_similarity(data_range=1, channel_axis=-1)``
 (7x7 uniform window, scikit-image's default, not BasicSR's 11x11 Gaussian).
 """
+
 import math
 from typing import Optional
 
@@ -25,7 +26,7 @@ def psnr(image: np.ndarray, reference: np.ndarray, data_range: Optional[float] =
     if data_range is None:
         data_range = max(float(reference.max() - reference.min()), 1e-12)
     mse = float(np.mean((image - reference) ** 2))
-    return math.inf if mse == 0 else float(10.0 * np.log10(data_range ** 2 / mse))
+    return math.inf if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:

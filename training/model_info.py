@@ -1,7 +1,8 @@
 """Parameter count, MACs per pixel and receptive field of each preset.
 
-    python -m training.model_info [--variant sft_dec]
+python -m training.model_info [--variant sft_dec]
 """
+
 import argparse
 
 import torch
@@ -40,7 +41,7 @@ def _gradient_extent(fn, inputs, size: int, scale: int) -> int:
         x.requires_grad_(True)
     out = fn(*inputs)
     c = (size // 2) // scale * scale
-    out[..., c:c + scale, c:c + scale].sum().backward()
+    out[..., c : c + scale, c : c + scale].sum().backward()
     seen = sum(x.grad.abs().sum(dim=(0, 1)) for x in inputs) > 0
     cols = torch.nonzero(seen.any(dim=0)).flatten()
     return int(cols.max() - cols.min() + 1)
@@ -73,10 +74,12 @@ def _fields(model: DefocusDeblurNet, size: int) -> dict:
         cond_mean = model.condition_mean(dmap).detach()
     fields = {
         "estimate": _gradient_extent(model.estimate, [image.clone()], size, scale),
-        "restore": _gradient_extent(lambda i, m: model.restore(i, m, cond_mean),
-                                    [image.clone(), dmap.clone()], size, scale),
-        "total": _gradient_extent(lambda i: model.restore(i, model.estimate(i), cond_mean),
-                                  [image.clone()], size, scale),
+        "restore": _gradient_extent(
+            lambda i, m: model.restore(i, m, cond_mean), [image.clone(), dmap.clone()], size, scale
+        ),
+        "total": _gradient_extent(
+            lambda i: model.restore(i, model.estimate(i), cond_mean), [image.clone()], size, scale
+        ),
     }
     if max(fields.values()) >= size - scale:
         return _fields(model, 2 * size)
@@ -97,17 +100,22 @@ def model_stats(config: NetConfig) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.model_info",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.model_info", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--variant", default="sft_dec")
     args = parser.parse_args()
-    print(f"{'preset':8} {'variant':9} {'params':>10} {'KMAC/px':>9} "
-          f"{'RF est/rest/total (px)':>24} {'multiple':>8}")
+    print(
+        f"{'preset':8} {'variant':9} {'params':>10} {'KMAC/px':>9} "
+        f"{'RF est/rest/total (px)':>24} {'multiple':>8}"
+    )
     for name in PRESETS:
         s = model_stats(get_config(name, args.variant))
         rf = s["receptive_field"]
-        print(f"{name:8} {s['variant']:9} {s['params']:>10,} {s['macs_per_pixel'] / 1e3:>9.1f} "
-              f"{rf['estimate']:>8}/{rf['restore']}/{rf['total']:<8} {s['size_multiple']:>8}")
+        print(
+            f"{name:8} {s['variant']:9} {s['params']:>10,} {s['macs_per_pixel'] / 1e3:>9.1f} "
+            f"{rf['estimate']:>8}/{rf['restore']}/{rf['total']:<8} {s['size_multiple']:>8}"
+        )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Nothing here imports torch, so the export manifest and tests can read it cheaply.
 """
+
 from dataclasses import asdict, dataclass, replace
 
 #: The defocus map is the circle-of-confusion radius in pixels divided by this.
@@ -65,8 +66,16 @@ PRESETS = {
     # (38 px) at equal training; three dilated ones (174 px) then cut its error in
     # flat regions, where blur shows only at the surrounding edges, for 8% more
     # MACs (models/default/README.md).
-    "small": NetConfig(preset="small", scale=2, dme_channels=24, dme_blocks=6,
-                       dme_dilated_blocks=3, channels=48, num_blocks=6, cond_channels=32),
+    "small": NetConfig(
+        preset="small",
+        scale=2,
+        dme_channels=24,
+        dme_blocks=6,
+        dme_dilated_blocks=3,
+        channels=48,
+        num_blocks=6,
+        cond_channels=32,
+    ),
 }
 
 

@@ -1,4 +1,5 @@
 """Files of a training run: checkpoints (atomic), the best model, logs and curves."""
+
 import csv
 import json
 import os
@@ -53,33 +54,40 @@ class RunFiles:
         folder = pointer.parent / pointer.read_text().strip()
         loaded, config = load_checkpoint(folder, model_section.preset)
         if config["net"]["variant"] != model_section.variant:
-            raise CheckpointError(f"{folder}: checkpoint is variant {config['net']['variant']!r}, "
-                                  f"config asks {model_section.variant!r}")
+            raise CheckpointError(
+                f"{folder}: checkpoint is variant {config['net']['variant']!r}, "
+                f"config asks {model_section.variant!r}"
+            )
         model.load_state_dict(loaded.state_dict())
         saved = config.get("training", {}).get("config", {})
         return {**load_state(folder / "state.pt"), "config": saved}
 
     def save_best(self, model, metrics: dict, config, step: int, elapsed: float) -> None:
         best = self.out / "best"
-        info = {"step": step, "training_seconds": round(elapsed, 1),
-                "command": " ".join(["python", "-m", "training.train"] + sys.argv[1:]),
-                "validation": metrics}
+        info = {
+            "step": step,
+            "training_seconds": round(elapsed, 1),
+            "command": " ".join(["python", "-m", "training.train"] + sys.argv[1:]),
+            "validation": metrics,
+        }
         save_checkpoint(best, model, {"training": _description(config, step)})
         atomic_write(best / "metrics.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
 
-    def log_step(self, step: int, stage: str, losses: dict, lr: float,
-                 rate: Optional[float]) -> None:
+    def log_step(self, step: int, stage: str, losses: dict, lr: float, rate: Optional[float]) -> None:
         """A row of ``log.csv``; a stage leaves the terms it has no use for empty."""
         row = {"step": step, "stage": stage, "lr": lr, "steps_per_s": rate or "", **losses}
         _append_csv(self.out / "log.csv", row, LOG_COLUMNS)
 
     def log_validation(self, step: int, metrics: dict) -> None:
-        _append_csv(self.out / "val.csv", {"step": step, **{k: v for k, v in metrics.items()
-                                                            if not isinstance(v, dict)}})
+        _append_csv(
+            self.out / "val.csv",
+            {"step": step, **{k: v for k, v in metrics.items() if not isinstance(v, dict)}},
+        )
         self._plot()
 
     def _plot(self) -> None:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
@@ -90,8 +98,7 @@ class RunFiles:
         steps = [int(r["step"]) for r in val]
         ax2.plot(steps, [float(r["psnr_out"]) for r in val], "o-", label="output")
         if val and "psnr_true_map" in val[0]:
-            ax2.plot(steps, [float(r["psnr_true_map"]) for r in val], ":",
-                     label="output from the true map")
+            ax2.plot(steps, [float(r["psnr_true_map"]) for r in val], ":", label="output from the true map")
         ax2.plot(steps, [float(r["psnr_in"]) for r in val], "--", label="blurry input")
         ax2.set(xlabel="step", ylabel="PSNR (dB)", title="validation")
         ax2.legend()

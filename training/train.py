@@ -10,6 +10,7 @@ command resumes from the last checkpoint; a run killed at any moment resumes
 to the same weights as an uninterrupted one (pool mode excepted, see config). A
 rerun whose config changes a setting of ``config.RESUME_FIXED`` is refused.
 """
+
 import argparse
 import math
 import os
@@ -26,19 +27,24 @@ from tqdm import tqdm
 
 from training import amp
 from training.archs import DefocusDeblurNet
+from training.batches import make_batches
 from training.checkpoint import CheckpointError, init_from
 from training.config import ConfigError, TrainConfig, load_config, resume_conflict
 from training.data import DataError
 from training.losses import stage_loss
 from training.presets import get_config
 from training.run_io import RunFiles
-from training.batches import make_batches
 from training.validate import evaluate, load_validation_set
 
 #: How each stage calls the net: restoring from the true map, from the estimate, or
 #: estimating only (one compiled graph per call).
-_CALLS = {"gt_map": "gt_map", "joint": "estimate", "end_to_end": "estimate",
-          "finetune": "estimate", "dme": "dme"}
+_CALLS = {
+    "gt_map": "gt_map",
+    "joint": "estimate",
+    "end_to_end": "estimate",
+    "finetune": "estimate",
+    "dme": "dme",
+}
 
 #: Steps timed to fit ``budget_seconds`` (after the first, slow ones).
 PROBE_START, PROBE_END = 10, 60
@@ -47,8 +53,7 @@ PROBE_START, PROBE_END = 10, 60
 class Trainer:
     """Owns the model, optimizer, schedule and data of one (possibly distributed) run."""
 
-    def __init__(self, config: TrainConfig, out: Path, device: torch.device,
-                 init: Optional[Path] = None):
+    def __init__(self, config: TrainConfig, out: Path, device: torch.device, init: Optional[Path] = None):
         self.config = config
         self.out = Path(out)
         self.device = device
@@ -67,13 +72,17 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         # One fused kernel instead of a dozen per parameter tensor (198 of them): on a
         # GPU the small net's step is short enough for launches to matter.
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=tc.betas,
-                                          fused=device.type == "cuda")
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=tc.lr, betas=tc.betas, fused=device.type == "cuda"
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         # Validation and best/ use a moving average of the weights (BasicSR's net_g_ema):
         # at small batches it smooths out the noise of single steps.
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
-                    if tc.ema_decay > 0 else None)
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
+            if tc.ema_decay > 0
+            else None
+        )
         self.step = 0
         self.best_psnr = -math.inf
         self.elapsed = 0.0
@@ -84,8 +93,7 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             # The estimator's own stage leaves the rest of the net without gradients.
             unused = any(s.kind == "dme" for s in config.stages)
-            self.net = DistributedDataParallel(self.model, device_ids=ids,
-                                               find_unused_parameters=unused)
+            self.net = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=unused)
         self.bf16 = amp.use_bf16(device, tc.amp, amp.cpu_flags())
         if self.files:
             tqdm.write(amp.describe(device, tc.amp, self.bf16))
@@ -106,8 +114,7 @@ class Trainer:
             return False
         conflict = resume_conflict(state["config"], self.config)
         if conflict:
-            raise ConfigError(f"{out}: {conflict}; resume with the run's own settings "
-                              "or give a new --out")
+            raise ConfigError(f"{out}: {conflict}; resume with the run's own settings or give a new --out")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
@@ -119,10 +126,15 @@ class Trainer:
         return True
 
     def state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "ema": None if self.ema is None else self.ema.state_dict(),
-                "stages": self.config.stages, "step": self.step, "best_psnr": self.best_psnr,
-                "elapsed": self.elapsed}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "stages": self.config.stages,
+            "step": self.step,
+            "best_psnr": self.best_psnr,
+            "elapsed": self.elapsed,
+        }
 
     def _compile(self) -> None:
         """``torch.compile`` the network and trace the graphs the stages need (one per
@@ -131,8 +143,11 @@ class Trainer:
         where compiling fails."""
         tc, crop = self.config.train, self.config.data.crop
         fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
-        zeros = lambda c: torch.zeros(tc.batch // self.world, c, crop, crop,  # noqa: E731
-                                      device=self.device).to(memory_format=fmt)
+
+        def zeros(channels: int) -> torch.Tensor:
+            shape = (tc.batch // self.world, channels, crop, crop)
+            return torch.zeros(shape, device=self.device).to(memory_format=fmt)
+
         compiled = torch.compile(self.net, dynamic=False)
         try:
             for stage in {_CALLS[s.kind]: s.kind for s in self.config.stages}.values():
@@ -186,24 +201,33 @@ class Trainer:
             dist.broadcast_object_list(total, src=0)  # every rank must stop at the same step
         self.config.rescale(total[0])
         if self.files:
-            tqdm.write(f"budget {budget:.0f}s at {rate:.2f} steps/s -> {self.config.total_steps} steps: "
-                       + ", ".join(f"{s.kind} {s.steps}" for s in self.config.stages))
+            tqdm.write(
+                f"budget {budget:.0f}s at {rate:.2f} steps/s -> {self.config.total_steps} steps: "
+                + ", ".join(f"{s.kind} {s.steps}" for s in self.config.stages)
+            )
 
     def run(self) -> None:
         tc = self.config.train
         if self.resumed and self.step >= self.config.total_steps:
             if self.files is not None:
-                tqdm.write(f"{self.out}: this run is already complete ({self.step} of "
-                           f"{self.config.total_steps} steps; best checkpoint in {self.out / 'best'}). "
-                           f"To train again, remove {self.out} or give another --out.")
+                tqdm.write(
+                    f"{self.out}: this run is already complete ({self.step} of "
+                    f"{self.config.total_steps} steps; best checkpoint in {self.out / 'best'}). "
+                    f"To train again, remove {self.out} or give another --out."
+                )
             return
         val_set = load_validation_set(self.config.data) if self.files else None
         if self.files and self.from_init:
             # The starting weights set the bar: best/ never falls below them.
             self.validate(val_set)
         batches = make_batches(self.config, self.step, self.rank, self.world, self.device)
-        bar = tqdm(total=self.config.total_steps, initial=self.step, disable=self.files is None,
-                   dynamic_ncols=True, desc="train")
+        bar = tqdm(
+            total=self.config.total_steps,
+            initial=self.step,
+            disable=self.files is None,
+            dynamic_ncols=True,
+            desc="train",
+        )
         started = tick = probe_started = time.perf_counter()
         if tc.compile:
             self._compile()
@@ -225,8 +249,7 @@ class Trainer:
             last = self.step == self.config.total_steps
             if last or self.step % tc.log_every == 0 or self.config.stage_at(self.step) != stage:
                 loss = self._log(stage, pending, bar.format_dict.get("rate"))
-                bar.set_postfix(stage=stage, loss=f"{loss:.4f}",
-                                lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+                bar.set_postfix(stage=stage, loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
                 pending = []
             if self.step % tc.val_every == 0 or last:
                 self.validate(val_set)
@@ -255,10 +278,12 @@ class Trainer:
             self.best_psnr = metrics["psnr_out"]
             self.files.save_best(self.shipped_model, metrics, self.config, self.step, self.elapsed)
         self.files.log_validation(self.step, metrics)
-        tqdm.write(f"step {self.step}: PSNR {metrics['psnr_in']:.2f} -> {metrics['psnr_out']:.2f} dB "
-                   f"({metrics['psnr_true_map']:.2f} from the true map), "
-                   f"SSIM {metrics['ssim_in']:.4f} -> {metrics['ssim_out']:.4f}, "
-                   f"map MAE {metrics['map_mae']:.4f}{' (best)' if improved else ''}")
+        tqdm.write(
+            f"step {self.step}: PSNR {metrics['psnr_in']:.2f} -> {metrics['psnr_out']:.2f} dB "
+            f"({metrics['psnr_true_map']:.2f} from the true map), "
+            f"SSIM {metrics['ssim_in']:.4f} -> {metrics['ssim_out']:.4f}, "
+            f"map MAE {metrics['map_mae']:.4f}{' (best)' if improved else ''}"
+        )
 
 
 def pick_device(name: str) -> torch.device:
@@ -279,8 +304,9 @@ def init_distributed(device: torch.device) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train",
-                                     description="Train the defocus deblurring network.")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train", description="Train the defocus deblurring network."
+    )
     parser.add_argument("--config", required=True, type=Path, help="TOML config (configs/*.toml)")
     parser.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -299,8 +325,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last checkpoint",
-              file=sys.stderr)
+        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
     finally:
         if dist.is_initialized():

@@ -1,4 +1,5 @@
 """Validation on rendered images that training never sees."""
+
 import numpy as np
 import torch
 
@@ -33,15 +34,23 @@ def evaluate(model, samples: list, device: torch.device) -> dict:
         from_true_map = model.restore(blurry, true_map[None].to(device))
         sharp, inp, out = _hwc(torch.as_tensor(sample["sharp"])), _hwc(blurry[0]), _hwc(deblurred[0])
         err = estimated[0].float().cpu() - true_map
-        rows.append({"level": float(sample["level"]), "psnr_in": psnr(inp, sharp),
-                     "psnr_out": psnr(out, sharp), "ssim_in": ssim(inp, sharp),
-                     "ssim_out": ssim(out, sharp), "map_mae": float(err.abs().mean()),
-                     "map_mse": float((err ** 2).mean()),
-                     "psnr_true_map": psnr(_hwc(from_true_map[0]), sharp)})
+        rows.append(
+            {
+                "level": float(sample["level"]),
+                "psnr_in": psnr(inp, sharp),
+                "psnr_out": psnr(out, sharp),
+                "ssim_in": ssim(inp, sharp),
+                "ssim_out": ssim(out, sharp),
+                "map_mae": float(err.abs().mean()),
+                "map_mse": float((err**2).mean()),
+                "psnr_true_map": psnr(_hwc(from_true_map[0]), sharp),
+            }
+        )
     keys = [k for k in rows[0] if k != "level"]
     metrics = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     metrics["images"] = len(rows)
-    metrics["levels"] = {str(level): {k: float(np.mean([r[k] for r in rows if r["level"] == level]))
-                                      for k in keys}
-                         for level in sorted({r["level"] for r in rows})}
+    metrics["levels"] = {
+        str(level): {k: float(np.mean([r[k] for r in rows if r["level"] == level])) for k in keys}
+        for level in sorted({r["level"] for r in rows})
+    }
     return metrics

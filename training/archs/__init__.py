@@ -1,4 +1,5 @@
 """Network parts of the defocus deblurring model, one file per part (BasicSR style)."""
+
 from training.archs.condition_arch import ConditionNet
 from training.archs.deblur_arch import DeblurNet
 from training.archs.defocus_arch import DefocusDeblurNet

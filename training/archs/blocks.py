@@ -1,4 +1,5 @@
 """Building blocks shared by the architectures."""
+
 from torch import Tensor, nn
 
 

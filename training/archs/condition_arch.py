@@ -1,4 +1,5 @@
 """Condition network: defocus map -> condition features for the SFT layers."""
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -1,4 +1,5 @@
 """Defocus deblurring network of conditioned residual blocks."""
+
 from typing import Optional
 
 import torch
@@ -37,8 +38,14 @@ class DeblurNet(nn.Module):
         (N, Cc, 1, 1) -> (N, 3, H, W).
     """
 
-    def __init__(self, channels: int = 128, cond_channels: int = 32, num_blocks: int = 16,
-                 variant: str = "sft_dec", scale: int = 1):
+    def __init__(
+        self,
+        channels: int = 128,
+        cond_channels: int = 32,
+        num_blocks: int = 16,
+        variant: str = "sft_dec",
+        scale: int = 1,
+    ):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -50,8 +57,8 @@ class DeblurNet(nn.Module):
             self.blocks = nn.ModuleList(ResBlock(channels) for _ in range(num_blocks))
         else:
             self.blocks = nn.ModuleList(
-                ConditionedResBlock(channels, cond_channels, _SFT_MODE[variant])
-                for _ in range(num_blocks))
+                ConditionedResBlock(channels, cond_channels, _SFT_MODE[variant]) for _ in range(num_blocks)
+            )
         self.conv_body = conv3x3(channels, channels, scale=0.1)
         self.conv_last = conv3x3(channels, 3 * scale * scale, scale=0.1)
 

@@ -1,4 +1,5 @@
 """The full model: defocus map estimation -> condition network -> deblurring."""
+
 from typing import Optional, Tuple
 
 from torch import Tensor, nn
@@ -29,13 +30,15 @@ class DefocusDeblurNet(nn.Module):
     def __init__(self, config: NetConfig):
         super().__init__()
         self.config = config
-        self.dme = DefocusMapEstimator(config.dme_channels, config.dme_blocks, config.scale,
-                                       config.dme_dilated_blocks)
+        self.dme = DefocusMapEstimator(
+            config.dme_channels, config.dme_blocks, config.scale, config.dme_dilated_blocks
+        )
         self.condition = None
         if config.variant != "concat":
             self.condition = ConditionNet(config.cond_channels, config.scale)
-        self.deblur = DeblurNet(config.channels, config.cond_channels, config.num_blocks,
-                                config.variant, config.scale)
+        self.deblur = DeblurNet(
+            config.channels, config.cond_channels, config.num_blocks, config.variant, config.scale
+        )
 
     @property
     def uses_pooling(self) -> bool:
@@ -54,8 +57,7 @@ class DefocusDeblurNet(nn.Module):
         """
         return self.condition(defocus_map).mean(dim=(2, 3))
 
-    def restore(self, image: Tensor, defocus_map: Tensor,
-                cond_mean: Optional[Tensor] = None) -> Tensor:
+    def restore(self, image: Tensor, defocus_map: Tensor, cond_mean: Optional[Tensor] = None) -> Tensor:
         """Deblur ``image`` guided by ``defocus_map``.
 
         Args:
@@ -76,9 +78,13 @@ class DefocusDeblurNet(nn.Module):
             pooled = mean[:, :, None, None]
         return self.deblur(image, cond, pooled)
 
-    def forward(self, image: Tensor, defocus_map: Optional[Tensor] = None,
-                cond_mean: Optional[Tensor] = None,
-                estimate_only: bool = False) -> Tuple[Optional[Tensor], Tensor]:
+    def forward(
+        self,
+        image: Tensor,
+        defocus_map: Optional[Tensor] = None,
+        cond_mean: Optional[Tensor] = None,
+        estimate_only: bool = False,
+    ) -> Tuple[Optional[Tensor], Tensor]:
         """Estimate the map and restore from it, or from ``defocus_map`` where one is
         given (stage 1 feeds the ground truth). ``estimate_only`` skips the restoration
         (None in its place): the estimator's own training stage needs nothing else."""

@@ -1,4 +1,5 @@
 """Defocus map estimation network (DID-ANet's DME branch)."""
+
 from typing import List
 
 import torch
@@ -54,13 +55,11 @@ class DefocusMapEstimator(nn.Module):
         image (N, 3, H, W) in [0, 1] -> map (N, 1, H, W) in [0, MAP_MAX].
     """
 
-    def __init__(self, channels: int = 64, num_blocks: int = 4, scale: int = 1,
-                 dilated_blocks: int = 0):
+    def __init__(self, channels: int = 64, num_blocks: int = 4, scale: int = 1, dilated_blocks: int = 0):
         super().__init__()
         self.scale = scale
         self.conv_first = conv3x3(3 * scale * scale, channels)
-        self.body = nn.Sequential(*[ResBlock(channels, d)
-                                    for d in dme_dilations(num_blocks, dilated_blocks)])
+        self.body = nn.Sequential(*[ResBlock(channels, d) for d in dme_dilations(num_blocks, dilated_blocks)])
         self.conv_body = conv3x3(channels, channels)
         self.conv_last = conv3x3(channels, scale * scale, scale=0.1)
 

@@ -1,4 +1,5 @@
 """Spatial feature transform (SFT) layers and the conditioned residual block."""
+
 from typing import Optional
 
 from torch import Tensor, nn
