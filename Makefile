@@ -35,15 +35,18 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 	$(MAKE) typecheck
+	$(MAKE) lint
 
 typecheck: $(STAMP)
 	# mypy over runtime/, export/ and tools/ against the TensorRT 10.13 API stubs
 	# (tools/typecheck.py explains the patching).
 	$(PY) -m tools.typecheck runtime export tools
 
-# Ruff: pycodestyle, pyflakes and import order, one line length (pyproject.toml [tool.ruff]).
+# Ruff: pycodestyle, pyflakes and import order, and the code formatted to one line length
+# (pyproject.toml [tool.ruff]). `ruff format . && ruff check --fix .` repairs most of it.
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # The C++ runtime (cpp/README.md): fetches its headers from Debian into build/deps,
 # builds libdeblur.so and deblur_cpp into build/cpp. tests/test_cpp.py runs the same.
@@ -90,6 +93,7 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.overhead
 
 bench-gpu:
 	bash benchmarks/gpu.sh

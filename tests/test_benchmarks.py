@@ -684,3 +684,50 @@ def test_bf16_autocast_peer_is_skipped_without_native_bf16(tiny_checkpoint, monk
     monkeypatch.setattr(runners, "cpu_flags", lambda: {"avx2", "fma"})
     with pytest.raises(runners.Unavailable, match="none of avx512_bf16, amx_bf16: bf16 autocast"):
         runners.make_runner(BY_NAME["torch-compile-bf16"], tiny_checkpoint, None, 1)
+
+
+# ---------------------------------------------------------------- runtime overhead
+
+
+def test_graph_timer_counts_every_call_and_passes_results_through():
+    from benchmarks.overhead import GraphTimer
+
+    timer = GraphTimer(lambda graph, inputs: {graph: inputs["x"] * 2})
+    assert timer("restore", {"x": 3}) == {"restore": 6}
+    assert timer("estimate", {"x": 1}) == {"estimate": 2}
+    assert timer.calls == 2 and timer.seconds >= 0.0
+
+
+def test_overhead_splits_the_call_into_graph_and_outside(tiny_bundle):
+    from benchmarks.overhead import markdown, measure
+    from runtime import Deblurrer
+
+    with Deblurrer(tiny_bundle[0], backend="onnxruntime", threads=1, tile=96) as deblurrer:
+        row = measure(deblurrer, 200, 150, rounds=2)
+    # 200x150 in 96-pixel tiles: several estimate and restore calls, and the condition call.
+    assert row["graph_calls"] > 3 and row["rounds"] == 2
+    assert 0.0 < row["graph_ms"] <= row["total_ms"]
+    assert row["outside_ms"] == pytest.approx(row["total_ms"] - row["graph_ms"])
+    assert row["share"] == pytest.approx(row["outside_ms"] / row["total_ms"])
+    report = markdown(
+        {
+            "bundle": "b",
+            "backend": "onnxruntime",
+            "threads": 1,
+            "rounds": 2,
+            "machine": {"cpu": "c", "cpu_features": ["avx2"], "git_commit": "abc"},
+            "sizes": {"200x150": row},
+        }
+    )
+    assert "| 200x150 |" in report and f"{row['share']:.1%}" in report
+
+
+def test_overhead_cli_refuses_bad_arguments(tmp_path, capsys):
+    from benchmarks.overhead import main
+
+    with pytest.raises(SystemExit):
+        main(["--rounds", "0", "--out", str(tmp_path)])
+    assert "--rounds must be >= 1" in capsys.readouterr().err
+    assert main(["--bundle", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "overhead.md").exists()
