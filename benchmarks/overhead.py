@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from common.atomic import atomic_write
-from runtime import DeblurError, Deblurrer
-
 from benchmarks.inputs import parse_sizes, size_label, synthetic_image
 from benchmarks.machine import REPO, describe_machine, machine_slug, usable_cpus
 from benchmarks.model_source import shown
+from common.atomic import atomic_write
+from runtime import DeblurError, Deblurrer
 
 DEFAULT_SIZES = "1024x1024,3840x2160"
 #: Issue 16's target: time outside the graph calls <= 10% of the total.
