@@ -6,11 +6,19 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, NoReturn, Optional
 
 from runtime.backend import BACKENDS, DEVICES
 from runtime.bundle import load_bundle
 from runtime.deblurrer import Deblurrer
+
+
+def prog(module: str) -> str:
+    """The command as the user typed it, for usage lines: the console script's name
+    (``defocus-deblur``, pyproject.toml [project.scripts]), else ``python -m <module>``."""
+    name = Path(sys.argv[0]).name
+    return name if name.startswith("defocus-") else f"python -m {module}"
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -35,6 +35,7 @@ from runtime.cli_common import (
     build_deblurrer,
     fail,
     interruptible,
+    prog,
     setup_logging,
 )
 from runtime.deblurrer import Deblurrer
@@ -47,7 +48,7 @@ _TILE_BAR_MIN = 16
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m runtime.infer", description="Single-image defocus deblurring."
+        prog=prog("runtime.infer"), description="Single-image defocus deblurring."
     )
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     out = parser.add_mutually_exclusive_group()

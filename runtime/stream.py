@@ -29,6 +29,7 @@ from runtime.cli_common import (
     build_deblurrer,
     fail,
     interruptible,
+    prog,
     setup_logging,
 )
 from runtime.deblurrer import Deblurrer
@@ -41,7 +42,7 @@ PIX_FMTS: Dict[str, np.dtype] = {"rgb24": np.dtype(np.uint8), "rgb48le": np.dtyp
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m runtime.stream", description="Deblur raw RGB frames from stdin to stdout."
+        prog=prog("runtime.stream"), description="Deblur raw RGB frames from stdin to stdout."
     )
     parser.add_argument("--width", type=int, required=True, help="frame width in px")
     parser.add_argument("--height", type=int, required=True, help="frame height in px")

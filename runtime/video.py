@@ -43,6 +43,7 @@ from runtime.cli_common import (
     build_deblurrer,
     fail,
     interruptible,
+    prog,
     setup_logging,
 )
 from runtime.deblurrer import Deblurrer
@@ -372,7 +373,7 @@ def check_paths(src: Path, out: Path) -> None:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m runtime.video", description="Deblur a video file (ffmpeg in, ffmpeg out)."
+        prog=prog("runtime.video"), description="Deblur a video file (ffmpeg in, ffmpeg out)."
     )
     parser.add_argument("input", type=Path, help="video file ffmpeg can read")
     parser.add_argument("output", type=Path, help="video file to write; its extension picks the container")

@@ -2,6 +2,9 @@
 
 import argparse
 import importlib
+import sys
+import tomllib
+from pathlib import Path
 from typing import Callable, Dict
 
 import pytest
@@ -19,6 +22,7 @@ COMMANDS: Dict[str, str] = {
     "export.trt_lint": "main",
     "benchmarks.run": "main",
     "benchmarks.gemm": "main",
+    "benchmarks.overhead": "main",
     "benchmarks.worker": "parse_args",
 }
 
@@ -30,6 +34,21 @@ def test_usage_line_reads_python_m(module, capsys):
         entry(["--help"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: python -m {module} ")
+
+
+SCRIPTS: Dict[str, str] = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())[
+    "project"
+]["scripts"]
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_console_scripts_name_themselves(script, monkeypatch, capsys):
+    module, function = SCRIPTS[script].split(":")
+    monkeypatch.setattr(sys, "argv", [f"/venv/bin/{script}", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        getattr(importlib.import_module(module), function)()
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: {script} ")
 
 
 class _Parsed(Exception):
