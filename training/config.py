@@ -10,11 +10,10 @@
 [[stage]] kind = "gt_map" | "joint" | "finetune" | "end_to_end" | "dme", steps
 """
 
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import List, Optional, Tuple
-
-import tomllib
 
 from training.archs.deblur_arch import VARIANTS
 from training.losses import STAGES
