@@ -117,7 +117,8 @@ def fake_corpus(tmp_path, monkeypatch):
         "usr/share/backgrounds/copy_small.png": cv2.resize(photo, (900, 900), interpolation=cv2.INTER_AREA),
     })
     _package(tmp_path, "pkg-held", {"usr/share/wallpapers/Scene/contents/images/1024x1024.png": photo})
-    (tmp_path / "raw" / "pkg-held" / "link.png").symlink_to("usr/share/wallpapers/Scene/contents/images/1024x1024.png")
+    link = tmp_path / "raw" / "pkg-held" / "link.png"
+    link.symlink_to("usr/share/wallpapers/Scene/contents/images/1024x1024.png")
     return tmp_path
 
 
@@ -135,10 +136,12 @@ class TestBuild:
         assert report["kept"] == {"train": 1, "holdout": 1}
         held = report["packages"]["pkg-held"]
         assert held["version"] == "1.2-3" and held["links_skipped"] == 1 and held["files_seen"] == 1
-        assert report["packages"]["pkg-train"]["dropped"] == {"depth_of_field": 1, "duplicate": 1, "graphic": 1}
+        dropped = report["packages"]["pkg-train"]["dropped"]
+        assert dropped == {"depth_of_field": 1, "duplicate": 1, "graphic": 1}
         assert cv2.imread(str(fake_corpus / "train/pkg-train/photo.png")).shape == (512, 512, 3)
         assert (fake_corpus / "holdout/pkg-held/Scene-1024x1024.png").is_file()
-        assert json.loads((fake_corpus / "report.json").read_text())["curation_version"] == curation.CURATION_VERSION
+        saved = json.loads((fake_corpus / "report.json").read_text())
+        assert saved["curation_version"] == curation.CURATION_VERSION
         assert "| pkg-train | 1.2-3 | train | 4 | 1 |" in (fake_corpus / "report.md").read_text()
         described = corpus.describe(fake_corpus)
         assert described["packages"]["pkg-held"] == {"version": "1.2-3", "split": "holdout", "kept": 1}

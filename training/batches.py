@@ -9,9 +9,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from training.config import TrainConfig
-from training.data import corpus
 from training.data import (DEDDataset, ImageFolderSource, PairDataset, SkimagePhotos,
-                           SyntheticDefocusDataset, worker_init_fn)
+                           SyntheticDefocusDataset, corpus, worker_init_fn)
 
 
 #: Positions only grow; rendered items are a function of (seed, position).

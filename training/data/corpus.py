@@ -202,12 +202,14 @@ def summarise(root: Path, splits: Mapping[str, str], pictures: List[Picture], li
             "split": split, "version": package_version(root, package),
             "files_seen": len(mine), "links_skipped": links.get(package, 0), "kept": len(kept),
             "dropped": dict(sorted(Counter(p.reason for p in mine if p.decision == "dropped").items())),
-            "kept_sizes": sorted(p.scaled for p in kept), **({"error": failed[package]} if package in failed else {}),
+            "kept_sizes": sorted(p.scaled for p in kept),
+            **({"error": failed[package]} if package in failed else {}),
         }
     counts = {split: sum(v["kept"] for v in packages.values() if v["split"] == split) for split in SPLITS}
     rules = {name: getattr(curation, name) for name in (
-        "MIN_FACTOR", "MAX_SIDE", "MIN_SIDE", "MAX_FLAT_FRACTION", "MIN_COLOURS", "TILE", "MIN_DETAILED_FRACTION",
-        "BLURRED_TILE_SHARE", "MAX_BLURRED_FRACTION", "MIN_SHARPNESS", "DUPLICATE_BITS")}
+        "MIN_FACTOR", "MAX_SIDE", "MIN_SIDE", "MAX_FLAT_FRACTION", "MIN_COLOURS", "TILE",
+        "MIN_DETAILED_FRACTION", "BLURRED_TILE_SHARE", "MAX_BLURRED_FRACTION", "MIN_SHARPNESS",
+        "DUPLICATE_BITS")}
     return {"curation_version": curation.CURATION_VERSION, "rules": rules, "kept": counts,
             "files_seen": len(pictures),
             "dropped": dict(sorted(Counter(p.reason for p in pictures if p.decision == "dropped").items())),
@@ -316,14 +318,16 @@ def split_folder(split: str, root: Path = DEFAULT_ROOT) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.data.corpus", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.data.corpus",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="corpus folder (default data/corpus)")
     parser.add_argument("--packages", nargs="+", metavar="PKG", help=f"subset of: {', '.join(PACKAGES)}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     unknown = [n for n in args.packages or () if n not in PACKAGES]
     if unknown:
-        print(f"error: unknown package(s) {', '.join(unknown)}; known: {', '.join(PACKAGES)}", file=sys.stderr)
+        print(f"error: unknown package(s) {', '.join(unknown)}; known: {', '.join(PACKAGES)}",
+              file=sys.stderr)
         return 2
     try:
         report = build(args.root, {n: PACKAGES[n] for n in args.packages or PACKAGES})

@@ -60,8 +60,19 @@ def build_validation_set(seed: int = 0, size: int = 256, levels: Sequence[float]
         model units (radius px / MAP_RADIUS_SCALE_PX), ``has_map`` (True), plus
         ``name`` (str) and ``level`` (float, px).
     """
+    return render_scenes(_scenes(seed, size, dead_leaves_images), seed, levels, psf, noise)
+
+
+def render_scenes(scenes: Sequence[Tuple[str, np.ndarray, Optional[np.ndarray]]], seed: int,
+                  levels: Sequence[float], psf: str = "disc", noise: bool = True) -> List[Dict]:
+    """Render each ``(name, sharp (H, W, 3), depth (H, W) or None)`` scene at every level.
+
+    Scene ``k`` draws its synthetic depth (where it has none), focal plane (at a depth
+    quantile in [0.1, 0.9]) and noise level from ``default_rng([seed, k])``; only the
+    largest blur radius changes across ``levels``. Items as ``build_validation_set``'s.
+    """
     samples = []
-    for k, (name, sharp, depth) in enumerate(_scenes(seed, size, dead_leaves_images)):
+    for k, (name, sharp, depth) in enumerate(scenes):
         rng = np.random.default_rng([seed, k])
         if depth is None:
             depth = synthetic_depth(rng, sharp)

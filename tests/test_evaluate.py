@@ -1,0 +1,127 @@
+"""Validation on held-out photos: the set it renders, the figures it reports, the CLI."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from training import evaluate
+from training.archs import DefocusDeblurNet
+from training.checkpoint import save_checkpoint
+from training.data import DataError
+from training.data.photo_validation import build_photo_validation_set, detailed_windows
+from training.presets import NetConfig
+
+
+def _texture(seed: int, height: int, width: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((height // 8, width // 8, 3)).astype(np.float32)
+    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+
+
+@pytest.fixture
+def held_out(tmp_path):
+    """A corpus with two held-out pictures, as ``make data`` leaves it."""
+    for name, seed in (("pkg-a/one.png", 1), ("pkg-b/two.png", 2)):
+        path = tmp_path / "holdout" / name
+        path.parent.mkdir(parents=True)
+        cv2.imwrite(str(path), np.rint(_texture(seed, 200, 260) * 255).astype(np.uint8))
+    (tmp_path / "report.json").write_text("{}")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = NetConfig(preset="small", scale=2, dme_channels=4, dme_blocks=1, channels=8, num_blocks=1,
+                       cond_channels=4)
+    folder = tmp_path_factory.mktemp("tiny")
+    save_checkpoint(folder, DefocusDeblurNet(config))
+    return folder
+
+
+class TestPhotoSet:
+    def test_scenes_levels_and_determinism(self, held_out):
+        samples = build_photo_validation_set(held_out, size=64, levels=(2.5, 10.0), crops=2)
+        assert [(s["name"], s["level"]) for s in samples[:4]] == [
+            ("pkg-a/one#0", 2.5), ("pkg-a/one#0", 10.0), ("pkg-a/one#1", 2.5), ("pkg-a/one#1", 10.0)]
+        assert len(samples) == 2 * 2 * 2 and samples[0]["blurry"].shape == (3, 64, 64)
+        for sample in samples:
+            assert float(sample["defocus_map"].max()) == pytest.approx(sample["level"] / 10.0, rel=1e-5)
+            assert float(sample["defocus_map"].min()) < 0.05  # the focal plane lies inside the scene
+        again = build_photo_validation_set(held_out, size=64, levels=(2.5, 10.0), crops=2)
+        assert all(torch.equal(a["blurry"], b["blurry"]) for a, b in zip(samples, again))
+
+    def test_no_corpus(self, tmp_path):
+        with pytest.raises(DataError, match=r"^no holdout photos at .* \(run `make data`\)$"):
+            build_photo_validation_set(tmp_path)
+
+    def test_detailed_windows(self):
+        image = np.full((128, 192, 3), 0.5, np.float32)
+        image[64:, 128:] = _texture(3, 64, 64)
+        image[:64, :64] = 0.5 + 0.5 * (_texture(4, 64, 64) - 0.5)
+        assert detailed_windows(image, 64, 3) == [(64, 128), (0, 0), (0, 64)]
+        assert len(detailed_windows(image, 64, 10)) == 6  # no more fit without overlap
+
+
+class TestFigures:
+    def test_nyquist_energy_of_stripes(self):
+        x = np.arange(16)
+        stripes = np.broadcast_to((0.5 + 0.1 * (-1.0) ** x)[None, :, None], (8, 16, 3))
+        checker = 0.5 + 0.1 * (-1.0) ** (x[None, :16] + np.arange(16)[:, None])
+        assert evaluate.nyquist_energy(stripes) == pytest.approx(0.01)
+        assert evaluate.nyquist_energy(np.repeat(checker[..., None], 3, 2)) == pytest.approx(0.01)
+        assert evaluate.nyquist_energy(np.full((8, 16, 3), 0.5)) == pytest.approx(0.0)
+
+    def test_image_metrics(self):
+        sharp = _texture(5, 32, 32)
+        out = np.clip(sharp + 2 / 255, 0, 1)
+        out[..., 0] = sharp[..., 0]
+        true_map = np.zeros((32, 32), np.float32)
+        true_map[:, 16:] = 0.3
+        estimated = true_map + 0.01
+        m = evaluate.image_metrics(sharp, out, sharp, sharp, estimated, true_map)
+        assert m["level_shift"] == pytest.approx(4 / 3, abs=0.05)
+        assert m["level_shift_max"] == pytest.approx(2, abs=0.05)
+        assert m["map_bias"] == pytest.approx(0.01) and m["map_mae"] == pytest.approx(0.01)
+        assert m["in_focus_fraction"] == 0.5 and m["in_focus_map"] == pytest.approx(0.01)
+        assert m["in_focus_psnr_in"] == float("inf") and m["psnr_true_map"] == float("inf")
+        assert m["nyquist_db"] == pytest.approx(0.0, abs=0.05)
+
+    def test_masked_psnr(self):
+        a, b = np.zeros((2, 2, 3)), np.zeros((2, 2, 3))
+        b[0, 0] = 0.1
+        mask = np.array([[True, True], [False, False]])
+        assert evaluate.masked_psnr(a, b, mask) == pytest.approx(10 * np.log10(1 / (0.01 / 2)))
+        assert np.isnan(evaluate.masked_psnr(a, b, np.zeros((2, 2), bool)))
+
+    def test_summary_counts_worse(self):
+        rows = [{"name": "a", "level": 5.0, "psnr_in": 30.0, "psnr_out": 29.95, "x": float("nan")},
+                {"name": "b", "level": 5.0, "psnr_in": 30.0, "psnr_out": 29.0, "x": 1.0},
+                {"name": "a", "level": 10.0, "psnr_in": 25.0, "psnr_out": 27.0, "x": float("nan")}]
+        summary = evaluate.summarise(rows)
+        assert summary["5"]["worse"] == 2 and summary["5"]["worse_0.1dB"] == 1 and summary["5"]["x"] == 1.0
+        assert summary["all"]["images"] == 3 and np.isnan(summary["10"]["x"])
+
+
+class TestCli:
+    def test_photos(self, held_out, checkpoint, tmp_path, capsys, monkeypatch):
+        monkeypatch.setattr(evaluate, "load_set", lambda name, root: build_photo_validation_set(
+            root, size=64, levels=(5.0,), crops=1))
+        out = tmp_path / "result.json"
+        assert evaluate.main(["--checkpoint", str(checkpoint), "--corpus", str(held_out),
+                              "--json", str(out)]) == 0
+        printed = capsys.readouterr().out
+        assert printed.startswith("| level px | n | PSNR in |") and "| 5 | 2 |" in printed
+        assert "photos: 2 samples of 2 scenes" in printed
+        result = json.loads(out.read_text())
+        assert [s["name"] for s in result["samples"]] == ["pkg-a/one#0", "pkg-b/two#0"]
+        assert result["summary"]["all"]["images"] == 2
+
+    def test_errors(self, tmp_path, checkpoint, capsys):
+        assert evaluate.main(["--checkpoint", str(tmp_path / "nope")]) == 1
+        assert capsys.readouterr().err.startswith("error: ")
+        assert evaluate.main(["--checkpoint", str(checkpoint), "--corpus", str(tmp_path)]) == 1
+        expected = f"error: no holdout photos at {tmp_path / 'holdout'} (run `make data`)\n"
+        assert capsys.readouterr().err == expected
