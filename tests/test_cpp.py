@@ -18,6 +18,7 @@ import pytest
 from cpp.capi import ERROR_ARGUMENT, ERROR_BACKEND, ERROR_BUNDLE, OK, CApi, image_of
 from runtime import Deblurrer
 from runtime.errors import DeblurError
+from training.metrics import psnr
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "models" / "default"
@@ -76,11 +77,6 @@ def wide_image(path: Path) -> np.ndarray:
     return crop
 
 
-def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 @pytest.mark.parametrize("case", ["sample", "wide"])
 def test_cli_matches_runtime_infer(cpp_build, tmp_path, case):
     """deblur_cpp and python -m runtime.infer on the same PNG and tile: >= 50 dB."""
@@ -133,7 +129,7 @@ def test_cli_matches_runtime_infer(cpp_build, tmp_path, case):
     assert py.returncode == 0, py.stderr
     a, b = cv2.imread(str(cpp_out)), cv2.imread(str(py_out))
     assert a.shape == b.shape == cv2.imread(str(src)).shape
-    assert psnr_u8(a, b) >= 50.0
+    assert psnr(a, b, data_range=255) >= 50.0
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 

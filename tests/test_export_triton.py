@@ -18,6 +18,7 @@ from export.triton_server import ServerError, TritonServer, group_alive
 from runtime import Deblurrer
 from runtime.bundle import DEFAULT_BUNDLE, PACKAGE_ROOT, load_bundle
 from runtime.image_io import read_image
+from training.metrics import psnr
 
 SERVE_MISSING = [m for m in ("tritonclient", "pytriton") if importlib.util.find_spec(m) is None]
 SKIP_REASON = (
@@ -204,9 +205,8 @@ def _infer(client, image: np.ndarray, dtype_name=None, **extra):
 
 
 def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(a.dtype, 1.0)
-    mse = float(np.mean((a.astype(np.float64) / top - b.astype(np.float64) / top) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+    """PSNR with the peak of ``a``'s sample type (8-bit 255, 16-bit 65535, float 1)."""
+    return psnr(a, b, data_range={np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(a.dtype, 1.0))
 
 
 def _photo(height: int, width: int, dtype) -> np.ndarray:
