@@ -16,6 +16,7 @@ COMMANDS: Dict[str, str] = {
     "runtime.video": "main",
     "runtime.cuda_buffers": "main",
     "training.train": "main",
+    "training.evaluate": "main",
     "export.onnx": "main",
     "export.engine": "main",
     "export.verify": "main",

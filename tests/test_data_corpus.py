@@ -1,4 +1,5 @@
 """The photo corpus: curation rules on generated pictures, and the build on fake packages."""
+
 import json
 from functools import lru_cache
 
@@ -40,7 +41,7 @@ def graphic(size: int = 1024) -> np.ndarray:
 def partly_blurred(seed: int, size: int = 1024) -> np.ndarray:
     """A photo-like picture whose right half is out of focus (its own bokeh)."""
     image = photo_like(seed, size)
-    image[:, size // 2:] = cv2.GaussianBlur(image, (0, 0), 6.0)[:, size // 2:]
+    image[:, size // 2 :] = cv2.GaussianBlur(image, (0, 0), 6.0)[:, size // 2 :]
     return image
 
 
@@ -108,14 +109,21 @@ def _package(root, name, files):
 def fake_corpus(tmp_path, monkeypatch):
     def no_network(args, cwd):
         raise AssertionError(f"apt-get {args} called: every fake package is unpacked")
+
     monkeypatch.setattr(corpus, "_apt", no_network)
     photo = photo_like(10)
-    _package(tmp_path, "pkg-train", {
-        "usr/share/backgrounds/photo.png": photo_like(11),
-        "usr/share/backgrounds/flat.png": graphic(),
-        "usr/share/backgrounds/bokeh.png": partly_blurred(12),
-        "usr/share/backgrounds/copy_small.png": cv2.resize(photo, (900, 900), interpolation=cv2.INTER_AREA),
-    })
+    _package(
+        tmp_path,
+        "pkg-train",
+        {
+            "usr/share/backgrounds/photo.png": photo_like(11),
+            "usr/share/backgrounds/flat.png": graphic(),
+            "usr/share/backgrounds/bokeh.png": partly_blurred(12),
+            "usr/share/backgrounds/copy_small.png": cv2.resize(
+                photo, (900, 900), interpolation=cv2.INTER_AREA
+            ),
+        },
+    )
     _package(tmp_path, "pkg-held", {"usr/share/wallpapers/Scene/contents/images/1024x1024.png": photo})
     link = tmp_path / "raw" / "pkg-held" / "link.png"
     link.symlink_to("usr/share/wallpapers/Scene/contents/images/1024x1024.png")
@@ -128,9 +136,13 @@ class TestBuild:
     def test_decisions_outputs_and_report(self, fake_corpus):
         report = corpus.build(fake_corpus, self.SPLITS)
         decisions = {f["path"].split("/")[-1]: (f["decision"], f["reason"]) for f in report["files"]}
-        assert decisions == {"photo.png": ("kept", None), "flat.png": ("dropped", "graphic"),
-                             "bokeh.png": ("dropped", "depth_of_field"),
-                             "copy_small.png": ("dropped", "duplicate"), "1024x1024.png": ("kept", None)}
+        assert decisions == {
+            "photo.png": ("kept", None),
+            "flat.png": ("dropped", "graphic"),
+            "bokeh.png": ("dropped", "depth_of_field"),
+            "copy_small.png": ("dropped", "duplicate"),
+            "1024x1024.png": ("kept", None),
+        }
         copy = next(f for f in report["files"] if f["path"].endswith("copy_small.png"))
         assert copy["duplicate_of"].startswith("pkg-held/")  # the held-out copy wins
         assert report["kept"] == {"train": 1, "holdout": 1}
@@ -152,6 +164,7 @@ class TestBuild:
 
         def fail(path):
             raise AssertionError(f"measured {path} again")
+
         monkeypatch.setattr(corpus, "measure_file", fail)
         report = corpus.build(fake_corpus, self.SPLITS)
         assert report["kept"] == {"train": 1, "holdout": 1}
@@ -165,17 +178,20 @@ class TestBuild:
     def test_failed_package_reported_and_skipped(self, fake_corpus, monkeypatch):
         class Failed:
             returncode, stdout, stderr = 100, "", "E: Unable to locate package pkg-gone\n"
+
         calls = []
         monkeypatch.setattr(corpus, "_apt", lambda args, cwd: calls.append(args) or Failed())
         report = corpus.build(fake_corpus, {**self.SPLITS, "pkg-gone": "train"})
         assert calls == [["download", "pkg-gone"], ["update"], ["download", "pkg-gone"]]
         assert report["packages"]["pkg-gone"]["error"] == (
-            "apt-get download pkg-gone failed: E: Unable to locate package pkg-gone")
+            "apt-get download pkg-gone failed: E: Unable to locate package pkg-gone"
+        )
         assert report["kept"]["train"] == 1
 
     def test_nothing_fetched(self, tmp_path, monkeypatch):
         class Failed:
             returncode, stdout, stderr = 100, "", "E: no network\n"
+
         monkeypatch.setattr(corpus, "_apt", lambda args, cwd: Failed())
         with pytest.raises(corpus.CorpusError, match="^no package could be fetched: "):
             corpus.build(tmp_path, {"pkg-gone": "train"})
@@ -192,7 +208,9 @@ class TestSources:
             cv2.imwrite(str(tmp_path / rel), np.zeros((8, 8, 3), np.uint8))
         source = ImageFolderSource(tmp_path)
         assert [source.load(i).name for i in range(len(source))] == [
-            "DIV2K_train_HR/0001.png", "Flickr2K/Flickr2K_HR/000001.png"]
+            "DIV2K_train_HR/0001.png",
+            "Flickr2K/Flickr2K_HR/000001.png",
+        ]
 
     def test_corpus_source_needs_make_data(self, tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path)

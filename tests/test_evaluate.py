@@ -1,4 +1,5 @@
 """Validation on held-out photos: the set it renders, the figures it reports, the CLI."""
+
 import json
 
 import cv2
@@ -34,8 +35,9 @@ def held_out(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    config = NetConfig(preset="small", scale=2, dme_channels=4, dme_blocks=1, channels=8, num_blocks=1,
-                       cond_channels=4)
+    config = NetConfig(
+        preset="small", scale=2, dme_channels=4, dme_blocks=1, channels=8, num_blocks=1, cond_channels=4
+    )
     folder = tmp_path_factory.mktemp("tiny")
     save_checkpoint(folder, DefocusDeblurNet(config))
     return folder
@@ -45,7 +47,11 @@ class TestPhotoSet:
     def test_scenes_levels_and_determinism(self, held_out):
         samples = build_photo_validation_set(held_out, size=64, levels=(2.5, 10.0), crops=2)
         assert [(s["name"], s["level"]) for s in samples[:4]] == [
-            ("pkg-a/one#0", 2.5), ("pkg-a/one#0", 10.0), ("pkg-a/one#1", 2.5), ("pkg-a/one#1", 10.0)]
+            ("pkg-a/one#0", 2.5),
+            ("pkg-a/one#0", 10.0),
+            ("pkg-a/one#1", 2.5),
+            ("pkg-a/one#1", 10.0),
+        ]
         assert len(samples) == 2 * 2 * 2 and samples[0]["blurry"].shape == (3, 64, 64)
         for sample in samples:
             assert float(sample["defocus_map"].max()) == pytest.approx(sample["level"] / 10.0, rel=1e-5)
@@ -97,9 +103,11 @@ class TestFigures:
         assert np.isnan(evaluate.masked_psnr(a, b, np.zeros((2, 2), bool)))
 
     def test_summary_counts_worse(self):
-        rows = [{"name": "a", "level": 5.0, "psnr_in": 30.0, "psnr_out": 29.95, "x": float("nan")},
-                {"name": "b", "level": 5.0, "psnr_in": 30.0, "psnr_out": 29.0, "x": 1.0},
-                {"name": "a", "level": 10.0, "psnr_in": 25.0, "psnr_out": 27.0, "x": float("nan")}]
+        rows = [
+            {"name": "a", "level": 5.0, "psnr_in": 30.0, "psnr_out": 29.95, "x": float("nan")},
+            {"name": "b", "level": 5.0, "psnr_in": 30.0, "psnr_out": 29.0, "x": 1.0},
+            {"name": "a", "level": 10.0, "psnr_in": 25.0, "psnr_out": 27.0, "x": float("nan")},
+        ]
         summary = evaluate.summarise(rows)
         assert summary["5"]["worse"] == 2 and summary["5"]["worse_0.1dB"] == 1 and summary["5"]["x"] == 1.0
         assert summary["all"]["images"] == 3 and np.isnan(summary["10"]["x"])
@@ -107,11 +115,16 @@ class TestFigures:
 
 class TestCli:
     def test_photos(self, held_out, checkpoint, tmp_path, capsys, monkeypatch):
-        monkeypatch.setattr(evaluate, "load_set", lambda name, root: build_photo_validation_set(
-            root, size=64, levels=(5.0,), crops=1))
+        monkeypatch.setattr(
+            evaluate,
+            "load_set",
+            lambda name, root: build_photo_validation_set(root, size=64, levels=(5.0,), crops=1),
+        )
         out = tmp_path / "result.json"
-        assert evaluate.main(["--checkpoint", str(checkpoint), "--corpus", str(held_out),
-                              "--json", str(out)]) == 0
+        assert (
+            evaluate.main(["--checkpoint", str(checkpoint), "--corpus", str(held_out), "--json", str(out)])
+            == 0
+        )
         printed = capsys.readouterr().out
         assert printed.startswith("| level px | n | PSNR in |") and "| 5 | 2 |" in printed
         assert "photos: 2 samples of 2 scenes" in printed

@@ -1,4 +1,5 @@
 """Training batches: a deterministic loader, or a pre-rendered pool on the device."""
+
 import itertools
 import queue
 import threading
@@ -9,12 +10,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from training.config import TrainConfig
-from training.data import (DEDDataset, ImageFolderSource, PairDataset, SkimagePhotos,
-                           SyntheticDefocusDataset, corpus, worker_init_fn)
-
+from training.data import (
+    DEDDataset,
+    ImageFolderSource,
+    PairDataset,
+    SkimagePhotos,
+    SyntheticDefocusDataset,
+    corpus,
+    worker_init_fn,
+)
 
 #: Positions only grow; rendered items are a function of (seed, position).
-_ENDLESS = 2 ** 62
+_ENDLESS = 2**62
 
 
 class PositionSampler(Sampler):
@@ -58,10 +65,15 @@ def build_dataset(config: TrainConfig, crop: int) -> Dataset:
         return Cycled(DEDDataset(dc.ded, crop=crop, seed=seed), seed)
     if dc.pairs:
         return Cycled(PairDataset(dc.pairs, crop=crop, seed=seed), seed)
-    return SyntheticDefocusDataset(photo_sources(dc.source), crop=crop, seed=seed, length=_ENDLESS,
-                                   max_radius_px=dc.max_radius_px,
-                                   in_focus_fraction=dc.in_focus_fraction,
-                                   uniform_fraction=dc.uniform_fraction)
+    return SyntheticDefocusDataset(
+        photo_sources(dc.source),
+        crop=crop,
+        seed=seed,
+        length=_ENDLESS,
+        max_radius_px=dc.max_radius_px,
+        in_focus_fraction=dc.in_focus_fraction,
+        uniform_fraction=dc.uniform_fraction,
+    )
 
 
 def photo_sources(source: str) -> list:
@@ -86,15 +98,18 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
 class LoaderBatches:
     """Batches straight from DataLoader workers, in the order of ``PositionSampler``."""
 
-    def __init__(self, config: TrainConfig, start: int, rank: int, world: int,
-                 device: torch.device):
+    def __init__(self, config: TrainConfig, start: int, rank: int, world: int, device: torch.device):
         tc, dc = config.train, config.data
         self.loader = DataLoader(
-            build_dataset(config, dc.crop), batch_size=tc.batch // world,
-            sampler=PositionSampler(start, tc.batch, rank, world), num_workers=dc.workers,
-            pin_memory=device.type == "cuda", persistent_workers=dc.workers > 0,
+            build_dataset(config, dc.crop),
+            batch_size=tc.batch // world,
+            sampler=PositionSampler(start, tc.batch, rank, world),
+            num_workers=dc.workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=dc.workers > 0,
             worker_init_fn=worker_init_fn,
-            prefetch_factor=4 if dc.workers > 0 else None)
+            prefetch_factor=4 if dc.workers > 0 else None,
+        )
         self.it = iter(self.loader)
         self.device, self.channels_last = device, tc.channels_last
 
@@ -111,16 +126,26 @@ def _packed_collate(items: list) -> dict:
     three quarters of the bytes, off the training process."""
     batch = default_collate(items)
     as_u8 = lambda x: (x * 255).round_().clamp_(0, 255).to(torch.uint8)  # noqa: E731
-    return {"blurry": as_u8(batch["blurry"]), "sharp": as_u8(batch["sharp"]),
-            "defocus_map": batch["defocus_map"].half(), "has_map": batch["has_map"]}
+    return {
+        "blurry": as_u8(batch["blurry"]),
+        "sharp": as_u8(batch["sharp"]),
+        "defocus_map": batch["defocus_map"].half(),
+        "has_map": batch["has_map"],
+    }
 
 
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def dihedral_crops(images: torch.Tensor, idx: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
-                   flips: torch.Tensor, size: int) -> torch.Tensor:
+def dihedral_crops(
+    images: torch.Tensor,
+    idx: torch.Tensor,
+    ys: torch.Tensor,
+    xs: torch.Tensor,
+    flips: torch.Tensor,
+    size: int,
+) -> torch.Tensor:
     """Per-sample random crops in one gather: crop b is ``images[idx[b], :, ys[b]:, xs[b]:]``
     (``size`` square), mirrored and transposed by the three bits of ``flips[b]`` (one
     of the 8 symmetries of the square: bit 0 flips x, bit 1 flips y, bit 2 transposes).
@@ -155,10 +180,16 @@ class PoolBatches:
         self.crop, self.batch, self.device = dc.crop, tc.batch, device
         self.channels_last = tc.channels_last
         self.gen = torch.Generator(device="cpu").manual_seed(tc.seed)
-        loader = DataLoader(build_dataset(config, dc.pool_crop), batch_size=16,
-                            sampler=PositionSampler(0, 16), num_workers=dc.workers,
-                            persistent_workers=dc.workers > 0, worker_init_fn=worker_init_fn,
-                            collate_fn=_packed_collate, pin_memory=device.type == "cuda")
+        loader = DataLoader(
+            build_dataset(config, dc.pool_crop),
+            batch_size=16,
+            sampler=PositionSampler(0, 16),
+            num_workers=dc.workers,
+            persistent_workers=dc.workers > 0,
+            worker_init_fn=worker_init_fn,
+            collate_fn=_packed_collate,
+            pin_memory=device.type == "cuda",
+        )
         self.queue: "queue.Queue[dict]" = queue.Queue(maxsize=8)
         self.stop = threading.Event()
         # Workers fork here, in the main thread, not inside the filling thread.
@@ -180,6 +211,7 @@ class PoolBatches:
     def _initial(self, size: int) -> dict:
         parts, count = [], 0
         from tqdm import tqdm
+
         with tqdm(total=size, desc="render pool", leave=False) as bar:
             while count < size:
                 parts.append(_to(self.queue.get(), self.device))
@@ -193,8 +225,9 @@ class PoolBatches:
                 fresh = _to(self.queue.get_nowait(), self.device)
             except queue.Empty:
                 return
-            slots = torch.randint(len(self.pool["has_map"]), (len(fresh["has_map"]),),
-                                  generator=self.gen).to(self.device)
+            slots = torch.randint(len(self.pool["has_map"]), (len(fresh["has_map"]),), generator=self.gen).to(
+                self.device
+            )
             for key in self.pool:
                 self.pool[key][slots] = fresh[key]
 
@@ -204,8 +237,10 @@ class PoolBatches:
         draw = lambda high: torch.randint(high, (self.batch,), generator=self.gen)  # noqa: E731
         idx, ys, xs, flips = draw(n), draw(full - self.crop + 1), draw(full - self.crop + 1), draw(8)
         idx, ys, xs, flips = (t.to(self.device, non_blocking=True) for t in (idx, ys, xs, flips))
-        batch = {key: dihedral_crops(self.pool[key], idx, ys, xs, flips, self.crop).float()
-                 for key in ("blurry", "sharp", "defocus_map")}
+        batch = {
+            key: dihedral_crops(self.pool[key], idx, ys, xs, flips, self.crop).float()
+            for key in ("blurry", "sharp", "defocus_map")
+        }
         batch["blurry"] /= 255
         batch["sharp"] /= 255
         batch["has_map"] = self.pool["has_map"][idx]

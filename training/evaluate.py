@@ -19,6 +19,7 @@ Per sample (RGB in [0, 1], the map in model units, radius px / 10):
 * ``level_shift``: mean of output - sharp in 8-bit levels, signed, averaged over the
   channels, and ``level_shift_max``, the largest channel's absolute shift.
 """
+
 import argparse
 import json
 import sys
@@ -63,23 +64,35 @@ def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
 
 
-def image_metrics(blurry: np.ndarray, out: np.ndarray, out_true: np.ndarray, sharp: np.ndarray,
-                  estimated: np.ndarray, true_map: np.ndarray) -> Dict[str, float]:
+def image_metrics(
+    blurry: np.ndarray,
+    out: np.ndarray,
+    out_true: np.ndarray,
+    sharp: np.ndarray,
+    estimated: np.ndarray,
+    true_map: np.ndarray,
+) -> Dict[str, float]:
     """All per-sample figures from HWC images in [0, 1] and (H, W) maps in model units."""
     focus = true_map < IN_FOCUS_PX / MAP_RADIUS_SCALE_PX
     error = estimated.astype(np.float64) - true_map
     shift = (out.mean(axis=(0, 1), dtype=np.float64) - sharp.mean(axis=(0, 1), dtype=np.float64)) * 255
     sharp_nyquist = nyquist_energy(sharp)
     metrics = {
-        "psnr_in": psnr(blurry, sharp), "psnr_out": psnr(out, sharp), "psnr_true_map": psnr(out_true, sharp),
-        "ssim_in": ssim(blurry, sharp), "ssim_out": ssim(out, sharp), "ssim_true_map": ssim(out_true, sharp),
-        "map_mae": float(np.abs(error).mean()), "map_bias": float(error.mean()),
+        "psnr_in": psnr(blurry, sharp),
+        "psnr_out": psnr(out, sharp),
+        "psnr_true_map": psnr(out_true, sharp),
+        "ssim_in": ssim(blurry, sharp),
+        "ssim_out": ssim(out, sharp),
+        "ssim_true_map": ssim(out_true, sharp),
+        "map_mae": float(np.abs(error).mean()),
+        "map_bias": float(error.mean()),
         "in_focus_fraction": float(focus.mean()),
         "in_focus_map": float(estimated[focus].mean()) if focus.any() else float("nan"),
         "in_focus_psnr_in": masked_psnr(blurry, sharp, focus),
         "in_focus_psnr_out": masked_psnr(out, sharp, focus),
         "nyquist_db": 10.0 * float(np.log10(max(nyquist_energy(out), 1e-20) / max(sharp_nyquist, 1e-20))),
-        "level_shift": float(shift.mean()), "level_shift_max": float(np.abs(shift).max()),
+        "level_shift": float(shift.mean()),
+        "level_shift_max": float(np.abs(shift).max()),
     }
     metrics["gap"] = metrics["psnr_true_map"] - metrics["psnr_out"]
     return metrics
@@ -90,8 +103,9 @@ def _hwc(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate_samples(model, samples: Sequence[dict], device: torch.device = torch.device("cpu"),
-                     progress: bool = False) -> List[Dict]:
+def evaluate_samples(
+    model, samples: Sequence[dict], device: torch.device = torch.device("cpu"), progress: bool = False
+) -> List[Dict]:
     """One row per sample: ``name``, ``level`` and ``image_metrics`` (a tqdm bar with ``progress``)."""
     model.eval()
     rows = []
@@ -100,9 +114,14 @@ def evaluate_samples(model, samples: Sequence[dict], device: torch.device = torc
         true_map = torch.as_tensor(sample["defocus_map"])
         out, estimated = model(blurry)
         out_true = model.restore(blurry, true_map[None].to(device))
-        metrics = image_metrics(_hwc(blurry[0]), _hwc(out[0]), _hwc(out_true[0]),
-                                _hwc(torch.as_tensor(sample["sharp"])),
-                                estimated[0, 0].float().cpu().numpy(), true_map[0].numpy())
+        metrics = image_metrics(
+            _hwc(blurry[0]),
+            _hwc(out[0]),
+            _hwc(out_true[0]),
+            _hwc(torch.as_tensor(sample["sharp"])),
+            estimated[0, 0].float().cpu().numpy(),
+            true_map[0].numpy(),
+        )
         rows.append({"name": sample["name"], "level": float(sample["level"]), **metrics})
     return rows
 
@@ -110,13 +129,21 @@ def evaluate_samples(model, samples: Sequence[dict], device: torch.device = torc
 def summarise(rows: Sequence[Dict]) -> Dict[str, Dict]:
     """Means per level and over all rows (NaN, e.g. no in-focus pixel, left out), plus
     ``images``, ``worse`` (output PSNR below the input's) and ``worse_0.1dB``."""
+
     def mean_of(group: Sequence[Dict]) -> Dict:
         keys = [k for k in group[0] if k not in ("name", "level")]
-        means = {k: float(np.nanmean([r[k] for r in group])) if any(np.isfinite(r[k]) for r in group)
-                 else float("nan") for k in keys}
-        return {"images": len(group), **means,
-                "worse": sum(r["psnr_out"] < r["psnr_in"] for r in group),
-                "worse_0.1dB": sum(r["psnr_out"] < r["psnr_in"] - 0.1 for r in group)}
+        means = {
+            k: float(np.nanmean([r[k] for r in group]))
+            if any(np.isfinite(r[k]) for r in group)
+            else float("nan")
+            for k in keys
+        }
+        return {
+            "images": len(group),
+            **means,
+            "worse": sum(r["psnr_out"] < r["psnr_in"] for r in group),
+            "worse_0.1dB": sum(r["psnr_out"] < r["psnr_in"] - 0.1 for r in group),
+        }
 
     levels = sorted({r["level"] for r in rows})
     table = {f"{level:g}": mean_of([r for r in rows if r["level"] == level]) for level in levels}
@@ -124,13 +151,25 @@ def summarise(rows: Sequence[Dict]) -> Dict[str, Dict]:
     return table
 
 
-COLUMNS = (("images", "n", "d"), ("psnr_in", "PSNR in", ".2f"), ("psnr_out", "PSNR est", ".2f"),
-           ("psnr_true_map", "PSNR true", ".2f"), ("gap", "gap", ".2f"), ("ssim_out", "SSIM est", ".4f"),
-           ("ssim_true_map", "SSIM true", ".4f"), ("map_mae", "map MAE", ".4f"), ("map_bias", "bias", "+.4f"),
-           ("worse", "worse", "d"), ("worse_0.1dB", "worse>0.1", "d"), ("in_focus_map", "focus map", ".4f"),
-           ("in_focus_psnr_in", "focus PSNR in", ".2f"), ("in_focus_psnr_out", "focus PSNR out", ".2f"),
-           ("nyquist_db", "Nyquist dB", "+.2f"), ("level_shift", "shift", "+.2f"),
-           ("level_shift_max", "|shift| max", ".2f"))
+COLUMNS = (
+    ("images", "n", "d"),
+    ("psnr_in", "PSNR in", ".2f"),
+    ("psnr_out", "PSNR est", ".2f"),
+    ("psnr_true_map", "PSNR true", ".2f"),
+    ("gap", "gap", ".2f"),
+    ("ssim_out", "SSIM est", ".4f"),
+    ("ssim_true_map", "SSIM true", ".4f"),
+    ("map_mae", "map MAE", ".4f"),
+    ("map_bias", "bias", "+.4f"),
+    ("worse", "worse", "d"),
+    ("worse_0.1dB", "worse>0.1", "d"),
+    ("in_focus_map", "focus map", ".4f"),
+    ("in_focus_psnr_in", "focus PSNR in", ".2f"),
+    ("in_focus_psnr_out", "focus PSNR out", ".2f"),
+    ("nyquist_db", "Nyquist dB", "+.2f"),
+    ("level_shift", "shift", "+.2f"),
+    ("level_shift_max", "|shift| max", ".2f"),
+)
 
 
 def table(summary: Dict[str, Dict]) -> str:
@@ -167,9 +206,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     done = time.perf_counter()
     summary = summarise(rows)
     print(table(summary))
-    print(f"\n{args.set}: {len(samples)} samples of {len({r['name'] for r in rows})} scenes; "
-          f"rendering {rendered - start:.1f} s, evaluating {done - rendered:.1f} s "
-          f"({torch.get_num_threads()} threads)")
+    print(
+        f"\n{args.set}: {len(samples)} samples of {len({r['name'] for r in rows})} scenes; "
+        f"rendering {rendered - start:.1f} s, evaluating {done - rendered:.1f} s "
+        f"({torch.get_num_threads()} threads)"
+    )
     if args.json:
         result = {"checkpoint": str(args.checkpoint), "set": args.set, "summary": summary, "samples": rows}
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))

@@ -16,6 +16,7 @@
 Layout under ``root`` (default ``data/corpus``): ``debs/``, ``raw/<package>/``,
 ``train/``, ``holdout/``, ``measures.json``, ``report.json``, ``report.md``.
 """
+
 import argparse
 import json
 import logging
@@ -135,8 +136,11 @@ def list_pictures(folder: Path) -> tuple:
     """(image files under ``folder``, symbolic links to images skipped), both sorted."""
     files, links = [], []
     for path in sorted(folder.rglob("*")):
-        if (path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-                and "doc" not in path.relative_to(folder).parts):
+        if (
+            path.suffix.lower() in IMAGE_EXTENSIONS
+            and path.is_file()
+            and "doc" not in path.relative_to(folder).parts
+        ):
             (links if path.is_symlink() else files).append(path)
     return files, links
 
@@ -145,8 +149,12 @@ def measure_file(path: Path) -> dict:
     """Read, downscale and measure one picture: the cache entry of ``measures.json``."""
     native = read_image(path)
     scaled = curation.downscale(native)
-    return {"size": path.stat().st_size, "shape": list(native.shape[:2]),
-            "scaled": list(scaled.shape[:2]), "measures": curation.measure(native, scaled).to_dict()}
+    return {
+        "size": path.stat().st_size,
+        "shape": list(native.shape[:2]),
+        "scaled": list(scaled.shape[:2]),
+        "measures": curation.measure(native, scaled).to_dict(),
+    }
 
 
 def decide(pictures: List[Picture]) -> None:
@@ -155,14 +163,21 @@ def decide(pictures: List[Picture]) -> None:
     Of a group of duplicates the held-out copy wins (so no held-out picture is also
     trained on), then the largest.
     """
-    order = sorted((p for p in pictures if p.measures is not None),
-                   key=lambda p: (p.split != "holdout", -p.shape[0] * p.shape[1], p.key))
+    order = sorted(
+        (p for p in pictures if p.measures is not None),
+        key=lambda p: (p.split != "holdout", -p.shape[0] * p.shape[1], p.key),
+    )
     chosen: List[Picture] = []
     for picture in order:
         code = int(picture.measures["hash"], 16)
-        twin = next((c for c in chosen
-                     if curation.hash_distance(code, int(c.measures["hash"], 16)) <= curation.DUPLICATE_BITS),
-                    None)
+        twin = next(
+            (
+                c
+                for c in chosen
+                if curation.hash_distance(code, int(c.measures["hash"], 16)) <= curation.DUPLICATE_BITS
+            ),
+            None,
+        )
         if twin is not None:
             picture.decision, picture.reason, picture.duplicate_of = "dropped", "duplicate", twin.key
             continue
@@ -191,29 +206,54 @@ def write_kept(root: Path, pictures: List[Picture]) -> None:
                 stale.unlink()
 
 
-def summarise(root: Path, splits: Mapping[str, str], pictures: List[Picture], links: Dict[str, int],
-              failed: Dict[str, str]) -> dict:
+def summarise(
+    root: Path,
+    splits: Mapping[str, str],
+    pictures: List[Picture],
+    links: Dict[str, int],
+    failed: Dict[str, str],
+) -> dict:
     """The report: rules, per-package counts and versions, and every file's decision."""
     packages = {}
     for package, split in splits.items():
         mine = [p for p in pictures if p.package == package]
         kept = [p for p in mine if p.decision == "kept"]
         packages[package] = {
-            "split": split, "version": package_version(root, package),
-            "files_seen": len(mine), "links_skipped": links.get(package, 0), "kept": len(kept),
+            "split": split,
+            "version": package_version(root, package),
+            "files_seen": len(mine),
+            "links_skipped": links.get(package, 0),
+            "kept": len(kept),
             "dropped": dict(sorted(Counter(p.reason for p in mine if p.decision == "dropped").items())),
             "kept_sizes": sorted(p.scaled for p in kept),
             **({"error": failed[package]} if package in failed else {}),
         }
     counts = {split: sum(v["kept"] for v in packages.values() if v["split"] == split) for split in SPLITS}
-    rules = {name: getattr(curation, name) for name in (
-        "MIN_FACTOR", "MAX_SIDE", "MIN_SIDE", "MAX_FLAT_FRACTION", "MIN_COLOURS", "TILE",
-        "MIN_DETAILED_FRACTION", "BLURRED_TILE_SHARE", "MAX_BLURRED_FRACTION", "MIN_SHARPNESS",
-        "DUPLICATE_BITS")}
-    return {"curation_version": curation.CURATION_VERSION, "rules": rules, "kept": counts,
-            "files_seen": len(pictures),
-            "dropped": dict(sorted(Counter(p.reason for p in pictures if p.decision == "dropped").items())),
-            "packages": packages, "files": [vars(p) for p in pictures]}
+    rules = {
+        name: getattr(curation, name)
+        for name in (
+            "MIN_FACTOR",
+            "MAX_SIDE",
+            "MIN_SIDE",
+            "MAX_FLAT_FRACTION",
+            "MIN_COLOURS",
+            "TILE",
+            "MIN_DETAILED_FRACTION",
+            "BLURRED_TILE_SHARE",
+            "MAX_BLURRED_FRACTION",
+            "MIN_SHARPNESS",
+            "DUPLICATE_BITS",
+        )
+    }
+    return {
+        "curation_version": curation.CURATION_VERSION,
+        "rules": rules,
+        "kept": counts,
+        "files_seen": len(pictures),
+        "dropped": dict(sorted(Counter(p.reason for p in pictures if p.decision == "dropped").items())),
+        "packages": packages,
+        "files": [vars(p) for p in pictures],
+    }
 
 
 def report_table(report: dict) -> str:
@@ -224,15 +264,32 @@ def report_table(report: dict) -> str:
     for name, p in report["packages"].items():
         sides = [max(s) for s in p["kept_sizes"]]
         size = f"{min(sides)}-{max(sides)} longest side" if sides else ""
-        row = [name, p["version"], p["split"], str(p["files_seen"]), str(p["kept"]),
-               *(str(p["dropped"].get(r, 0)) for r in reasons), p.get("error", size)]
+        row = [
+            name,
+            p["version"],
+            p["split"],
+            str(p["files_seen"]),
+            str(p["kept"]),
+            *(str(p["dropped"].get(r, 0)) for r in reasons),
+            p.get("error", size),
+        ]
         lines.append("| " + " | ".join(row) + " |")
-    total = ["total", "", "", str(report["files_seen"]), str(sum(report["kept"].values())),
-             *(str(report["dropped"][r]) for r in reasons), ""]
+    total = [
+        "total",
+        "",
+        "",
+        str(report["files_seen"]),
+        str(sum(report["kept"].values())),
+        *(str(report["dropped"][r]) for r in reasons),
+        "",
+    ]
     lines.append("| " + " | ".join(total) + " |")
     kept = ", ".join(f"{k} {v}" for k, v in report["kept"].items())
-    return (f"# Photo corpus (curation version {report['curation_version']})\n\nKept: {kept}.\n\n"
-            + "\n".join(lines) + "\n")
+    return (
+        f"# Photo corpus (curation version {report['curation_version']})\n\nKept: {kept}.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
 
 
 def build(root: Path = DEFAULT_ROOT, packages: Mapping[str, str] = PACKAGES) -> dict:
@@ -300,9 +357,14 @@ def describe(root: Path = DEFAULT_ROOT) -> dict:
     if not path.is_file():
         raise DataError(f"no photo corpus at {root} (run `make data`)")
     report = json.loads(path.read_text())
-    return {"root": str(root), "curation_version": report["curation_version"], "kept": report["kept"],
-            "packages": {name: {k: p[k] for k in ("version", "split", "kept")}
-                         for name, p in report["packages"].items()}}
+    return {
+        "root": str(root),
+        "curation_version": report["curation_version"],
+        "kept": report["kept"],
+        "packages": {
+            name: {k: p[k] for k in ("version", "split", "kept")} for name, p in report["packages"].items()
+        },
+    }
 
 
 def split_folder(split: str, root: Path = DEFAULT_ROOT) -> Path:
@@ -318,16 +380,18 @@ def split_folder(split: str, root: Path = DEFAULT_ROOT) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.data.corpus",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.data.corpus", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="corpus folder (default data/corpus)")
     parser.add_argument("--packages", nargs="+", metavar="PKG", help=f"subset of: {', '.join(PACKAGES)}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     unknown = [n for n in args.packages or () if n not in PACKAGES]
     if unknown:
-        print(f"error: unknown package(s) {', '.join(unknown)}; known: {', '.join(PACKAGES)}",
-              file=sys.stderr)
+        print(
+            f"error: unknown package(s) {', '.join(unknown)}; known: {', '.join(PACKAGES)}", file=sys.stderr
+        )
         return 2
     try:
         report = build(args.root, {n: PACKAGES[n] for n in args.packages or PACKAGES})

@@ -7,6 +7,7 @@ measured after ``downscale``, at the scale training sees them.
 
 Every measure takes an (H, W, 3) float32 sRGB image in [0, 1].
 """
+
 import math
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -113,7 +114,7 @@ def tile_sharpness(image: np.ndarray, tile: int = TILE) -> np.ndarray:
     values = []
     for r in range(rows):
         for c in range(cols):
-            window = np.s_[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]
+            window = np.s_[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile]
             contrast = float(smooth[window].std())
             if contrast >= _MIN_TILE_CONTRAST:
                 values.append(math.sqrt(float(np.mean(laplacian[window] ** 2))) / contrast)
@@ -144,10 +145,14 @@ def hash_distance(a: int, b: int) -> int:
 def measure(native: np.ndarray, scaled: np.ndarray) -> Measures:
     """All measures of one picture: graphics ones on ``native``, sharpness on ``scaled``."""
     sharpness = tile_sharpness(scaled)
-    return Measures(flat_fraction=flat_fraction(native), colours=colour_count(native),
-                    sharpness_p90=float(np.percentile(sharpness, 90)) if sharpness.size else 0.0,
-                    blurred_fraction=blurred_fraction(sharpness), detailed_tiles=int(sharpness.size),
-                    hash=f"{thumbnail_hash(scaled):016x}")
+    return Measures(
+        flat_fraction=flat_fraction(native),
+        colours=colour_count(native),
+        sharpness_p90=float(np.percentile(sharpness, 90)) if sharpness.size else 0.0,
+        blurred_fraction=blurred_fraction(sharpness),
+        detailed_tiles=int(sharpness.size),
+        hash=f"{thumbnail_hash(scaled):016x}",
+    )
 
 
 def rejection(m: Measures, scaled_shape: tuple) -> Optional[str]:

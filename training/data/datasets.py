@@ -10,6 +10,7 @@ Every item is a dict of tensors:
 Item ``i`` is a function of ``(seed, i)`` only (``np.random.default_rng([seed, i])``),
 so a resumed run, or any DataLoader worker, sees the same data.
 """
+
 import logging
 import math
 from pathlib import Path
@@ -22,8 +23,7 @@ from torch.utils.data import Dataset
 
 from training.data.depth import synthetic_depth
 from training.data.render import PSFS, Camera, render_defocus, sample_camera, sample_noise
-from training.data.sources import (DataError, SharpImage, dead_leaves, list_images, read_image,
-                                   split_readable)
+from training.data.sources import DataError, SharpImage, dead_leaves, list_images, read_image, split_readable
 from training.presets import MAP_RADIUS_SCALE_PX
 
 log = logging.getLogger(__name__)
@@ -42,18 +42,23 @@ def worker_init_fn(worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
-def make_item(blurry: np.ndarray, sharp: np.ndarray, radius_px: Optional[np.ndarray]
-              ) -> Dict[str, torch.Tensor]:
+def make_item(
+    blurry: np.ndarray, sharp: np.ndarray, radius_px: Optional[np.ndarray]
+) -> Dict[str, torch.Tensor]:
     """HWC numpy arrays -> the item dict (``radius_px`` None -> zero map, ``has_map`` False)."""
+
     def chw(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
 
     has_map = radius_px is not None
     if radius_px is None:
         radius_px = np.zeros(blurry.shape[:2], np.float32)
-    return {"blurry": chw(blurry), "sharp": chw(sharp),
-            "defocus_map": chw(radius_px[..., None] / np.float32(MAP_RADIUS_SCALE_PX)),
-            "has_map": torch.tensor(has_map)}
+    return {
+        "blurry": chw(blurry),
+        "sharp": chw(sharp),
+        "defocus_map": chw(radius_px[..., None] / np.float32(MAP_RADIUS_SCALE_PX)),
+        "has_map": torch.tensor(has_map),
+    }
 
 
 def dihedral(rng: np.random.Generator, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
@@ -77,11 +82,12 @@ def random_crop(rng: np.random.Generator, arrays: Sequence[np.ndarray], crop: in
         arrays = [cv2.copyMakeBorder(a, 0, pad_y, 0, pad_x, cv2.BORDER_REFLECT_101) for a in arrays]
         height, width = height + pad_y, width + pad_x
     y0, x0 = int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
-    return [a[y0:y0 + crop, x0:x0 + crop] for a in arrays]
+    return [a[y0 : y0 + crop, x0 : x0 + crop] for a in arrays]
 
 
-def scaled_crop(rng: np.random.Generator, photo: SharpImage, crop: int, min_scale: float
-                ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def scaled_crop(
+    rng: np.random.Generator, photo: SharpImage, crop: int, min_scale: float
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Random square window of a sharp photo, resampled to ``crop`` x ``crop``.
 
     The scale is uniform in [``min_scale``, 1] (downscaling makes photos sharper
@@ -94,13 +100,14 @@ def scaled_crop(rng: np.random.Generator, photo: SharpImage, crop: int, min_scal
     scale = fit if fit >= 1.0 else float(rng.uniform(max(min_scale, fit), 1.0))
     window = min(math.ceil(crop / scale), height, width)
     y0, x0 = int(rng.integers(height - window + 1)), int(rng.integers(width - window + 1))
-    image = photo.image[y0:y0 + window, x0:x0 + window]
+    image = photo.image[y0 : y0 + window, x0 : x0 + window]
     method = cv2.INTER_AREA if window > crop else cv2.INTER_CUBIC
     image = np.clip(cv2.resize(image, (crop, crop), interpolation=method), 0.0, 1.0)
     if photo.depth is None:
         return image, None
-    depth = cv2.resize(photo.depth[y0:y0 + window, x0:x0 + window], (crop, crop),
-                       interpolation=cv2.INTER_NEAREST)
+    depth = cv2.resize(
+        photo.depth[y0 : y0 + window, x0 : x0 + window], (crop, crop), interpolation=cv2.INTER_NEAREST
+    )
     return image, depth
 
 
@@ -147,10 +154,20 @@ class SyntheticDefocusDataset(_SeededDataset):
             depth, radius uniform in [0.5, ``max_radius_px``]) (default 0).
     """
 
-    def __init__(self, sources: Sequence = (), crop: int = 256, length: int = 10000, seed: int = 0,
-                 max_radius_px: float = 10.0, psf: str = "disc", dead_leaves_fraction: float = 0.25,
-                 noise: bool = True, min_scale: float = 0.5, in_focus_fraction: float = 0.0,
-                 uniform_fraction: float = 0.0):
+    def __init__(
+        self,
+        sources: Sequence = (),
+        crop: int = 256,
+        length: int = 10000,
+        seed: int = 0,
+        max_radius_px: float = 10.0,
+        psf: str = "disc",
+        dead_leaves_fraction: float = 0.25,
+        noise: bool = True,
+        min_scale: float = 0.5,
+        in_focus_fraction: float = 0.0,
+        uniform_fraction: float = 0.0,
+    ):
         if psf not in PSFS:
             raise ValueError(f"unknown psf {psf!r}; choose one of {PSFS}")
         if not 0.0 <= dead_leaves_fraction <= 1.0:
@@ -162,8 +179,10 @@ class SyntheticDefocusDataset(_SeededDataset):
         self.max_radius_px, self.psf, self.noise = max_radius_px, psf, noise
         self.dead_leaves_fraction, self.min_scale = dead_leaves_fraction, min_scale
         if min(in_focus_fraction, uniform_fraction) < 0 or in_focus_fraction + uniform_fraction > 1:
-            raise ValueError("in_focus_fraction and uniform_fraction must be >= 0 with a sum <= 1, "
-                             f"got {in_focus_fraction} and {uniform_fraction}")
+            raise ValueError(
+                "in_focus_fraction and uniform_fraction must be >= 0 with a sum <= 1, "
+                f"got {in_focus_fraction} and {uniform_fraction}"
+            )
         self.in_focus_fraction, self.uniform_fraction = in_focus_fraction, uniform_fraction
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
@@ -171,8 +190,9 @@ class SyntheticDefocusDataset(_SeededDataset):
         sharp, depth = self._sharp_and_depth(rng)
         depth, camera = self._camera(rng, depth)
         noise = sample_noise(rng) if self.noise else None
-        blurry, radius = render_defocus(sharp, depth, camera, psf=self.psf, noise=noise, rng=rng,
-                                        quantize=self.noise)
+        blurry, radius = render_defocus(
+            sharp, depth, camera, psf=self.psf, noise=noise, rng=rng, quantize=self.noise
+        )
         return make_item(blurry, sharp, radius)
 
     def _camera(self, rng: np.random.Generator, depth: np.ndarray) -> Tuple[np.ndarray, Camera]:
@@ -229,8 +249,15 @@ class _MatchedFolders(_SeededDataset):
     each repetition gets a different crop.
     """
 
-    def __init__(self, root: Path, folders: Sequence[str], crop: Optional[int], seed: int,
-                 length: Optional[int], augment: bool):
+    def __init__(
+        self,
+        root: Path,
+        folders: Sequence[str],
+        crop: Optional[int],
+        seed: int,
+        length: Optional[int],
+        augment: bool,
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"dataset folder not found: {self.root}")
@@ -244,8 +271,9 @@ class _MatchedFolders(_SeededDataset):
         if unreadable:
             log.warning("skipped %d unreadable file(s) under %s", len(unreadable), self.root)
         bad = set(unreadable)
-        self.groups = [tuple(f[stem] for f in files) for stem in stems
-                       if not any(f[stem] in bad for f in files)]
+        self.groups = [
+            tuple(f[stem] for f in files) for stem in stems if not any(f[stem] in bad for f in files)
+        ]
         if not self.groups:
             raise DataError(f"no readable {'/'.join(folders)} group under {self.root}")
         self.crop, self.seed, self.augment = crop, seed, augment
@@ -301,9 +329,15 @@ class DEDDataset(_MatchedFolders):
         DataError: missing/empty folders, no stem common to all three, or none readable.
     """
 
-    def __init__(self, root: Path, crop: Optional[int] = 256, seed: int = 0,
-                 length: Optional[int] = None, augment: bool = True,
-                 map_scale: float = RADIUS_PNG_SCALE):
+    def __init__(
+        self,
+        root: Path,
+        crop: Optional[int] = 256,
+        seed: int = 0,
+        length: Optional[int] = None,
+        augment: bool = True,
+        map_scale: float = RADIUS_PNG_SCALE,
+    ):
         super().__init__(root, ("blurry", "sharp", "defocus_map"), crop, seed, length, augment)
         self.map_scale = map_scale
 
@@ -337,8 +371,14 @@ class PairDataset(_MatchedFolders):
         DataError: no known layout, empty folders, no common stems, or none readable.
     """
 
-    def __init__(self, root: Path, crop: Optional[int] = 256, seed: int = 0,
-                 length: Optional[int] = None, augment: bool = True):
+    def __init__(
+        self,
+        root: Path,
+        crop: Optional[int] = 256,
+        seed: int = 0,
+        length: Optional[int] = None,
+        augment: bool = True,
+    ):
         if not Path(root).is_dir():
             raise DataError(f"dataset folder not found: {root}")
         super().__init__(root, find_pair_layout(root), crop, seed, length, augment)

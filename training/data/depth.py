@@ -11,6 +11,7 @@ circle of confusion is linear in, from three randomly mixed parts:
   300-450 ms there);
 * foreground objects: filled ellipses in front of everything else.
 """
+
 import cv2
 import numpy as np
 from skimage.measure import label

@@ -9,6 +9,7 @@ level of ``PHOTO_LEVELS``. Everything is a function of the arguments (seeded).
 No held-out scene has a measured depth: the one real-depth photograph the project
 has (scikit-image's ``stereo_motorcycle``) is a training photo.
 """
+
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -30,8 +31,11 @@ def detailed_windows(image: np.ndarray, size: int, count: int) -> List[Tuple[int
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     height, width = grey.shape
     stride = max(1, size // 2)
-    candidates = [(float(grey[y:y + size, x:x + size].std()), y, x)
-                  for y in range(0, height - size + 1, stride) for x in range(0, width - size + 1, stride)]
+    candidates = [
+        (float(grey[y : y + size, x : x + size].std()), y, x)
+        for y in range(0, height - size + 1, stride)
+        for x in range(0, width - size + 1, stride)
+    ]
     chosen: List[Tuple[int, int]] = []
     for _, y, x in sorted(candidates, key=lambda c: -c[0]):
         if all(abs(y - cy) >= size or abs(x - cx) >= size for cy, cx in chosen):
@@ -53,13 +57,18 @@ def holdout_scenes(root: Path, size: int, crops: int) -> List[Tuple[str, np.ndar
         image = read_image(path)
         name = str(path.relative_to(folder).with_suffix(""))
         for k, (y, x) in enumerate(detailed_windows(image, size, crops)):
-            scenes.append((f"{name}#{k}", np.ascontiguousarray(image[y:y + size, x:x + size]), None))
+            scenes.append((f"{name}#{k}", np.ascontiguousarray(image[y : y + size, x : x + size]), None))
     return scenes
 
 
-def build_photo_validation_set(root: Path = corpus.DEFAULT_ROOT, seed: int = 0, size: int = 320,
-                               levels: Sequence[float] = PHOTO_LEVELS, crops: int = 2,
-                               noise: bool = True) -> List[Dict]:
+def build_photo_validation_set(
+    root: Path = corpus.DEFAULT_ROOT,
+    seed: int = 0,
+    size: int = 320,
+    levels: Sequence[float] = PHOTO_LEVELS,
+    crops: int = 2,
+    noise: bool = True,
+) -> List[Dict]:
     """Render the held-out photo validation set.
 
     Args:

@@ -12,6 +12,7 @@ by the accumulated coverage. Unlike SYNDOF, a pixel is split linearly between th
 two layers whose radii bracket its own, so the ground-truth map is the continuous
 radius rather than the quantised one. Everything happens in linear light.
 """
+
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -86,7 +87,7 @@ def disc_kernel(radius: float) -> np.ndarray:
     half = max(0, math.ceil(radius - 0.5))
     offsets = (np.arange(_DISC_SAMPLES) + 0.5) / _DISC_SAMPLES - 0.5
     fine = (np.arange(-half, half + 1)[:, None] + offsets[None, :]).ravel()
-    inside = fine[:, None] ** 2 + fine[None, :] ** 2 <= radius ** 2
+    inside = fine[:, None] ** 2 + fine[None, :] ** 2 <= radius**2
     side = 2 * half + 1
     coverage = inside.reshape(side, _DISC_SAMPLES, side, _DISC_SAMPLES).mean(axis=(1, 3))
     if half == 0:
@@ -149,8 +150,8 @@ def _blur_planes(planes: np.ndarray, psf: str, radius: float) -> np.ndarray:
             _filter(plane, psf, radius, dst)
         return out
     height, width = planes.shape[1:]
-    extra = (3 * factor ** 2 - 1) / 12.0
-    per_axis = radius ** 2 / 4.0  # variance per axis: disc r^2/4, Gaussian (r/2)^2
+    extra = (3 * factor**2 - 1) / 12.0
+    per_axis = radius**2 / 4.0  # variance per axis: disc r^2/4, Gaussian (r/2)^2
     low_radius = round(2.0 * math.sqrt(max(per_axis - extra, 0.0)) / factor, 3)
     # Pad to a multiple of the factor so the area average uses whole f x f cells.
     pad_y, pad_x = -height % factor, -width % factor
@@ -159,8 +160,9 @@ def _blur_planes(planes: np.ndarray, psf: str, radius: float) -> np.ndarray:
         plane = cv2.copyMakeBorder(plane, 0, pad_y, 0, pad_x, cv2.BORDER_REFLECT_101)
         small = cv2.resize(plane, small_size, interpolation=cv2.INTER_AREA)
         small = _filter(small, psf, low_radius)
-        dst[...] = cv2.resize(small, (width + pad_x, height + pad_y),
-                              interpolation=cv2.INTER_LINEAR)[:height, :width]
+        dst[...] = cv2.resize(small, (width + pad_x, height + pad_y), interpolation=cv2.INTER_LINEAR)[
+            :height, :width
+        ]
     return out
 
 
@@ -188,8 +190,9 @@ def _compensated_position(position: np.ndarray) -> np.ndarray:
     return lower + 2.0 * t / (1.0 + t + root)
 
 
-def blur_by_radius(linear: np.ndarray, signed_radius: np.ndarray, psf: str = "disc",
-                   max_layers: int = 12) -> np.ndarray:
+def blur_by_radius(
+    linear: np.ndarray, signed_radius: np.ndarray, psf: str = "disc", max_layers: int = 12
+) -> np.ndarray:
     """Layered depth-of-field blur with occlusion, in linear light.
 
     Args:
@@ -257,8 +260,7 @@ def coc_radius(depth: np.ndarray, camera: Camera) -> np.ndarray:
     return defocus * np.float32(camera.max_radius_px / peak)
 
 
-def sample_camera(rng: np.random.Generator, depth: np.ndarray,
-                  max_radius_px: float = 10.0) -> Camera:
+def sample_camera(rng: np.random.Generator, depth: np.ndarray, max_radius_px: float = 10.0) -> Camera:
     """Draw a focus distance and aperture for a depth map.
 
     The largest blur radius is uniform in [0, ``max_radius_px``]. The focal plane
@@ -279,8 +281,9 @@ def sample_camera(rng: np.random.Generator, depth: np.ndarray,
 
 def sample_noise(rng: np.random.Generator, max_shot: float = 2e-3, max_read: float = 1e-3) -> Noise:
     """Draw a small noise level: shot and read log-uniform over two decades below their maxima."""
-    return Noise(shot=float(max_shot * 10 ** rng.uniform(-2, 0)),
-                 read=float(max_read * 10 ** rng.uniform(-2, 0)))
+    return Noise(
+        shot=float(max_shot * 10 ** rng.uniform(-2, 0)), read=float(max_read * 10 ** rng.uniform(-2, 0))
+    )
 
 
 def add_noise(linear: np.ndarray, noise: Noise, rng: np.random.Generator) -> np.ndarray:
@@ -290,16 +293,24 @@ def add_noise(linear: np.ndarray, noise: Noise, rng: np.random.Generator) -> np.
     (2.5x faster than numpy's), so the result is still a function of ``rng``.
     """
     linear = np.clip(linear, 0.0, 1.0)
-    std = np.sqrt(linear * np.float32(noise.shot) + np.float32(noise.read ** 2))
+    std = np.sqrt(linear * np.float32(noise.shot) + np.float32(noise.read**2))
     normal = np.empty((linear.size, 1), np.float32)  # one channel: randn's scalar std is per channel
-    cv2.setRNGSeed(int(rng.integers(2 ** 31)))
+    cv2.setRNGSeed(int(rng.integers(2**31)))
     cv2.randn(normal, np.zeros(1), np.ones(1))
     return np.clip(linear + std * normal.reshape(linear.shape), 0.0, 1.0)
 
 
-def render_defocus(sharp: np.ndarray, depth: np.ndarray, camera: Camera, *, psf: str = "disc",
-                   noise: Optional[Noise] = None, rng: Optional[np.random.Generator] = None,
-                   quantize: bool = True, max_layers: int = 12) -> Tuple[np.ndarray, np.ndarray]:
+def render_defocus(
+    sharp: np.ndarray,
+    depth: np.ndarray,
+    camera: Camera,
+    *,
+    psf: str = "disc",
+    noise: Optional[Noise] = None,
+    rng: Optional[np.random.Generator] = None,
+    quantize: bool = True,
+    max_layers: int = 12,
+) -> Tuple[np.ndarray, np.ndarray]:
     """Render defocus blur.
 
     Args:

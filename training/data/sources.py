@@ -3,6 +3,7 @@
 Every source yields ``SharpImage``: an sRGB float32 (H, W, 3) image in [0, 1] and,
 where one is known, its depth.
 """
+
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,8 +22,16 @@ _UNCOVERED_STOP = 1e-4
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 #: scikit-image (and matplotlib) photographs that train; never validated on.
-TRAIN_PHOTOS = ("chelsea", "rocket", "stereo_motorcycle", "camera", "grass", "gravel", "brick",
-                "grace_hopper")
+TRAIN_PHOTOS = (
+    "chelsea",
+    "rocket",
+    "stereo_motorcycle",
+    "camera",
+    "grass",
+    "gravel",
+    "brick",
+    "grace_hopper",
+)
 #: Held out: only ``build_validation_set`` uses them.
 VALIDATION_PHOTOS = ("astronaut", "coffee")
 
@@ -157,8 +166,9 @@ def _limit_size(image: np.ndarray, max_side: Optional[int]) -> np.ndarray:
 def _motorcycle_depth(disparity: np.ndarray) -> np.ndarray:
     """Depth (arbitrary units) from Middlebury disparity; unknown pixels inpainted."""
     invalid = ~np.isfinite(disparity) | (disparity <= 0)
-    filled = cv2.inpaint(np.where(invalid, 0, disparity).astype(np.float32),
-                         invalid.astype(np.uint8), 5, cv2.INPAINT_TELEA)
+    filled = cv2.inpaint(
+        np.where(invalid, 0, disparity).astype(np.float32), invalid.astype(np.uint8), 5, cv2.INPAINT_TELEA
+    )
     return (1.0 / np.maximum(filled, 1.0)).astype(np.float32)
 
 
@@ -209,12 +219,17 @@ class SkimagePhotos:
 def _power_law_radii(rng: np.random.Generator, count: int, r_min: float, r_max: float) -> np.ndarray:
     """Radii with density proportional to r^-3 on [r_min, r_max] (inverse CDF)."""
     u = rng.random(count)
-    return (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5
+    return (r_min**-2 - u * (r_min**-2 - r_max**-2)) ** -0.5
 
 
-def dead_leaves(rng: np.random.Generator, height: int, width: int, r_min: float = 2.0,
-                r_max: Optional[float] = None, discs_per_px: float = 30.0,
-                ) -> Tuple[np.ndarray, np.ndarray]:
+def dead_leaves(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    r_min: float = 2.0,
+    r_max: Optional[float] = None,
+    discs_per_px: float = 30.0,
+) -> Tuple[np.ndarray, np.ndarray]:
     """Dead-leaves image with the depth implied by its occlusion order.
 
     ``discs_per_px * max(H, W)`` discs with radius density ~ r^-3 and uniform
@@ -252,8 +267,9 @@ def dead_leaves(rng: np.random.Generator, height: int, width: int, r_min: float 
     return image, 1.0 / nearness[rank[labels]]
 
 
-def _front_to_back(centres: np.ndarray, radii: np.ndarray, height: int, width: int,
-                   batch: int = 512) -> np.ndarray:
+def _front_to_back(
+    centres: np.ndarray, radii: np.ndarray, height: int, width: int, batch: int = 512
+) -> np.ndarray:
     """Index of the front-most disc covering each pixel, -1 where none does."""
     labels = np.full((height, width), -1, np.int32)
     uncovered = np.ones((height, width), np.uint8)
@@ -267,8 +283,9 @@ def _front_to_back(centres: np.ndarray, radii: np.ndarray, height: int, width: i
     for start in range(0, len(radii), batch):
         sat = cv2.integral(uncovered)
         ids = np.arange(start, min(start + batch, len(radii)))
-        visible = (sat[y1[ids], x1[ids]] - sat[y0[ids], x1[ids]]
-                   - sat[y1[ids], x0[ids]] + sat[y0[ids], x0[ids]]) > 0
+        visible = (
+            sat[y1[ids], x1[ids]] - sat[y0[ids], x1[ids]] - sat[y1[ids], x0[ids]] + sat[y0[ids], x0[ids]]
+        ) > 0
         drawn = np.full((height, width), -1, np.int32)
         ids = ids[visible][::-1]  # back to front: nearer discs overwrite
         for i, (cx, cy, r) in zip(ids.tolist(), fixed[ids].tolist()):

@@ -1,4 +1,5 @@
 """A fixed validation set: held-out photographs and dead leaves at a few blur levels."""
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -15,15 +16,19 @@ def centre_crop(array: np.ndarray, size: int) -> np.ndarray:
     height, width = array.shape[:2]
     if min(height, width) < size:
         scale = size / min(height, width)
-        array = cv2.resize(array, (max(size, round(width * scale)), max(size, round(height * scale))),
-                           interpolation=cv2.INTER_CUBIC)
+        array = cv2.resize(
+            array,
+            (max(size, round(width * scale)), max(size, round(height * scale))),
+            interpolation=cv2.INTER_CUBIC,
+        )
         height, width = array.shape[:2]
     y0, x0 = (height - size) // 2, (width - size) // 2
-    return array[y0:y0 + size, x0:x0 + size]
+    return array[y0 : y0 + size, x0 : x0 + size]
 
 
-def _scenes(seed: int, size: int, dead_leaves_images: int
-            ) -> List[Tuple[str, np.ndarray, Optional[np.ndarray]]]:
+def _scenes(
+    seed: int, size: int, dead_leaves_images: int
+) -> List[Tuple[str, np.ndarray, Optional[np.ndarray]]]:
     scenes = []
     for name in VALIDATION_PHOTOS:
         photo = skimage_photo(name)
@@ -35,9 +40,14 @@ def _scenes(seed: int, size: int, dead_leaves_images: int
     return scenes
 
 
-def build_validation_set(seed: int = 0, size: int = 256, levels: Sequence[float] = (2.0, 5.0, 8.0),
-                         dead_leaves_images: int = 2, psf: str = "disc", noise: bool = True
-                         ) -> List[Dict]:
+def build_validation_set(
+    seed: int = 0,
+    size: int = 256,
+    levels: Sequence[float] = (2.0, 5.0, 8.0),
+    dead_leaves_images: int = 2,
+    psf: str = "disc",
+    noise: bool = True,
+) -> List[Dict]:
     """Render the validation set (deterministic in its arguments).
 
     Scenes are the centre crops of ``VALIDATION_PHOTOS`` (never in the training
@@ -63,8 +73,13 @@ def build_validation_set(seed: int = 0, size: int = 256, levels: Sequence[float]
     return render_scenes(_scenes(seed, size, dead_leaves_images), seed, levels, psf, noise)
 
 
-def render_scenes(scenes: Sequence[Tuple[str, np.ndarray, Optional[np.ndarray]]], seed: int,
-                  levels: Sequence[float], psf: str = "disc", noise: bool = True) -> List[Dict]:
+def render_scenes(
+    scenes: Sequence[Tuple[str, np.ndarray, Optional[np.ndarray]]],
+    seed: int,
+    levels: Sequence[float],
+    psf: str = "disc",
+    noise: bool = True,
+) -> List[Dict]:
     """Render each ``(name, sharp (H, W, 3), depth (H, W) or None)`` scene at every level.
 
     Scene ``k`` draws its synthetic depth (where it has none), focal plane (at a depth
@@ -79,8 +94,14 @@ def render_scenes(scenes: Sequence[Tuple[str, np.ndarray, Optional[np.ndarray]]]
         focus = float(np.quantile(depth, rng.uniform(0.1, 0.9)))
         noise_level = sample_noise(rng) if noise else None
         for j, level in enumerate(levels):
-            blurry, radius = render_defocus(sharp, depth, Camera(focus, float(level)), psf=psf,
-                                            noise=noise_level, rng=np.random.default_rng([seed, k, j]),
-                                            quantize=noise)
+            blurry, radius = render_defocus(
+                sharp,
+                depth,
+                Camera(focus, float(level)),
+                psf=psf,
+                noise=noise_level,
+                rng=np.random.default_rng([seed, k, j]),
+                quantize=noise,
+            )
             samples.append({**make_item(blurry, sharp, radius), "name": name, "level": float(level)})
     return samples
