@@ -71,6 +71,22 @@ def build_bundle(folder: Path, variant: str = "sft_dec"):
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A checkpoint folder of a tiny untrained ``small`` model (seed 0)."""
+    from training.archs import DefocusDeblurNet
+    from training.checkpoint import save_checkpoint
+    from training.presets import NetConfig
+
+    torch.manual_seed(0)
+    config = NetConfig(
+        preset="small", scale=2, dme_channels=4, dme_blocks=1, channels=8, num_blocks=1, cond_channels=4
+    )
+    folder = tmp_path_factory.mktemp("tiny")
+    save_checkpoint(folder, DefocusDeblurNet(config))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """(bundle folder, torch model) of the pooling variant ``sft_dec``."""
     return build_bundle(tmp_path_factory.getbasetemp() / "runtime_bundles" / "sft_dec", "sft_dec")

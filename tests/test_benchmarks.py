@@ -436,23 +436,6 @@ def test_worker_bad_arguments_are_reported_not_raised(tmp_path):
 # ---------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    import torch
-
-    from training.archs import DefocusDeblurNet
-    from training.checkpoint import save_checkpoint
-    from training.presets import NetConfig
-
-    torch.manual_seed(0)
-    config = NetConfig(
-        preset="small", scale=2, dme_channels=4, dme_blocks=1, channels=8, num_blocks=1, cond_channels=4
-    )
-    folder = tmp_path_factory.mktemp("tiny")
-    save_checkpoint(folder, DefocusDeblurNet(config))
-    return folder
-
-
 def test_end_to_end_report(tiny_checkpoint, tmp_path, capsys):
     import torch
 

@@ -8,11 +8,8 @@ import pytest
 import torch
 
 from training import evaluate
-from training.archs import DefocusDeblurNet
-from training.checkpoint import save_checkpoint
 from training.data import DataError
 from training.data.photo_validation import build_photo_validation_set, detailed_windows
-from training.presets import NetConfig
 
 
 def _texture(seed: int, height: int, width: int) -> np.ndarray:
@@ -30,17 +27,6 @@ def held_out(tmp_path):
         cv2.imwrite(str(path), np.rint(_texture(seed, 200, 260) * 255).astype(np.uint8))
     (tmp_path / "report.json").write_text("{}")
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = NetConfig(
-        preset="small", scale=2, dme_channels=4, dme_blocks=1, channels=8, num_blocks=1, cond_channels=4
-    )
-    folder = tmp_path_factory.mktemp("tiny")
-    save_checkpoint(folder, DefocusDeblurNet(config))
-    return folder
 
 
 class TestPhotoSet:
@@ -114,17 +100,15 @@ class TestFigures:
 
 
 class TestCli:
-    def test_photos(self, held_out, checkpoint, tmp_path, capsys, monkeypatch):
+    def test_photos(self, held_out, tiny_checkpoint, tmp_path, capsys, monkeypatch):
         monkeypatch.setattr(
             evaluate,
             "load_set",
             lambda name, root: build_photo_validation_set(root, size=64, levels=(5.0,), crops=1),
         )
         out = tmp_path / "result.json"
-        assert (
-            evaluate.main(["--checkpoint", str(checkpoint), "--corpus", str(held_out), "--json", str(out)])
-            == 0
-        )
+        argv = ["--checkpoint", str(tiny_checkpoint), "--corpus", str(held_out), "--json", str(out)]
+        assert evaluate.main(argv) == 0
         printed = capsys.readouterr().out
         assert printed.startswith("| level px | n | PSNR in |") and "| 5 | 2 |" in printed
         assert "photos: 2 samples of 2 scenes" in printed
@@ -132,9 +116,9 @@ class TestCli:
         assert [s["name"] for s in result["samples"]] == ["pkg-a/one#0", "pkg-b/two#0"]
         assert result["summary"]["all"]["images"] == 2
 
-    def test_errors(self, tmp_path, checkpoint, capsys):
+    def test_errors(self, tmp_path, tiny_checkpoint, capsys):
         assert evaluate.main(["--checkpoint", str(tmp_path / "nope")]) == 1
         assert capsys.readouterr().err.startswith("error: ")
-        assert evaluate.main(["--checkpoint", str(checkpoint), "--corpus", str(tmp_path)]) == 1
+        assert evaluate.main(["--checkpoint", str(tiny_checkpoint), "--corpus", str(tmp_path)]) == 1
         expected = f"error: no holdout photos at {tmp_path / 'holdout'} (run `make data`)\n"
         assert capsys.readouterr().err == expected
