@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch the C++ build's dependencies into an ignored folder, without touching the
 # system's apt setup: ONNX Runtime headers (Debian trixie's libonnxruntime-dev 1.21),
-# nlohmann/json and stb, unpacked with `dpkg -x`; the library is the onnxruntime
+# nlohmann/json and stb, unpacked with `dpkg -x` by common/debian.py; the library is the onnxruntime
 # wheel's libonnxruntime.so.1.31.1, linked through a libonnxruntime.so.1 symlink.
 #
 #   cpp/fetch_deps.sh DEST PYTHON
@@ -15,24 +15,9 @@ mkdir -p "$dest"
 dest=$(cd "$dest" && pwd)
 
 if [ ! -f "$dest/root/.unpacked" ]; then
-  # The mirror this machine already uses for bookworm serves trixie too.
-  uri=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
-  uri=${uri:-http://deb.debian.org/debian}
-  mkdir -p "$dest/apt/sources" "$dest/apt/lists/partial" "$dest/apt/cache/archives/partial" "$dest/debs"
-  cat >"$dest/apt/sources/trixie.sources" <<EOF
-Types: deb
-URIs: $uri
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-  opts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$dest/apt/sources"
-        -o "Dir::State::Lists=$dest/apt/lists" -o "Dir::Cache=$dest/apt/cache"
-        -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
-  apt-get -qq "${opts[@]}" update
-  (cd "$dest/debs" && apt-get -qq "${opts[@]}" download "${packages[@]}")
+  # common.debian: a private apt setup for trixie (the system's apt state untouched).
   rm -rf "$dest/root"
-  for deb in "$dest"/debs/*.deb; do dpkg -x "$deb" "$dest/root"; done
+  (cd "$(dirname "$0")/.." && "$python" -m common.debian --dest "$dest" --suite trixie "${packages[@]}")
   test -f "$dest/root/usr/include/onnxruntime/onnxruntime_cxx_api.h"
   touch "$dest/root/.unpacked"
 fi

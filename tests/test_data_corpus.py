@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from common import debian
 from training.batches import photo_sources
 from training.data import DataError, ImageFolderSource, corpus, curation
 
@@ -110,7 +111,7 @@ def fake_corpus(tmp_path, monkeypatch):
     def no_network(args, cwd):
         raise AssertionError(f"apt-get {args} called: every fake package is unpacked")
 
-    monkeypatch.setattr(corpus, "_apt", no_network)
+    monkeypatch.setattr(debian, "_apt", no_network)
     photo = photo_like(10)
     _package(
         tmp_path,
@@ -158,6 +159,14 @@ class TestBuild:
         described = corpus.describe(fake_corpus)
         assert described["packages"]["pkg-held"] == {"version": "1.2-3", "split": "holdout", "kept": 1}
 
+    def test_excluded_picture_dropped_with_its_reason(self, fake_corpus, monkeypatch):
+        monkeypatch.setattr(corpus, "EXCLUDED", {"pkg-train/usr/share/backgrounds/photo.png": "a print"})
+        report = corpus.build(fake_corpus, self.SPLITS)
+        photo = next(f for f in report["files"] if f["path"].endswith("/photo.png"))
+        assert (photo["decision"], photo["reason"]) == ("dropped", "excluded")
+        assert report["kept"] == {"train": 0, "holdout": 1}
+        assert not (fake_corpus / "train/pkg-train/photo.png").exists()
+
     def test_resumes_without_measuring_again(self, fake_corpus, monkeypatch):
         corpus.build(fake_corpus, self.SPLITS)
         written = (fake_corpus / "train/pkg-train/photo.png").stat().st_mtime_ns
@@ -180,7 +189,7 @@ class TestBuild:
             returncode, stdout, stderr = 100, "", "E: Unable to locate package pkg-gone\n"
 
         calls = []
-        monkeypatch.setattr(corpus, "_apt", lambda args, cwd: calls.append(args) or Failed())
+        monkeypatch.setattr(debian, "_apt", lambda args, cwd: calls.append(args) or Failed())
         report = corpus.build(fake_corpus, {**self.SPLITS, "pkg-gone": "train"})
         assert calls == [["download", "pkg-gone"], ["update"], ["download", "pkg-gone"]]
         assert report["packages"]["pkg-gone"]["error"] == (
@@ -192,7 +201,7 @@ class TestBuild:
         class Failed:
             returncode, stdout, stderr = 100, "", "E: no network\n"
 
-        monkeypatch.setattr(corpus, "_apt", lambda args, cwd: Failed())
+        monkeypatch.setattr(debian, "_apt", lambda args, cwd: Failed())
         with pytest.raises(corpus.CorpusError, match="^no package could be fetched: "):
             corpus.build(tmp_path, {"pkg-gone": "train"})
 

@@ -2,8 +2,9 @@
 
 ``python -m training.data.corpus`` (``make data``) runs, resumably:
 
-1. ``apt-get download`` each package of ``PACKAGES`` and ``dpkg -x`` it (nothing is
-   installed; ``apt-get update`` runs once if a download fails);
+1. ``apt-get download`` each package of ``PACKAGES`` and ``dpkg -x`` it
+   (``common.debian``: nothing is installed; ``apt-get update`` runs once if a
+   download fails; a package of ``SUITES`` comes from that Debian suite);
 2. reads every picture once, measures it (``training.data.curation``) and caches the
    measures in ``measures.json``;
 3. drops duplicate resolutions (perceptual hash), graphics, small pictures, those with
@@ -20,7 +21,6 @@ Layout under ``root`` (default ``data/corpus``): ``debs/``, ``raw/<package>/``,
 import argparse
 import json
 import logging
-import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
+from common import debian
 from common.atomic import atomic_write, atomic_write_bytes
 from training.data import curation
 from training.data.sources import IMAGE_EXTENSIONS, DataError, read_image
@@ -51,7 +52,15 @@ PACKAGES: Dict[str, str] = {
     "lomiri-wallpapers": "train",
     "plasma-workspace-wallpapers": "holdout",
     "lomiri-wallpapers-16.04": "holdout",
+    "budgie-backgrounds": "holdout",
+    "palapeli-data": "holdout",
 }
+#: Pictures the automatic rules keep but that are not photographs, each with the why.
+EXCLUDED: Dict[str, str] = {
+    "budgie-backgrounds/usr/share/backgrounds/budgie/ocean-waves.jpg": "a woodblock-style print",
+}
+#: Packages fetched from another Debian suite than this machine's (bookworm lacks them).
+SUITES: Dict[str, str] = {"budgie-backgrounds": "trixie"}
 SPLITS = ("train", "holdout")
 #: Path parts that say nothing about a picture, left out of its output name.
 _BOILERPLATE = {"usr", "share", "backgrounds", "wallpapers", "wallpaper", "contents", "images"}
@@ -87,14 +96,11 @@ def output_name(path: str) -> str:
     return "-".join(parts or [Path(path).stem]) + ".png"
 
 
-def _apt(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["apt-get", *args], cwd=cwd, capture_output=True, text=True)
-
-
 def fetch(package: str, root: Path, state: dict) -> Path:
-    """Download and unpack ``package`` under ``root`` (skipped when done before).
+    """Download and unpack ``package`` under ``root`` (skipped when done before), from
+    this machine's apt sources or the suite ``SUITES`` names.
 
-    ``state["updated"]`` records that ``apt-get update`` ran in this build.
+    ``state`` is ``common.debian.download``'s: ``apt-get update`` runs once a build.
 
     Returns:
         The folder it was unpacked into.
@@ -105,22 +111,11 @@ def fetch(package: str, root: Path, state: dict) -> Path:
     unpacked = root / "raw" / package
     if (unpacked / ".unpacked").is_file():
         return unpacked
-    debs = root / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    if not list(debs.glob(f"{package}_*.deb")):
-        result = _apt(["download", package], debs)
-        if result.returncode != 0 and not state.get("updated"):
-            state["updated"] = True
-            _apt(["update"], debs)
-            result = _apt(["download", package], debs)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise CorpusError(f"apt-get download {package} failed: {last}")
-    deb = sorted(debs.glob(f"{package}_*.deb"))[-1]
-    unpacked.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise CorpusError(f"dpkg-deb -x {deb.name} failed: {result.stderr.strip()}")
+    try:
+        deb = debian.download(package, root / "debs", SUITES.get(package), state)
+        debian.unpack(deb, unpacked)
+    except debian.DebianError as error:
+        raise CorpusError(str(error)) from None
     (unpacked / ".unpacked").write_text(deb.name)
     return unpacked
 
@@ -161,7 +156,7 @@ def decide(pictures: List[Picture]) -> None:
     """Set every picture's decision: duplicates first, then ``curation.rejection``.
 
     Of a group of duplicates the held-out copy wins (so no held-out picture is also
-    trained on), then the largest.
+    trained on), then the largest. A picture of ``EXCLUDED`` is dropped as ``excluded``.
     """
     order = sorted(
         (p for p in pictures if p.measures is not None),
@@ -183,6 +178,7 @@ def decide(pictures: List[Picture]) -> None:
             continue
         chosen.append(picture)
         reason = curation.rejection(curation.Measures(**picture.measures), tuple(picture.scaled))
+        reason = "excluded" if picture.key in EXCLUDED else reason
         picture.decision, picture.reason = ("dropped", reason) if reason else ("kept", None)
 
 
