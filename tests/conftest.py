@@ -15,6 +15,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Dict
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -68,6 +69,29 @@ def build_bundle(folder: Path, variant: str = "sft_dec"):
         graphs[name] = {**io_spec(proto), "files": {"fp32": path.name}, "sha256": {"fp32": sha256_file(path)}}
     write_manifest(folder, {**model_facts(model, {}), "graphs": graphs, "engines": {}})
     return folder, model
+
+
+def _smooth_texture(seed: int, height: int, width: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((height // 8, width // 8, 3)).astype(np.float32)
+    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+
+
+@pytest.fixture
+def texture() -> Callable[[int, int, int], np.ndarray]:
+    """``texture(seed, height, width)``: a smooth random (H, W, 3) float32 image in [0, 1]."""
+    return _smooth_texture
+
+
+@pytest.fixture
+def held_out(tmp_path):
+    """A corpus folder with two held-out pictures (200 x 260), as ``make data`` leaves it."""
+    for name, seed in (("pkg-a/one.png", 1), ("pkg-b/two.png", 2)):
+        path = tmp_path / "holdout" / name
+        path.parent.mkdir(parents=True)
+        cv2.imwrite(str(path), np.rint(_smooth_texture(seed, 200, 260) * 255).astype(np.uint8))
+    (tmp_path / "report.json").write_text("{}")
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

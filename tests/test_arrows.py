@@ -36,6 +36,7 @@ BENCHMARK_TORCH = {
     "runners": "the PyTorch runner of benchmarks.worker",
     "gemm": "the GEMM peak worker (run as its own process)",
     "prepare": "the parent's PyTorch steps (stand-in model, model figures, validation images)",
+    "photo_ensemble": "renders the held-out photo set (training.data.photo_validation)",
 }
 
 

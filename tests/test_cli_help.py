@@ -24,6 +24,7 @@ COMMANDS: Dict[str, str] = {
     "benchmarks.run": "main",
     "benchmarks.gemm": "main",
     "benchmarks.overhead": "main",
+    "benchmarks.photo_ensemble": "main",
     "benchmarks.worker": "parse_args",
 }
 

@@ -2,7 +2,6 @@
 
 import json
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,23 +9,6 @@ import torch
 from training import evaluate
 from training.data import DataError
 from training.data.photo_validation import build_photo_validation_set, detailed_windows
-
-
-def _texture(seed: int, height: int, width: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    coarse = rng.random((height // 8, width // 8, 3)).astype(np.float32)
-    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
-
-
-@pytest.fixture
-def held_out(tmp_path):
-    """A corpus with two held-out pictures, as ``make data`` leaves it."""
-    for name, seed in (("pkg-a/one.png", 1), ("pkg-b/two.png", 2)):
-        path = tmp_path / "holdout" / name
-        path.parent.mkdir(parents=True)
-        cv2.imwrite(str(path), np.rint(_texture(seed, 200, 260) * 255).astype(np.uint8))
-    (tmp_path / "report.json").write_text("{}")
-    return tmp_path
 
 
 class TestPhotoSet:
@@ -49,10 +31,10 @@ class TestPhotoSet:
         with pytest.raises(DataError, match=r"^no holdout photos at .* \(run `make data`\)$"):
             build_photo_validation_set(tmp_path)
 
-    def test_detailed_windows(self):
+    def test_detailed_windows(self, texture):
         image = np.full((128, 192, 3), 0.5, np.float32)
-        image[64:, 128:] = _texture(3, 64, 64)
-        image[:64, :64] = 0.5 + 0.5 * (_texture(4, 64, 64) - 0.5)
+        image[64:, 128:] = texture(3, 64, 64)
+        image[:64, :64] = 0.5 + 0.5 * (texture(4, 64, 64) - 0.5)
         assert detailed_windows(image, 64, 3) == [(64, 128), (0, 0), (0, 64)]
         assert len(detailed_windows(image, 64, 10)) == 6  # no more fit without overlap
 
@@ -66,8 +48,8 @@ class TestFigures:
         assert evaluate.nyquist_energy(np.repeat(checker[..., None], 3, 2)) == pytest.approx(0.01)
         assert evaluate.nyquist_energy(np.full((8, 16, 3), 0.5)) == pytest.approx(0.0)
 
-    def test_image_metrics(self):
-        sharp = _texture(5, 32, 32)
+    def test_image_metrics(self, texture):
+        sharp = texture(5, 32, 32)
         out = np.clip(sharp + 2 / 255, 0, 1)
         out[..., 0] = sharp[..., 0]
         true_map = np.zeros((32, 32), np.float32)
