@@ -9,6 +9,7 @@ import torch
 from training import evaluate
 from training.data import DataError
 from training.data.photo_validation import build_photo_validation_set, detailed_windows
+from training.map_regions import REGIONS
 
 
 class TestPhotoSet:
@@ -62,6 +63,10 @@ class TestFigures:
         assert m["in_focus_fraction"] == 0.5 and m["in_focus_map"] == pytest.approx(0.01)
         assert m["in_focus_psnr_in"] == float("inf") and m["psnr_true_map"] == float("inf")
         assert m["nyquist_db"] == pytest.approx(0.0, abs=0.05)
+        # Every pixel is off by 0.01, so each region present has that MAE; the map's jump
+        # at column 16 (0.3 > OCCLUSION_STEP) makes an occlusion band.
+        present = [r for r in REGIONS if not np.isnan(m[f"map_mae_{r}"])]
+        assert "occlusion" in present and all(m[f"map_mae_{r}"] == pytest.approx(0.01) for r in present)
 
     def test_masked_psnr(self):
         a, b = np.zeros((2, 2, 3)), np.zeros((2, 2, 3))
@@ -82,21 +87,24 @@ class TestFigures:
 
 
 class TestCli:
-    def test_photos(self, held_out, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    @pytest.mark.parametrize("clean", [False, True])
+    def test_photos(self, held_out, tiny_checkpoint, tmp_path, capsys, monkeypatch, clean):
         monkeypatch.setattr(
             evaluate,
             "load_set",
-            lambda name, root: build_photo_validation_set(root, size=64, levels=(5.0,), crops=1),
+            lambda name, root, noise: build_photo_validation_set(
+                root, size=64, levels=(5.0,), crops=1, noise=noise
+            ),
         )
         out = tmp_path / "result.json"
         argv = ["--checkpoint", str(tiny_checkpoint), "--corpus", str(held_out), "--json", str(out)]
-        assert evaluate.main(argv) == 0
+        assert evaluate.main(argv + ["--clean"] * clean) == 0
         printed = capsys.readouterr().out
         assert printed.startswith("| level px | n | PSNR in |") and "| 5 | 2 |" in printed
-        assert "photos: 2 samples of 2 scenes" in printed
+        assert f"photos{' (clean)' * clean}: 2 samples of 2 scenes" in printed
         result = json.loads(out.read_text())
         assert [s["name"] for s in result["samples"]] == ["pkg-a/one#0", "pkg-b/two#0"]
-        assert result["summary"]["all"]["images"] == 2
+        assert result["summary"]["all"]["images"] == 2 and result["noise"] is not clean
 
     def test_errors(self, tmp_path, tiny_checkpoint, capsys):
         assert evaluate.main(["--checkpoint", str(tmp_path / "nope")]) == 1

@@ -1,16 +1,21 @@
 """Evaluate a checkpoint on a validation set, per blur level, against issue 15's targets.
 
-    python -m training.evaluate --checkpoint models/default [--set photos|builtin] [--json out.json]
+    python -m training.evaluate --checkpoint models/default [--set photos|builtin] [--clean] [--json out.json]
 
 ``photos`` is the held-out photo set (``training.data.photo_validation``: packages
 training never uses, ``make data`` first); ``builtin`` the 12 renders training
 validates on (``build_validation_set``), kept so old and new figures compare.
+``--clean`` renders them without sensor noise and 8-bit quantisation: the in-focus
+input is then (nearly) the sharp image, so the in-focus PSNR of the output says how
+much the model changes what it should leave alone.
 
 Per sample (RGB in [0, 1], the map in model units, radius px / 10):
 
 * PSNR / SSIM of the blurry input, of the output from the estimated map and of the
   output from the true map; ``gap`` = true-map PSNR - estimated-map PSNR;
-* the map's MAE and bias (mean of estimate - truth);
+* the map's MAE and bias (mean of estimate - truth), and its MAE per kind of region
+  (``training.map_regions``: flat, texture, edge, occlusion boundary; NaN where a
+  sample has none);
 * in-focus pixels (true radius < 0.5 px): the mean estimated map there, and the PSNR
   there of the input and the output against the sharp image;
 * ``nyquist_db``: the output's energy at the Nyquist frequency (the spectrum's
@@ -35,6 +40,7 @@ from common.atomic import atomic_write
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.data import DataError, build_validation_set
 from training.data.photo_validation import build_photo_validation_set
+from training.map_regions import REGIONS, map_error_by_region
 from training.metrics import psnr, ssim
 from training.presets import MAP_RADIUS_SCALE_PX
 
@@ -94,6 +100,8 @@ def image_metrics(
         "level_shift": float(shift.mean()),
         "level_shift_max": float(np.abs(shift).max()),
     }
+    regions = map_error_by_region(sharp, true_map, estimated)
+    metrics.update({f"map_mae_{r}": regions[r]["mae"] if r in regions else float("nan") for r in REGIONS})
     metrics["gap"] = metrics["psnr_true_map"] - metrics["psnr_out"]
     return metrics
 
@@ -161,6 +169,7 @@ COLUMNS = (
     ("ssim_true_map", "SSIM true", ".4f"),
     ("map_mae", "map MAE", ".4f"),
     ("map_bias", "bias", "+.4f"),
+    *((f"map_mae_{r}", f"MAE {r}", ".4f") for r in REGIONS),
     ("worse", "worse", "d"),
     ("worse_0.1dB", "worse>0.1", "d"),
     ("in_focus_map", "focus map", ".4f"),
@@ -180,11 +189,11 @@ def table(summary: Dict[str, Dict]) -> str:
     return "\n".join(lines)
 
 
-def load_set(name: str, corpus_root: Path) -> List[dict]:
-    """The samples of validation set ``name`` (``SETS``)."""
+def load_set(name: str, corpus_root: Path, noise: bool = True) -> List[dict]:
+    """The samples of validation set ``name`` (``SETS``), with or without sensor noise."""
     if name == "photos":
-        return build_photo_validation_set(corpus_root)
-    return build_validation_set(seed=0, size=256)
+        return build_photo_validation_set(corpus_root, noise=noise)
+    return build_validation_set(seed=0, size=256, noise=noise)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -192,12 +201,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint or bundle folder")
     parser.add_argument("--set", choices=SETS, default="photos", help="validation set (default photos)")
     parser.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder (photos set)")
+    parser.add_argument("--clean", action="store_true", help="render without sensor noise and quantisation")
     parser.add_argument("--json", type=Path, help="write every sample's figures and the summary here")
     args = parser.parse_args(argv)
     try:
         model, _ = load_checkpoint(args.checkpoint)
         start = time.perf_counter()
-        samples = load_set(args.set, args.corpus)
+        samples = load_set(args.set, args.corpus, noise=not args.clean)
         rendered = time.perf_counter()
         rows = evaluate_samples(model, samples, progress=True)
     except (CheckpointError, DataError) as error:
@@ -206,13 +216,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     done = time.perf_counter()
     summary = summarise(rows)
     print(table(summary))
+    name = f"{args.set} (clean)" if args.clean else args.set
     print(
-        f"\n{args.set}: {len(samples)} samples of {len({r['name'] for r in rows})} scenes; "
+        f"\n{name}: {len(samples)} samples of {len({r['name'] for r in rows})} scenes; "
         f"rendering {rendered - start:.1f} s, evaluating {done - rendered:.1f} s "
         f"({torch.get_num_threads()} threads)"
     )
     if args.json:
-        result = {"checkpoint": str(args.checkpoint), "set": args.set, "summary": summary, "samples": rows}
+        result = {
+            "checkpoint": str(args.checkpoint),
+            "set": args.set,
+            "noise": not args.clean,
+            "summary": summary,
+            "samples": rows,
+        }
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
     return 0
 
