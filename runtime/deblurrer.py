@@ -216,11 +216,12 @@ class Deblurrer:
         minimum = (1, 1) if self.backend.profile is None else tuple(self.backend.profile["min"][1:])
         return padded_size(height, width, self.bundle.size_multiple, minimum)
 
-    def count_tiles(self, height: int, width: int) -> int:
-        """Tiles one ``run`` processes for an image of this size."""
+    def count_tiles(self, height: int, width: int, with_map: bool = False) -> int:
+        """Tiles one ``run`` processes for an image of this size (``with_map``: given a
+        ``defocus_map``, so without the estimate pass)."""
         ph, pw = self._padded_size(height, width)
         # Tiles are square, so a transposed pass has as many.
-        return len(self.transforms) * self.pipeline.count_tiles(ph, pw)
+        return len(self.transforms) * self.pipeline.count_tiles(ph, pw, estimate=not with_map)
 
     def close(self) -> None:
         """Release the backend (TensorRT: its GPU buffers, stream and CUDA graphs)."""

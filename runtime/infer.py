@@ -98,7 +98,7 @@ def process(
     )
     image_io.check_output(out, loaded.rgb.dtype)
     height, width = loaded.rgb.shape[:2]
-    tiles = deblurrer.count_tiles(height, width)
+    tiles = deblurrer.count_tiles(height, width, with_map=user_map is not None)
     with tqdm(
         total=tiles, desc=src.name, unit="tile", leave=False, disable=args.quiet or tiles < _TILE_BAR_MIN
     ) as bar:

@@ -423,9 +423,10 @@ class TiledPipeline:
             if self.progress is not None:
                 self.progress(len(batch))
 
-    def count_tiles(self, height: int, width: int) -> int:
-        """Tiles of both passes, for a progress bar."""
-        return sum(len(self.grid(g, height, width).tiles()) for g in ("estimate", "restore"))
+    def count_tiles(self, height: int, width: int, estimate: bool = True) -> int:
+        """Tiles of the restore pass and, with ``estimate``, the estimate pass: for a progress bar."""
+        passes = ("estimate", "restore") if estimate else ("restore",)
+        return sum(len(self.grid(g, height, width).tiles()) for g in passes)
 
 
 def pad_to(image: Any, height: int, width: int) -> Any:

@@ -107,6 +107,9 @@ def test_ensemble_tiled_equals_whole_on_odd_sizes(tiny_bundle):
     np.testing.assert_allclose(tiled_map, whole_map, atol=1e-5)
     single = Deblurrer(tiny_bundle[0], threads=1, tile=64).count_tiles(75, 131)
     assert deblurrer.count_tiles(75, 131) == sum(finished) == 8 * single > 8
+    finished.clear()
+    deblurrer.run(image, defocus_map=tiled_map, progress=finished.append)
+    assert deblurrer.count_tiles(75, 131, with_map=True) == sum(finished) < 8 * single
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.0])
