@@ -37,6 +37,7 @@ from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from common.atomic import atomic_write
 from runtime import validate
+from runtime.batch import check_writable
 from runtime.cli_common import (
     add_model_options,
     as_interrupted,
@@ -365,10 +366,10 @@ def check_paths(src: Path, out: Path) -> None:
         raise DeblurError(f"{out}: is a folder")
     if out.resolve() == src.resolve():
         raise DeblurError(f"{out}: is the input itself; name another output")
-    if not out.parent.is_dir():
-        raise DeblurError(f"{out}: output folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise DeblurError(f"{out}: output folder {out.parent} is not writable")
+    try:
+        check_writable(out.parent)
+    except DeblurError as err:
+        raise DeblurError(f"{out}: {err}") from None
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
