@@ -41,6 +41,7 @@ class Info(ctypes.Structure):
         ("estimate_overlap", ctypes.c_int32),
         ("uses_pooling", ctypes.c_int32),
         ("map_radius_scale_px", ctypes.c_double),
+        ("map_max", ctypes.c_double),
     ]
 
 
@@ -88,6 +89,8 @@ class CApi:
         lib.deblur_get_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(Info)]
         lib.deblur_describe.argtypes = [ctypes.c_void_p]
         lib.deblur_describe.restype = ctypes.c_char_p
+        lib.deblur_last_warning.argtypes = [ctypes.c_void_p]
+        lib.deblur_last_warning.restype = ctypes.c_char_p
         lib.deblur_last_error.restype = ctypes.c_char_p
         lib.deblur_destroy.argtypes = [ctypes.c_void_p]
         self.lib = lib
@@ -137,6 +140,10 @@ class CApi:
         if self.lib.deblur_get_info(handle, ctypes.byref(info)) != OK:
             raise RuntimeError(self.error())
         return info
+
+    def warning(self, handle: Any) -> str:
+        """The warning of the handle's last successful run ("" when none)."""
+        return self.lib.deblur_last_warning(handle).decode()
 
     def describe(self, handle: Any) -> str:
         return self.lib.deblur_describe(handle).decode()

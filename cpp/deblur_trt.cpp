@@ -230,8 +230,11 @@ int main(int argc, char** argv) {
     const deblur::Pipeline pipeline(manifest, backend, tiling);
     deblur::Rgb8 image = deblur::read_rgb8(input);
     deblur::Rgb8 result{image.height, image.width, std::vector<uint8_t>(image.pixels.size()), false};
-    pipeline.run({image.pixels.data(), image.height, image.width, deblur::SampleType::kUint8}, scale, nullptr,
-                 {result.pixels.data(), image.height, image.width, deblur::SampleType::kUint8}, nullptr);
+    const float high =
+        pipeline.run({image.pixels.data(), image.height, image.width, deblur::SampleType::kUint8}, scale,
+                     nullptr, {result.pixels.data(), image.height, image.width, deblur::SampleType::kUint8}, nullptr);
+    const std::string warning = deblur::map_range_warning(high, manifest.map_max, manifest.map_radius_scale_px);
+    if (!warning.empty()) std::fprintf(stderr, "warning: %s\n", warning.c_str());
     deblur::write_png_atomic(output, result);
     std::fprintf(stderr, "wrote %s\n", output.c_str());
   } catch (const std::exception& err) {

@@ -18,6 +18,7 @@ import pytest
 from cpp.capi import ERROR_ARGUMENT, ERROR_BACKEND, ERROR_BUNDLE, OK, CApi, image_of
 from runtime import Deblurrer
 from runtime.errors import DeblurError
+from runtime.validate import map_range_warning
 from training.metrics import psnr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,6 +182,23 @@ def test_c_api_scale_and_supplied_map(capi, handles, tmp_path):
     # The supplied map changes the output, and comes back scaled.
     np.testing.assert_array_equal(got_map, supplied * np.float32(1.4))
     assert np.abs(got - capi.run(handle, image)[1]).max() > 0.01
+
+
+def test_c_api_warns_beyond_the_trained_range(capi, handles):
+    """A map as used beyond map_max warns with runtime.validate's text; within it, or an
+    estimate at scale 1, does not."""
+    handle = handles(DEFAULT, 192)
+    info = capi.info(handle)
+    bundle = Deblurrer(DEFAULT, backend="onnxruntime", threads=1).bundle
+    assert info.map_max == bundle.map_max
+    image = np.random.default_rng(2).uniform(0, 1, (40, 52, 3)).astype(np.float32)
+    inside = np.full(image.shape[:2], 0.8 * bundle.map_max, np.float32)
+    for scale, dmap, beyond in ((1.0, inside, False), (1.5, inside, True), (1.0, None, False)):
+        assert capi.run(handle, image, scale=scale, dmap=dmap)[0] == OK, capi.error()
+        used = inside * np.float32(scale)
+        expected = map_range_warning(used, bundle.map_max, bundle.map_radius_scale_px) if beyond else None
+        assert capi.warning(handle) == (expected or "")
+        assert (expected is not None) == beyond
 
 
 def test_c_api_clips_float_slack(capi, handles):

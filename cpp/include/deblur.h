@@ -62,6 +62,7 @@ typedef struct deblur_info {
   int32_t overlap, estimate_overlap;
   int32_t uses_pooling;       /* 1: restore takes cond_mean pooled over the whole image */
   double map_radius_scale_px; /* map value 1.0 = blur disc of this radius */
+  double map_max;             /* the trained range of the map is [0, map_max] */
 } deblur_info;
 
 /* An image buffer: data holds height * width * 3 samples of dtype (size_bytes exactly).
@@ -98,6 +99,11 @@ DEBLUR_API int deblur_get_info(const deblur_model* model, deblur_info* info);
 
 /* "onnxruntime 1.31.1, CPU, fp32, ..."; valid until deblur_destroy. NULL for a NULL model. */
 DEBLUR_API const char* deblur_describe(const deblur_model* model);
+
+/* The warning of this model's last successful deblur_run, "" when none: a supplied or
+ * scaled-up map as used beyond the trained range (expect artefacts). Valid until the
+ * model's next run or deblur_destroy; NULL for a NULL model. */
+DEBLUR_API const char* deblur_last_warning(const deblur_model* model);
 
 /* The last error of this thread ("" when none). */
 DEBLUR_API const char* deblur_last_error(void);

@@ -14,6 +14,7 @@ struct deblur_model {
   std::unique_ptr<deblur::OrtBackend> backend;
   std::unique_ptr<deblur::Pipeline> pipeline;
   std::string description;
+  std::string warning;  // of the last successful run
 };
 
 namespace {
@@ -118,7 +119,11 @@ int deblur_run(deblur_model* model, const deblur_image* input, float defocus_sca
     const deblur::ImageRef in = image_ref(input, "input"), out = image_ref(output, "output");
     check_map_bytes(defocus_map, defocus_map_bytes, input, "defocus map");
     check_map_bytes(map_out, map_out_bytes, input, "map output");
-    model->pipeline->run(in, defocus_scale, defocus_map, out, map_out);
+    model->warning.clear();
+    const float high = model->pipeline->run(in, defocus_scale, defocus_map, out, map_out);
+    if (defocus_map != nullptr || defocus_scale > 1.0f)  // an estimate alone stays in range
+      model->warning =
+          deblur::map_range_warning(high, model->manifest.map_max, model->manifest.map_radius_scale_px);
   });
 }
 
@@ -132,12 +137,17 @@ int deblur_get_info(const deblur_model* model, deblur_info* info) {
                         p.overlap_for("restore"),
                         p.overlap_for("estimate"),
                         model->manifest.uses_pooling() ? 1 : 0,
-                        model->manifest.map_radius_scale_px};
+                        model->manifest.map_radius_scale_px,
+                        model->manifest.map_max};
   });
 }
 
 const char* deblur_describe(const deblur_model* model) {
   return model == nullptr ? nullptr : model->description.c_str();
+}
+
+const char* deblur_last_warning(const deblur_model* model) {
+  return model == nullptr ? nullptr : model->warning.c_str();
 }
 
 const char* deblur_last_error(void) { return last_error.c_str(); }

@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
     deblur_image out{result.pixels.data(), result.pixels.size(), image.height, image.width, DEBLUR_UINT8};
     if (deblur_run(model, &in, scale, nullptr, 0, &out, nullptr, 0) != DEBLUR_OK)
       throw std::runtime_error(input + ": " + deblur_last_error());
+    if (*deblur_last_warning(model) != '\0') std::fprintf(stderr, "warning: %s\n", deblur_last_warning(model));
     deblur::write_png_atomic(output, result);
     std::fprintf(stderr, "wrote %s (%s)\n", output.c_str(), deblur_describe(model));
   } catch (const std::exception& err) {

@@ -388,8 +388,18 @@ std::vector<float> Pipeline::restore(const std::vector<float>& image, const std:
   return out;
 }
 
-void Pipeline::run(const ImageRef& input, float defocus_scale, const float* map, const ImageRef& output,
-                   float* map_out) const {
+std::string map_range_warning(double high, double map_max, double radius_scale_px) {
+  if (high <= map_max) return "";
+  char text[256];
+  std::snprintf(text, sizeof text,
+                "defocus map reaches %.3g map units (%.3g px blur radius), beyond the model's trained "
+                "range of %g (%g px): expect artefacts",
+                high, high * radius_scale_px, map_max, map_max * radius_scale_px);
+  return text;
+}
+
+float Pipeline::run(const ImageRef& input, float defocus_scale, const float* map, const ImageRef& output,
+                    float* map_out) const {
   const int h = input.height, w = input.width;
   if (h < 1 || w < 1) bad_argument("image is empty: " + std::to_string(h) + " x " + std::to_string(w));
   if (output.height != h || output.width != w)
@@ -445,9 +455,13 @@ void Pipeline::run(const ImageRef& input, float defocus_scale, const float* map,
         else
           static_cast<float*>(output.data)[at] = clipped;
       }
-  if (map_out != nullptr)
-    for (int y = 0; y < h; ++y)
-      std::copy_n(dmap.data() + static_cast<size_t>(y) * pw, w, map_out + static_cast<size_t>(y) * w);
+  float high = 0.0f;
+  for (int y = 0; y < h; ++y) {
+    const float* row = dmap.data() + static_cast<size_t>(y) * pw;
+    high = std::max(high, *std::max_element(row, row + w));
+    if (map_out != nullptr) std::copy_n(row, w, map_out + static_cast<size_t>(y) * w);
+  }
+  return high;
 }
 
 }  // namespace deblur

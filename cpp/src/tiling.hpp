@@ -78,6 +78,10 @@ struct ImageRef {
   SampleType type;
 };
 
+// runtime.validate.map_range_warning: the warning for a map as used whose largest value
+// `high` is beyond the trained range `map_max`, else "".
+std::string map_range_warning(double high, double map_max, double radius_scale_px);
+
 // estimate -> (scale / replace map) -> condition -> restore, tile by tile.
 class Pipeline {
  public:
@@ -86,8 +90,9 @@ class Pipeline {
 
   // Deblur one image (Deblurrer.run without self-ensemble). `map` is null or H x W
   // float32 map values; `map_out` null or H x W. `output` has the input's size.
-  void run(const ImageRef& input, float defocus_scale, const float* map, const ImageRef& output,
-           float* map_out) const;
+  // Returns the largest value of the map as used (scaled, over the image).
+  float run(const ImageRef& input, float defocus_scale, const float* map, const ImageRef& output,
+            float* map_out) const;
 
   int tile() const { return tiles_[1]; }
   int estimate_tile() const { return tiles_[0]; }
