@@ -12,16 +12,15 @@ machine (``benchmarks/reports/<machine>/``) unless ``--out`` says otherwise.
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from benchmarks.inputs import parse_sizes, size_label, synthetic_image
-from benchmarks.machine import REPO, describe_machine, machine_slug, usable_cpus
+from benchmarks.machine import REPO, describe_machine, usable_cpus
 from benchmarks.model_source import shown
-from common.atomic import atomic_write
+from benchmarks.side_report import write_side_report
 from runtime import DeblurError, Deblurrer
 
 DEFAULT_SIZES = "1024x1024,3840x2160"
@@ -126,12 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "machine": machine,
         "sizes": rows,
     }
-    out = args.out or REPO / "benchmarks" / "reports" / machine_slug(machine, "cpu")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "overhead.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
-    atomic_write(out / "overhead.md", lambda tmp: Path(tmp).write_text(markdown(result)))
-    print(markdown(result), end="")
-    print(f"written: {shown(out / 'overhead.md')}")
+    write_side_report(args.out, "overhead", result, markdown(result))
     return 0
 
 

@@ -15,7 +15,6 @@ Writes ``photo-ensemble.json`` and ``.md`` beside this machine's benchmark repor
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -23,9 +22,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
-from benchmarks.machine import REPO, describe_machine, machine_slug, usable_cpus
+from benchmarks.machine import REPO, describe_machine, usable_cpus
 from benchmarks.model_source import shown
-from common.atomic import atomic_write
+from benchmarks.side_report import write_side_report
 from runtime import DeblurError, Deblurrer
 from runtime.ensemble import SIZES
 from training.metrics import psnr
@@ -96,13 +95,15 @@ def markdown(result: Dict) -> str:
         f"{result['summary']['all']['images']} samples; CPU {machine['cpu']}; commit "
         f"{machine['git_commit']} (`python -m benchmarks.photo_ensemble`).",
         "",
-        f"| level px | n | PSNR in | one pass | x{passes} | x{passes} < one pass | worst x{passes} - one dB | "
-        f"one pass < in - {WORSE_MARGIN_DB:g} dB | x{passes} < in - {WORSE_MARGIN_DB:g} dB |",
+        f"| level px | n | PSNR in | one pass | x{passes} | x{passes} < one pass | "
+        f"worst x{passes} - one dB | one pass < in - {WORSE_MARGIN_DB:g} dB | "
+        f"x{passes} < in - {WORSE_MARGIN_DB:g} dB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for level, r in result["summary"].items():
         lines.append(
-            f"| {level} | {r['images']} | {r['psnr_in']:.2f} | {r['psnr_one']:.2f} | {r['psnr_ensemble']:.2f} | "
+            f"| {level} | {r['images']} | {r['psnr_in']:.2f} | {r['psnr_one']:.2f} | "
+            f"{r['psnr_ensemble']:.2f} | "
             f"{r['ensemble_below_one']} | {r['worst_ensemble_minus_one']:+.3f} | {r['one_below_input']} | "
             f"{r['ensemble_below_input']} |"
         )
@@ -147,12 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "summary": summarise(rows),
         "samples": rows,
     }
-    out = args.out or REPO / "benchmarks" / "reports" / machine_slug(machine, "cpu")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "photo-ensemble.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
-    atomic_write(out / "photo-ensemble.md", lambda tmp: Path(tmp).write_text(markdown(result)))
-    print(markdown(result), end="")
-    print(f"written: {shown(out / 'photo-ensemble.md')}")
+    write_side_report(args.out, "photo-ensemble", result, markdown(result))
     return 0
 
 
