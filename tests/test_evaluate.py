@@ -28,6 +28,13 @@ class TestPhotoSet:
         again = build_photo_validation_set(held_out, size=64, levels=(2.5, 10.0), crops=2)
         assert all(torch.equal(a["blurry"], b["blurry"]) for a, b in zip(samples, again))
 
+    def test_uniform_blur(self, held_out):
+        samples = build_photo_validation_set(held_out, size=64, levels=(2.5, 10.0), crops=1, uniform=True)
+        for sample in samples:
+            np.testing.assert_allclose(sample["defocus_map"].numpy(), sample["level"] / 10.0, rtol=1e-5)
+        by_depth = build_photo_validation_set(held_out, size=64, levels=(2.5, 10.0), crops=1)
+        assert [s["name"] for s in samples] == [s["name"] for s in by_depth]
+
     def test_no_corpus(self, tmp_path):
         with pytest.raises(DataError, match=r"^no holdout photos at .* \(run `make data`\)$"):
             build_photo_validation_set(tmp_path)
@@ -87,24 +94,29 @@ class TestFigures:
 
 
 class TestCli:
-    @pytest.mark.parametrize("clean", [False, True])
-    def test_photos(self, held_out, tiny_checkpoint, tmp_path, capsys, monkeypatch, clean):
+    @pytest.mark.parametrize("clean,uniform", [(False, False), (True, False), (False, True)])
+    def test_photos(self, held_out, tiny_checkpoint, tmp_path, capsys, monkeypatch, clean, uniform):
         monkeypatch.setattr(
             evaluate,
             "load_set",
-            lambda name, root, noise: build_photo_validation_set(
-                root, size=64, levels=(5.0,), crops=1, noise=noise
+            lambda name, root, noise, uniform: build_photo_validation_set(
+                root, size=64, levels=(5.0,), crops=1, noise=noise, uniform=uniform
             ),
         )
         out = tmp_path / "result.json"
         argv = ["--checkpoint", str(tiny_checkpoint), "--corpus", str(held_out), "--json", str(out)]
-        assert evaluate.main(argv + ["--clean"] * clean) == 0
+        assert evaluate.main(argv + ["--clean"] * clean + ["--uniform"] * uniform) == 0
         printed = capsys.readouterr().out
         assert printed.startswith("| level px | n | PSNR in |") and "| 5 | 2 |" in printed
-        assert f"photos{' (clean)' * clean}: 2 samples of 2 scenes" in printed
+        assert f"photos{' (clean)' * clean}{' (uniform)' * uniform}: 2 samples of 2 scenes" in printed
         result = json.loads(out.read_text())
         assert [s["name"] for s in result["samples"]] == ["pkg-a/one#0", "pkg-b/two#0"]
-        assert result["summary"]["all"]["images"] == 2 and result["noise"] is not clean
+        assert result["summary"]["all"]["images"] == 2
+        assert (result["noise"], result["uniform"]) == (not clean, uniform)
+
+    def test_uniform_builtin_refused(self, tiny_checkpoint, capsys):
+        assert evaluate.main(["--checkpoint", str(tiny_checkpoint), "--set", "builtin", "--uniform"]) == 1
+        assert capsys.readouterr().err == "error: --uniform renders the photos set only\n"
 
     def test_errors(self, tmp_path, tiny_checkpoint, capsys):
         assert evaluate.main(["--checkpoint", str(tmp_path / "nope")]) == 1

@@ -1,13 +1,15 @@
 """Evaluate a checkpoint on a validation set, per blur level, against issue 15's targets.
 
-    python -m training.evaluate --checkpoint models/default [--set photos|builtin] [--clean] [--json out.json]
+    python -m training.evaluate --checkpoint models/default [--set photos|builtin] [--clean] [--uniform]
+                                [--json out.json]
 
 ``photos`` is the held-out photo set (``training.data.photo_validation``: packages
 training never uses, ``make data`` first); ``builtin`` the 12 renders training
 validates on (``build_validation_set``), kept so old and new figures compare.
 ``--clean`` renders them without sensor noise and 8-bit quantisation: the in-focus
 input is then (nearly) the sharp image, so the in-focus PSNR of the output says how
-much the model changes what it should leave alone.
+much the model changes what it should leave alone. ``--uniform`` (photos) blurs each
+crop by one radius everywhere, the level's, instead of by its synthetic depth.
 
 Per sample (RGB in [0, 1], the map in model units, radius px / 10):
 
@@ -189,10 +191,13 @@ def table(summary: Dict[str, Dict]) -> str:
     return "\n".join(lines)
 
 
-def load_set(name: str, corpus_root: Path, noise: bool = True) -> List[dict]:
-    """The samples of validation set ``name`` (``SETS``), with or without sensor noise."""
+def load_set(name: str, corpus_root: Path, noise: bool = True, uniform: bool = False) -> List[dict]:
+    """The samples of validation set ``name`` (``SETS``), with or without sensor noise;
+    ``uniform`` blur (photos only)."""
     if name == "photos":
-        return build_photo_validation_set(corpus_root, noise=noise)
+        return build_photo_validation_set(corpus_root, noise=noise, uniform=uniform)
+    if uniform:
+        raise DataError("--uniform renders the photos set only")
     return build_validation_set(seed=0, size=256, noise=noise)
 
 
@@ -202,12 +207,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--set", choices=SETS, default="photos", help="validation set (default photos)")
     parser.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder (photos set)")
     parser.add_argument("--clean", action="store_true", help="render without sensor noise and quantisation")
+    parser.add_argument("--uniform", action="store_true", help="photos: one blur radius everywhere")
     parser.add_argument("--json", type=Path, help="write every sample's figures and the summary here")
     args = parser.parse_args(argv)
     try:
         model, _ = load_checkpoint(args.checkpoint)
         start = time.perf_counter()
-        samples = load_set(args.set, args.corpus, noise=not args.clean)
+        samples = load_set(args.set, args.corpus, noise=not args.clean, uniform=args.uniform)
         rendered = time.perf_counter()
         rows = evaluate_samples(model, samples, progress=True)
     except (CheckpointError, DataError) as error:
@@ -216,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     done = time.perf_counter()
     summary = summarise(rows)
     print(table(summary))
-    name = f"{args.set} (clean)" if args.clean else args.set
+    name = args.set + "".join(f" ({k})" for k, on in (("clean", args.clean), ("uniform", args.uniform)) if on)
     print(
         f"\n{name}: {len(samples)} samples of {len({r['name'] for r in rows})} scenes; "
         f"rendering {rendered - start:.1f} s, evaluating {done - rendered:.1f} s "
@@ -227,6 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "checkpoint": str(args.checkpoint),
             "set": args.set,
             "noise": not args.clean,
+            "uniform": args.uniform,
             "summary": summary,
             "samples": rows,
         }

@@ -68,6 +68,7 @@ def build_photo_validation_set(
     levels: Sequence[float] = PHOTO_LEVELS,
     crops: int = 2,
     noise: bool = True,
+    uniform: bool = False,
 ) -> List[Dict]:
     """Render the held-out photo validation set.
 
@@ -78,10 +79,11 @@ def build_photo_validation_set(
         levels: largest blur radii in px (default ``PHOTO_LEVELS``).
         crops: windows per picture (default 2).
         noise: sensor noise and 8-bit quantisation (default True).
+        uniform: blur every pixel by the level's radius instead of by depth (default False).
 
     Returns:
         Items as ``build_validation_set``'s: tensors ``blurry``, ``sharp`` (3, H, W),
         ``defocus_map`` (1, H, W), ``has_map``, plus ``name`` (``package/picture#k``)
         and ``level`` (px), scenes in order then levels.
     """
-    return render_scenes(holdout_scenes(root, size, crops), seed, levels, noise=noise)
+    return render_scenes(holdout_scenes(root, size, crops), seed, levels, noise=noise, uniform=uniform)

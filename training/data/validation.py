@@ -79,12 +79,15 @@ def render_scenes(
     levels: Sequence[float],
     psf: str = "disc",
     noise: bool = True,
+    uniform: bool = False,
 ) -> List[Dict]:
     """Render each ``(name, sharp (H, W, 3), depth (H, W) or None)`` scene at every level.
 
     Scene ``k`` draws its synthetic depth (where it has none), focal plane (at a depth
     quantile in [0.1, 0.9]) and noise level from ``default_rng([seed, k])``; only the
-    largest blur radius changes across ``levels``. Items as ``build_validation_set``'s.
+    largest blur radius changes across ``levels``. With ``uniform`` every pixel is
+    blurred by the level's radius (a flat scene out of focus, as the trainer's
+    ``uniform_fraction`` items). Items as ``build_validation_set``'s.
     """
     samples = []
     for k, (name, sharp, depth) in enumerate(scenes):
@@ -92,6 +95,8 @@ def render_scenes(
         if depth is None:
             depth = synthetic_depth(rng, sharp)
         focus = float(np.quantile(depth, rng.uniform(0.1, 0.9)))
+        if uniform:  # the draws above still happen: the noise level stays the scene's
+            depth, focus = np.ones_like(depth), 2.0
         noise_level = sample_noise(rng) if noise else None
         for j, level in enumerate(levels):
             blurry, radius = render_defocus(
