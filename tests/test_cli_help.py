@@ -17,6 +17,7 @@ COMMANDS: Dict[str, str] = {
     "runtime.cuda_buffers": "main",
     "training.train": "main",
     "training.evaluate": "main",
+    "training.average": "main",
     "export.onnx": "main",
     "export.engine": "main",
     "export.verify": "main",

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from training.archs import DefocusDeblurNet
-from training.checkpoint import CheckpointError, init_from, save_checkpoint
+from training.average import main as average_main
+from training.checkpoint import CheckpointError, init_from, load_checkpoint, save_checkpoint
 from training.config import ConfigError, from_dict, load_config
 from training.data import build_validation_set
 from training.losses import LAMBDA_DF, LAMBDA_DME, LAMBDA_WD, STAGES, stage_loss, weighted_l2
@@ -346,6 +347,38 @@ def test_ema_is_the_moving_average_of_the_raw_weights(tmp_path):
     assert not torch.equal(averaged["dme.conv_first.weight"], raw["dme.conv_first.weight"])
     for key in expected:
         torch.testing.assert_close(averaged[key], expected[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_average_of_a_step_checkpoint(tmp_path, capsys):
+    """training.average writes the moving average a step checkpoint's state.pt holds: the
+    trainer's shipped (averaged) weights, not the raw ones the folder holds."""
+    config = from_dict(tomllib.loads(TINY))
+    trainer = Trainer(config, tmp_path / "run", torch.device("cpu"))
+    torch.manual_seed(0)
+    batch = {
+        "blurry": torch.rand(2, 3, 32, 32),
+        "sharp": torch.rand(2, 3, 32, 32),
+        "defocus_map": torch.rand(2, 1, 32, 32),
+        "has_map": torch.tensor([True, True]),
+    }
+    for _ in range(3):
+        trainer.train_step("joint", batch)
+    trainer.files.save(trainer.model, trainer.state(), trainer.config)
+    step = tmp_path / "run" / "checkpoints" / "step_00000003"
+    capsys.readouterr()
+    assert average_main([str(step), str(tmp_path / "avg")]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'avg'}: the moving average at step 3\n"
+    averaged, saved = load_checkpoint(tmp_path / "avg")
+    for key, value in trainer.shipped_model.state_dict().items():
+        torch.testing.assert_close(averaged.state_dict()[key], value, msg=key)
+    assert not torch.equal(
+        averaged.state_dict()["dme.conv_first.weight"], trainer.model.dme.conv_first.weight
+    )
+    assert saved["training"]["weights"] == "moving average at step 3"
+    assert average_main([str(tmp_path / "avg"), str(tmp_path / "again")]) == 1  # no state.pt
+    assert capsys.readouterr().err.startswith(
+        f"error: {tmp_path / 'avg' / 'state.pt'}: unreadable trainer state"
+    )
 
 
 @pytest.mark.parametrize("decay", [-0.1, 1.0])
