@@ -375,6 +375,8 @@ def test_average_of_a_step_checkpoint(tmp_path, capsys):
         averaged.state_dict()["dme.conv_first.weight"], trainer.model.dme.conv_first.weight
     )
     assert saved["training"]["weights"] == "moving average at step 3"
+    metrics = json.loads((tmp_path / "avg" / "metrics.json").read_text())
+    assert metrics["step"] == 3 and metrics["validation"]["images"] == 12
     assert average_main([str(tmp_path / "avg"), str(tmp_path / "again")]) == 1  # no state.pt
     assert capsys.readouterr().err.startswith(
         f"error: {tmp_path / 'avg' / 'state.pt'}: unreadable trainer state"

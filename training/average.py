@@ -6,14 +6,22 @@ The trainer validates the moving average (``ema_decay``) and writes it to ``best
 only when the built-in validation improves; a step checkpoint holds the raw weights,
 and the average in its ``state.pt``. This writes that average as a checkpoint, to
 judge it on another validation set (``training.evaluate --set photos``) or export it.
+Beside it, ``metrics.json`` as ``best/`` has one: the step, the training time and the
+built-in validation.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+
+from common.atomic import atomic_write
 from training.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
+from training.config import DataSection
+from training.validate import evaluate, load_validation_set
 
 #: ``torch.optim.swa_utils.AveragedModel`` keeps the averaged network under this prefix.
 _PREFIX = "module."
@@ -37,6 +45,13 @@ def write_average(step: Path, out: Path) -> int:
         raise CheckpointError(f"{step}: its moving average does not fit the network ({first})") from None
     training = {**config.get("training", {}), "weights": f"moving average at step {state['step']}"}
     save_checkpoint(out, model, {"training": training})
+    info = {
+        "step": state["step"],
+        "training_seconds": round(state["elapsed"], 1),
+        "weights": training["weights"],
+        "validation": evaluate(model, load_validation_set(DataSection()), torch.device("cpu")),
+    }
+    atomic_write(Path(out) / "metrics.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
     return int(state["step"])
 
 
