@@ -325,19 +325,24 @@ def test_resume_after_sigkill_reaches_the_same_weights(tiny_config, tmp_path):
             assert torch.equal(a[key], b[key]), key
 
 
+def _random_batch() -> dict:
+    """Two seeded 32² crops with maps, as ``make_batches`` yields them."""
+    torch.manual_seed(0)
+    return {
+        "blurry": torch.rand(2, 3, 32, 32),
+        "sharp": torch.rand(2, 3, 32, 32),
+        "defocus_map": torch.rand(2, 1, 32, 32),
+        "has_map": torch.tensor([True, True]),
+    }
+
+
 def test_ema_is_the_moving_average_of_the_raw_weights(tmp_path):
     """After the first step the average is that step's weights; after each later one it is
     decay * average + (1 - decay) * weights. Validation and best/ use the average."""
     config = from_dict(tomllib.loads(TINY))
     trainer = Trainer(config, tmp_path / "run", torch.device("cpu"))
     decay = config.train.ema_decay
-    torch.manual_seed(0)
-    batch = {
-        "blurry": torch.rand(2, 3, 32, 32),
-        "sharp": torch.rand(2, 3, 32, 32),
-        "defocus_map": torch.rand(2, 1, 32, 32),
-        "has_map": torch.tensor([True, True]),
-    }
+    batch = _random_batch()
     expected = None
     for _ in range(3):
         trainer.train_step("joint", batch)
@@ -354,13 +359,7 @@ def test_average_of_a_step_checkpoint(tmp_path, capsys):
     trainer's shipped (averaged) weights, not the raw ones the folder holds."""
     config = from_dict(tomllib.loads(TINY))
     trainer = Trainer(config, tmp_path / "run", torch.device("cpu"))
-    torch.manual_seed(0)
-    batch = {
-        "blurry": torch.rand(2, 3, 32, 32),
-        "sharp": torch.rand(2, 3, 32, 32),
-        "defocus_map": torch.rand(2, 1, 32, 32),
-        "has_map": torch.tensor([True, True]),
-    }
+    batch = _random_batch()
     for _ in range(3):
         trainer.train_step("joint", batch)
     trainer.files.save(trainer.model, trainer.state(), trainer.config)
