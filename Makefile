@@ -67,7 +67,7 @@ train: $(STAMP)
 # Keep improving the default model on this machine (about 95 minutes on 2 cores; rerun
 # to resume). runs/continue/best/ is the best validation checkpoint so far:
 # `make export CKPT=runs/continue/best` turns it into a bundle.
-train-continue: $(STAMP)
+train-continue: data
 	$(PY) -m training.train --config configs/small_continue.toml --init models/default --out runs/continue
 
 train-tiny: $(STAMP)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.archs import ConditionNet, DefocusDeblurNet, SFTLayer
+from training.archs import ConditionNet, DefocusDeblurNet, DefocusMapEstimator, SFTLayer
 from training.archs.deblur_arch import VARIANTS, DeblurNet
 from training.presets import get_config
 
@@ -28,6 +28,7 @@ def tiny_config(variant: str = "sft_dec", scale: int = 2, **overrides):
         channels=8,
         num_blocks=2,
         cond_channels=4,
+        dme_full_channels=4 if scale > 1 else 0,
     )
     sizes.update(overrides)
     return dataclasses.replace(get_config("small", variant), **sizes)
@@ -152,6 +153,29 @@ def test_scale_one_accepts_any_size(height, width):
     with torch.no_grad():
         out, dmap = model(torch.rand(1, 3, height, width))
     assert out.shape == (1, 3, height, width) and dmap.shape == (1, 1, height, width)
+
+
+def test_dme_full_resolution_stage_matches_reference():
+    """The features entering the DME's residual blocks: the half-resolution conv of the
+    space-to-depth image plus the full-resolution stage, recomputed with F.conv2d."""
+    dme = DefocusMapEstimator(channels=8, num_blocks=1, scale=2, full_channels=4).eval()
+    randomize_(dme)
+    image = torch.rand(2, 3, 12, 10)
+    seen = []
+    dme.body.register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0]))
+    with torch.no_grad():
+        dme(image)
+        first, (conv_a, _, conv_b, _, _, merge) = dme.conv_first, dme.full
+        want = F.conv2d(F.pixel_unshuffle(image, 2), first.weight, first.bias, padding=1)
+        full = F.relu(F.conv2d(image, conv_a.weight, conv_a.bias, padding=1))
+        full = F.relu(F.conv2d(full, conv_b.weight, conv_b.bias, padding=1))
+        want = want + F.conv2d(F.pixel_unshuffle(full, 2), merge.weight, merge.bias)
+    torch.testing.assert_close(seen[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_dme_full_resolution_stage_needs_space_to_depth():
+    with pytest.raises(ValueError, match="a full-resolution stage needs scale > 1"):
+        DefocusMapEstimator(channels=8, num_blocks=1, scale=1, full_channels=4)
 
 
 @pytest.fixture(scope="module", params=VARIANTS)

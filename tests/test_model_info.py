@@ -37,6 +37,7 @@ def tiny_config(
         channels=8,
         num_blocks=num_blocks,
         cond_channels=4,
+        dme_full_channels=4 if scale > 1 else 0,
     )
 
 
@@ -51,10 +52,17 @@ def conv_params(cin: int, cout: int, k: int) -> int:
 
 
 def dme_convs(c: NetConfig) -> list:
-    """(cin, cout, k) of the DME at 1/scale resolution."""
-    s2, ch = c.scale**2, c.dme_channels
+    """(cin, cout, k) of the DME at 1/scale resolution (the full-resolution stage's merge included)."""
+    s2, ch, cf = c.scale**2, c.dme_channels, c.dme_full_channels
     blocks = c.dme_blocks + c.dme_dilated_blocks
-    return [(3 * s2, ch, 3)] + [(ch, ch, 3)] * (2 * blocks) + [(ch, ch, 3), (ch, s2, 3)]
+    merge = [(cf * s2, ch, 1)] if cf else []
+    return [(3 * s2, ch, 3)] + merge + [(ch, ch, 3)] * (2 * blocks) + [(ch, ch, 3), (ch, s2, 3)]
+
+
+def dme_full_convs(c: NetConfig) -> list:
+    """(cin, cout, k) of the DME's full-resolution stage before its merge (none if absent)."""
+    cf = c.dme_full_channels
+    return [(3, cf, 3), (cf, cf, 3)] if cf else []
 
 
 def deblur_convs(c: NetConfig) -> list:
@@ -84,19 +92,22 @@ def _mode(c: NetConfig) -> str:
 
 
 def expected_params(c: NetConfig) -> int:
-    convs = dme_convs(c) + deblur_convs(c) + pooled_convs(c)
+    convs = dme_full_convs(c) + dme_convs(c) + deblur_convs(c) + pooled_convs(c)
     return sum(conv_params(*conv) for conv in convs)
 
 
 def expected_macs_per_pixel(c: NetConfig, size: int) -> float:
     per_cell = sum(cin * cout * k * k for cin, cout, k in dme_convs(c) + deblur_convs(c))
+    per_pixel = sum(cin * cout * k * k for cin, cout, k in dme_full_convs(c))
     once = sum(cin * cout for cin, cout, _ in pooled_convs(c))
-    return per_cell / c.scale**2 + once / size**2
+    return per_cell / c.scale**2 + per_pixel + once / size**2
 
 
 def expected_fields(c: NetConfig) -> dict:
     """Fields in px: ``scale`` px per cell, each 3x3 conv adds a cell on both sides
     (``d`` cells at dilation ``d``; the dilated DME blocks have d = 2, 4, 8, ...).
+    The DME's full-resolution stage (two 3x3 convs, 2 px a side) reaches no further
+    than ``conv_first``'s cell a side at ``scale`` >= 2.
 
     The map reaches the SFT blocks through 1x1 convs only, so its path to the output
     skips ``conv_first``; for ``concat`` it enters with the image before ``conv_first``.
@@ -156,8 +167,11 @@ def test_macs_of_single_conv(conv, expected):
 @pytest.mark.parametrize("scale", [1, 2])
 def test_macs_of_dme(scale):
     config = tiny_config(scale=scale)
-    dme = DefocusMapEstimator(config.dme_channels, config.dme_blocks, scale)
-    expected = sum(cin * cout * k * k for cin, cout, k in dme_convs(config)) / scale**2
+    dme = DefocusMapEstimator(
+        config.dme_channels, config.dme_blocks, scale, full_channels=config.dme_full_channels
+    )
+    per_cell = sum(cin * cout * k * k for cin, cout, k in dme_convs(config))
+    expected = per_cell / scale**2 + sum(cin * cout * k * k for cin, cout, k in dme_full_convs(config))
     assert macs_per_pixel(dme, size=32) == pytest.approx(expected, rel=1e-12)
 
 

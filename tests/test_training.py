@@ -457,16 +457,18 @@ def test_dme_stage_moves_only_the_estimator(tmp_path):
     assert best["validation"]["psnr_out"] == max(float(r["psnr_out"]) for r in val)
 
 
-@pytest.mark.parametrize("plain,dilated", [(6, 0), (3, 0), (6, 1)])
-def test_init_from_a_shallower_estimator_grows_it(tmp_path, plain, dilated):
-    """The default model gains DME blocks this way, plain then dilated: its first step
-    starts from exactly the checkpoint's function."""
+@pytest.mark.parametrize("plain,dilated,full", [(6, 0, 16), (3, 0, 16), (6, 1, 16), (6, 3, 0), (6, 1, 0)])
+def test_init_from_a_shallower_estimator_grows_it(tmp_path, plain, dilated, full):
+    """The default model gains DME blocks this way, plain then dilated, and its
+    full-resolution stage: its first step starts from exactly the checkpoint's function."""
     config = get_config("small")
     torch.manual_seed(0)
-    shallow = DefocusDeblurNet(dataclasses.replace(config, dme_blocks=plain, dme_dilated_blocks=dilated))
+    shallow = DefocusDeblurNet(
+        dataclasses.replace(config, dme_blocks=plain, dme_dilated_blocks=dilated, dme_full_channels=full)
+    )
     save_checkpoint(tmp_path / "shallow", shallow)
     grown = DefocusDeblurNet(config)
-    added = config.dme_blocks + config.dme_dilated_blocks - plain - dilated
+    added = config.dme_blocks + config.dme_dilated_blocks - plain - dilated + (full == 0)
     assert init_from(grown, tmp_path / "shallow", "small") == added
     image = torch.rand(1, 3, 64, 48)
     with torch.no_grad():
@@ -482,17 +484,22 @@ def test_init_from_a_shallower_estimator_grows_it(tmp_path, plain, dilated):
         dict(variant="sft"),
         dict(dme_blocks=3, dme_dilated_blocks=1),
         dict(dme_dilated_blocks=0),
+        dict(dme_full_channels=8),
+        dict(dme_full_channels=0),
     ],
 )
 def test_init_from_refuses_another_network(tmp_path, change):
     """Fewer blocks only, and only at the end: a plain block after a dilated one would
-    take the place of a trained dilated block."""
+    take the place of a trained dilated block. A trained full-resolution stage is
+    neither resized nor dropped."""
     config = get_config("small")
     save_checkpoint(
         tmp_path / "ckpt", DefocusDeblurNet(dataclasses.replace(config, dme_blocks=2, dme_dilated_blocks=1))
     )
     other = DefocusDeblurNet(dataclasses.replace(config, **change))
-    with pytest.raises(CheckpointError, match="does not fit .* only DME blocks may be added"):
+    with pytest.raises(
+        CheckpointError, match="does not fit .* only DME blocks and the full-resolution stage may be added"
+    ):
         init_from(other, tmp_path / "ckpt", "small")
 
 

@@ -117,12 +117,13 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> int:
     """Copy a checkpoint's weights into ``model`` to train on from them (``--init``).
 
     The checkpoint's network must equal ``model``'s but may have fewer DME residual
-    blocks, plain or dilated, as long as its blocks are the first of ``model``'s:
-    the extra ones start as the identity (the conv closing each residual branch
+    blocks, plain or dilated, as long as its blocks are the first of ``model``'s, and
+    may lack the DME's full-resolution stage. What is added starts as the identity
+    (the conv closing each residual branch, and the stage's merging 1x1 conv,
     zeroed), so the grown model computes exactly what the checkpoint did.
 
     Returns:
-        How many DME blocks were added.
+        How many DME parts (residual blocks, full-resolution stage) were added.
 
     Raises:
         CheckpointError: with a one-line reason.
@@ -131,18 +132,23 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> int:
     theirs, mine = source.config, model.config
     their_blocks = dme_dilations(theirs.dme_blocks, theirs.dme_dilated_blocks)
     my_blocks = dme_dilations(mine.dme_blocks, mine.dme_dilated_blocks)
-    same_rest = (
-        replace(theirs, dme_blocks=mine.dme_blocks, dme_dilated_blocks=mine.dme_dilated_blocks) == mine
-    )
-    if not same_rest or my_blocks[: len(their_blocks)] != their_blocks:
+    grows = dict(dme_blocks=mine.dme_blocks, dme_dilated_blocks=mine.dme_dilated_blocks)
+    adds_stage = theirs.dme_full_channels == 0 and mine.dme_full_channels > 0
+    if adds_stage:
+        grows["dme_full_channels"] = mine.dme_full_channels
+    if replace(theirs, **grows) != mine or my_blocks[: len(their_blocks)] != their_blocks:
         raise CheckpointError(
-            f"{path}: its network ({theirs}) does not fit {mine}; only DME blocks may be added"
+            f"{path}: its network ({theirs}) does not fit {mine}; "
+            "only DME blocks and the full-resolution stage may be added"
         )
     model.load_state_dict(source.state_dict(), strict=False)
-    for block in model.dme.body[len(their_blocks) :]:
-        torch.nn.init.zeros_(block.conv2.weight)
-        torch.nn.init.zeros_(block.conv2.bias)
-    return len(my_blocks) - len(their_blocks)
+    closing = [block.conv2 for block in model.dme.body[len(their_blocks) :]]
+    if adds_stage:
+        closing.append(model.dme.full[-1])
+    for conv in closing:
+        torch.nn.init.zeros_(conv.weight)
+        torch.nn.init.zeros_(conv.bias)
+    return len(closing)
 
 
 def load_state(path: Path) -> dict:

@@ -66,7 +66,7 @@ class Trainer:
         if init is not None:
             grown = init_from(self.model, init, config.model.preset)
             if grown and self.rank == 0:
-                tqdm.write(f"{init}: {grown} DME blocks added, starting as the identity")
+                tqdm.write(f"{init}: {grown} DME parts added, starting as the identity")
         self.model.to(device)
         if tc.channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -31,7 +31,11 @@ class DefocusDeblurNet(nn.Module):
         super().__init__()
         self.config = config
         self.dme = DefocusMapEstimator(
-            config.dme_channels, config.dme_blocks, config.scale, config.dme_dilated_blocks
+            config.dme_channels,
+            config.dme_blocks,
+            config.scale,
+            config.dme_dilated_blocks,
+            config.dme_full_channels,
         )
         self.condition = None
         if config.variant != "concat":

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.archs.blocks import ResBlock, conv3x3
+from training.archs.blocks import ResBlock, conv1x1, conv3x3
 from training.presets import MAP_MAX
 
 
@@ -37,6 +37,12 @@ class DefocusMapEstimator(nn.Module):
     last conv emits 4 channels that ``pixel_shuffle`` puts back: a quarter of the
     cost per pixel and twice the receptive field, which CPU deployment needs.
 
+    With ``full_channels`` > 0 (and ``scale`` > 1) a full-resolution stage runs
+    first: conv 3->Cf, ReLU, conv Cf->Cf, ReLU, then ``pixel_unshuffle`` and a 1x1
+    conv Cf*scale^2->C whose output is added to the first conv's. Radii of 0.5-2 px
+    differ only in the finest frequencies, which the half-resolution cells see
+    through one linear conv; this stage gives them nonlinear detectors of their own.
+
     ``dilated_blocks`` residual blocks with dilation 2, 4, 8, ... follow the plain
     ones. They widen the receptive field cheaply: blur cannot be seen inside a flat
     region, only at the edges around it, so the map there needs that context.
@@ -50,22 +56,44 @@ class DefocusMapEstimator(nn.Module):
         num_blocks: Residual blocks. Default: 4.
         scale: Space-to-depth factor; H and W must be multiples of it. Default: 1.
         dilated_blocks: Dilated residual blocks after the plain ones. Default: 0.
+        full_channels: Channels Cf of the full-resolution stage; 0 = none. Default: 0.
 
     Shape:
         image (N, 3, H, W) in [0, 1] -> map (N, 1, H, W) in [0, MAP_MAX].
     """
 
-    def __init__(self, channels: int = 64, num_blocks: int = 4, scale: int = 1, dilated_blocks: int = 0):
+    def __init__(
+        self,
+        channels: int = 64,
+        num_blocks: int = 4,
+        scale: int = 1,
+        dilated_blocks: int = 0,
+        full_channels: int = 0,
+    ):
         super().__init__()
+        if full_channels and scale == 1:
+            raise ValueError("a full-resolution stage needs scale > 1: at scale 1 every stage is")
         self.scale = scale
         self.conv_first = conv3x3(3 * scale * scale, channels)
+        self.full = None
+        if full_channels:
+            self.full = nn.Sequential(
+                conv3x3(3, full_channels),
+                nn.ReLU(inplace=True),
+                conv3x3(full_channels, full_channels),
+                nn.ReLU(inplace=True),
+                nn.PixelUnshuffle(scale),
+                conv1x1(full_channels * scale * scale, channels, scale=0.1),
+            )
         self.body = nn.Sequential(*[ResBlock(channels, d) for d in dme_dilations(num_blocks, dilated_blocks)])
         self.conv_body = conv3x3(channels, channels)
         self.conv_last = conv3x3(channels, scale * scale, scale=0.1)
 
     def forward(self, image: Tensor) -> Tensor:
-        x = F.pixel_unshuffle(image, self.scale) if self.scale > 1 else image
-        x = self.conv_body(self.body(self.conv_first(x)))
+        x = self.conv_first(F.pixel_unshuffle(image, self.scale) if self.scale > 1 else image)
+        if self.full is not None:
+            x = x + self.full(image)
+        x = self.conv_body(self.body(x))
         x = self.conv_last(x)
         x = F.pixel_shuffle(x, self.scale) if self.scale > 1 else x
         return clamp_map(x, straight_through=self.training and torch.is_grad_enabled())
