@@ -58,25 +58,26 @@ def download(package: str, dest: Path, suite: Optional[str] = None, state: Optio
     """The ``.deb`` of ``package`` in ``dest``, downloaded unless one is there.
 
     A failed download runs ``apt-get update`` once (per ``state`` dict, shared by the
-    calls of one build) and tries again. A ``suite``'s private apt state lives in
-    ``dest/apt-<suite>``.
+    calls of one build) and tries again. A ``suite``'s private apt state and its
+    ``.deb`` files live in ``dest/apt-<suite>``, so one package can be had from two suites.
 
     Raises:
         DebianError: the download failed.
     """
-    dest.mkdir(parents=True, exist_ok=True)
-    dest = dest.resolve()  # apt-get runs in dest: its option paths must not be relative
-    found = sorted(dest.glob(f"{package}_*.deb"))
+    # apt-get runs in the folder: its option paths must not be relative
+    folder = (dest / f"apt-{suite}" if suite else dest).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    found = sorted(folder.glob(f"{package}_*.deb"))
     if found:
         return found[-1]
     state = {} if state is None else state
-    options = suite_options(suite, dest / f"apt-{suite}") if suite else []
-    result = _apt([*options, "download", package], dest)
+    options = suite_options(suite, folder) if suite else []
+    result = _apt([*options, "download", package], folder)
     if result.returncode != 0 and not state.get(suite or "system"):
         state[suite or "system"] = True
-        _apt([*options, "update"], dest)
-        result = _apt([*options, "download", package], dest)
-    found = sorted(dest.glob(f"{package}_*.deb"))
+        _apt([*options, "update"], folder)
+        result = _apt([*options, "download", package], folder)
+    found = sorted(folder.glob(f"{package}_*.deb"))
     if result.returncode != 0 or not found:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise DebianError(f"apt-get download {package} failed: {last}")

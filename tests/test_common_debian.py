@@ -61,6 +61,14 @@ def test_suite_reads_only_its_private_sources(tmp_path, apt_calls, monkeypatch):
     assert "URIs: http://mirror.example/debian\nSuites: trixie\nComponents: main\n" in written
 
 
+def test_one_package_from_two_suites(tmp_path, apt_calls):
+    system = debian.download("pkg", tmp_path)
+    bullseye = debian.download("pkg", tmp_path, suite="bullseye")
+    assert system == tmp_path / "pkg_1.0_all.deb"
+    assert bullseye == tmp_path / "apt-bullseye" / "pkg_1.0_all.deb"
+    assert [c[-1] for c in apt_calls] == ["pkg", "pkg"]
+
+
 def test_mirror_default_without_system_sources(tmp_path, monkeypatch):
     monkeypatch.setattr(debian, "SYSTEM_SOURCES", tmp_path / "none.sources")
     assert debian.mirror() == debian.DEFAULT_MIRROR

@@ -197,6 +197,20 @@ class TestBuild:
         )
         assert report["kept"]["train"] == 1
 
+    def test_second_release_fetches_its_package_from_its_suite(self, tmp_path, monkeypatch):
+        calls = []
+
+        def offline(package, dest, suite, state):
+            calls.append((package, suite))
+            raise debian.DebianError("offline")
+
+        monkeypatch.setattr(debian, "download", offline)
+        monkeypatch.setitem(corpus.APT_NAMES, "pkg-old", "pkg")
+        monkeypatch.setitem(corpus.SUITES, "pkg-old", "bullseye")
+        with pytest.raises(corpus.CorpusError, match="^offline$"):
+            corpus.fetch("pkg-old", tmp_path, {})
+        assert calls == [("pkg", "bullseye")]
+
     def test_nothing_fetched(self, tmp_path, monkeypatch):
         class Failed:
             returncode, stdout, stderr = 100, "", "E: no network\n"

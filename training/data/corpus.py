@@ -50,6 +50,7 @@ PACKAGES: Dict[str, str] = {
     "gnome-backgrounds": "train",
     "sway-backgrounds": "train",
     "lomiri-wallpapers": "train",
+    "gnome-backgrounds-bullseye": "train",
     "plasma-workspace-wallpapers": "holdout",
     "lomiri-wallpapers-16.04": "holdout",
     "budgie-backgrounds": "holdout",
@@ -59,8 +60,11 @@ PACKAGES: Dict[str, str] = {
 EXCLUDED: Dict[str, str] = {
     "budgie-backgrounds/usr/share/backgrounds/budgie/ocean-waves.jpg": "a woodblock-style print",
 }
-#: Packages fetched from another Debian suite than this machine's (bookworm lacks them).
-SUITES: Dict[str, str] = {"budgie-backgrounds": "trixie"}
+#: Entries fetched from another Debian suite than this machine's: bookworm lacks
+#: budgie-backgrounds, and GNOME's older release still shipped photographs.
+SUITES: Dict[str, str] = {"budgie-backgrounds": "trixie", "gnome-backgrounds-bullseye": "bullseye"}
+#: The Debian package of an entry whose name is not the package's own (a second release).
+APT_NAMES: Dict[str, str] = {"gnome-backgrounds-bullseye": "gnome-backgrounds"}
 SPLITS = ("train", "holdout")
 #: Path parts that say nothing about a picture, left out of its output name.
 _BOILERPLATE = {"usr", "share", "backgrounds", "wallpapers", "wallpaper", "contents", "images"}
@@ -97,8 +101,9 @@ def output_name(path: str) -> str:
 
 
 def fetch(package: str, root: Path, state: dict) -> Path:
-    """Download and unpack ``package`` under ``root`` (skipped when done before), from
-    this machine's apt sources or the suite ``SUITES`` names.
+    """Download and unpack the entry ``package`` under ``root`` (skipped when done
+    before): the Debian package ``APT_NAMES`` names (else ``package`` itself), from this
+    machine's apt sources or the suite ``SUITES`` names.
 
     ``state`` is ``common.debian.download``'s: ``apt-get update`` runs once a build.
 
@@ -112,7 +117,7 @@ def fetch(package: str, root: Path, state: dict) -> Path:
     if (unpacked / ".unpacked").is_file():
         return unpacked
     try:
-        deb = debian.download(package, root / "debs", SUITES.get(package), state)
+        deb = debian.download(APT_NAMES.get(package, package), root / "debs", SUITES.get(package), state)
         debian.unpack(deb, unpacked)
     except debian.DebianError as error:
         raise CorpusError(str(error)) from None
