@@ -13,7 +13,8 @@ One request is one image (``max_batch_size: 0``), of any size:
     outputs  deblurred_<dtype> (H, W, 3) in the input's dtype
              defocus_map_used (H, W) float32
 
-A bad request gets an error response with one ``error:`` line; the model keeps serving.
+A bad request gets an error response with one ``error:`` line (INVALID_ARG, HTTP 400),
+a failure of the backend one with INTERNAL (HTTP 500); the model keeps serving.
 Settings come from the ``parameters`` of ``config.pbtxt`` (see ``export.triton``).
 """
 
@@ -29,7 +30,7 @@ import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the runtime and common packages copied beside this file
 
-from runtime import DeblurError, Deblurrer  # noqa: E402
+from runtime import BackendError, DeblurError, Deblurrer  # noqa: E402
 
 IMAGE_INPUTS = ("image_uint8", "image_uint16", "image_float32")
 MAP_OUTPUT = "defocus_map_used"
@@ -53,6 +54,11 @@ def _input(request, name: str) -> Optional[np.ndarray]:
     """The named input as a NumPy view of the request's memory, or None where absent."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else np.from_dlpack(tensor)
+
+
+def _error(err: DeblurError, code):
+    """An error response of one ``error:`` line."""
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"error: {err}", code))
 
 
 def _output(name: str, array: np.ndarray):
@@ -112,11 +118,12 @@ class TritonPythonModel:
         try:
             image, scale, defocus_map = self._inputs(request)
             sharp, used = self.deblurrer.run(image, defocus_scale=scale, defocus_map=defocus_map)
+        except BackendError as err:
+            # The backend failed (CUDA, engine, ONNX Runtime): the server's error, HTTP 500 / gRPC INTERNAL.
+            return _error(err, pb_utils.TritonError.INTERNAL)
         except DeblurError as err:
             # Bad input (shape, size, map, scale): the client's error, HTTP 400 / gRPC INVALID_ARGUMENT.
-            return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(f"error: {err}", pb_utils.TritonError.INVALID_ARG)
-            )
+            return _error(err, pb_utils.TritonError.INVALID_ARG)
         return pb_utils.InferenceResponse(
             output_tensors=[_output(f"deblurred_{sharp.dtype}", sharp), _output(MAP_OUTPUT, used)]
         )

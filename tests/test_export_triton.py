@@ -8,6 +8,7 @@ compare what it serves with ``runtime.Deblurrer`` in this process.
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 
 from export import triton
 from export.triton_server import ServerError, TritonServer, group_alive
-from runtime import Deblurrer
+from runtime import BackendError, Deblurrer, ImageError
 from runtime.bundle import DEFAULT_BUNDLE, PACKAGE_ROOT, load_bundle
 from runtime.image_io import read_image
 from training.metrics import psnr
@@ -338,3 +339,42 @@ def test_server_stops_and_leaves_no_process(repo):
 def test_server_that_cannot_load_reports_its_log(tmp_path):
     with pytest.raises(ServerError, match="before it was ready"):
         TritonServer(tmp_path, models=["deblur"]).start()
+
+
+class _FakePbUtils:
+    """The two names of ``triton_python_backend_utils`` that an error response uses."""
+
+    class TritonError:
+        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+        def __init__(self, message, code):
+            self.message, self.code = message, code
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=None, error=None):
+            self.output_tensors, self.error = output_tensors, error
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (ImageError("image has 2 channels"), "INVALID_ARG"),
+        (BackendError("CUDA error 2 (cudaErrorMemoryAllocation): out of memory"), "INTERNAL"),
+    ],
+)
+def test_error_response_tells_client_errors_from_server_errors(monkeypatch, error, code):
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakePbUtils)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the model file adds its folder
+    spec = importlib.util.spec_from_file_location("triton_model_under_test", triton.MODEL_TEMPLATE)
+    model_file = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model_file)
+
+    class Failing:
+        def run(self, image, **options):
+            raise error
+
+    model = model_file.TritonPythonModel()
+    model.max_side, model.max_pixels, model.deblurrer = 64, 4096, Failing()
+    monkeypatch.setattr(model, "_inputs", lambda request: (np.zeros((8, 8, 3), np.uint8), 1.0, None))
+    response = model._respond(request=None)
+    assert (response.error.code, response.error.message) == (code, f"error: {error}")
