@@ -10,6 +10,8 @@ import pytest
 from common import debian
 from training.batches import photo_sources
 from training.data import DataError, ImageFolderSource, corpus, curation
+from training.data.datasets import scaled_crop
+from training.data.sources import SharpImage
 
 
 def photo_like(seed: int, size: int = 1024) -> np.ndarray:
@@ -76,6 +78,32 @@ class TestRules:
         reason, measures = judge(partly_blurred(2))
         assert reason == "depth_of_field", measures
         assert measures.blurred_fraction == pytest.approx(0.5, abs=0.1)
+
+    def test_blurred_tiles_are_the_out_of_focus_half(self):
+        blurred = curation.blurred_tiles(partly_blurred(2))
+        assert blurred.shape == (16, 16)
+        assert not blurred[:, :8].any()
+        assert blurred[:, 8:].mean() > 0.7  # the rest have too little contrast left to judge
+
+    def test_blurred_share_counts_tiles_whose_centre_is_inside(self):
+        blurred = np.zeros((4, 4), bool)
+        blurred[:, 2:] = True  # tile columns 2, 3: x from 128, centres 160 and 224
+        assert curation.blurred_share(blurred, 0, 0, 160, tile=64) == 0.0  # centres 32, 96
+        assert curation.blurred_share(blurred, 0, 0, 161, tile=64) == pytest.approx(1 / 3)
+        assert curation.blurred_share(blurred, 0, 100, 200, tile=64) == 1.0  # centres 160, 224
+        assert curation.blurred_share(blurred, 0, 300, 10, tile=64) == 0.0  # no centre inside
+
+    def test_crops_avoid_the_photos_own_blur(self):
+        image = partly_blurred(2)
+        columns = np.broadcast_to(np.arange(1024, dtype=np.float32), (1024, 1024))
+        photo = SharpImage(image, columns, "half")  # the depth tells where a crop came from
+        blurred = curation.blurred_tiles(image)
+        shares = []
+        for seed in range(20):
+            _, depth = scaled_crop(np.random.default_rng(seed), photo, 256, min_scale=1.0)
+            shares.append(curation.blurred_share(blurred, 0, int(depth[0, 0]), 256))
+        # A random window reaches the blurred half about 2/3 of the time; the best of 8, rarely.
+        assert np.mean(shares) < 0.1
 
     def test_uniformly_soft_dropped(self):
         soft = cv2.GaussianBlur(photo_like(3), (0, 0), 8.0)

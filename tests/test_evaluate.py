@@ -2,12 +2,13 @@
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from training import evaluate
-from training.data import DataError
+from training.data import DataError, curation
 from training.data.photo_validation import build_photo_validation_set, detailed_windows
 from training.map_regions import REGIONS
 
@@ -45,6 +46,14 @@ class TestPhotoSet:
         image[:64, :64] = 0.5 + 0.5 * (texture(4, 64, 64) - 0.5)
         assert detailed_windows(image, 64, 3) == [(64, 128), (0, 0), (0, 64)]
         assert len(detailed_windows(image, 64, 10)) == 6  # no more fit without overlap
+
+    def test_detailed_windows_leave_out_the_pictures_own_blur(self, texture):
+        image = texture(7, 1024, 1024)
+        image[:, 512:] = cv2.GaussianBlur(image, (0, 0), 6.0)[:, 512:]  # its own bokeh
+        windows = detailed_windows(image, 320, 4)
+        assert len(windows) == 3  # one above the other: the left half holds no more
+        half = 512 + curation.TILE // 2  # a window may reach the first blurred tile, not its centre
+        assert all(x + 320 <= half for _, x in windows)
 
 
 class TestFigures:

@@ -97,35 +97,69 @@ def colour_count(image: np.ndarray, coverage: float = 0.95) -> int:
     return int(np.searchsorted(np.cumsum(counts), coverage * codes.size) + 1)
 
 
-def tile_sharpness(image: np.ndarray, tile: int = TILE) -> np.ndarray:
-    """Sharpness of each detailed tile: RMS Laplacian over the tile's smoothed contrast.
+def sharpness_grid(image: np.ndarray, tile: int = TILE) -> np.ndarray:
+    """Sharpness of each ``tile`` x ``tile`` tile: RMS Laplacian over the tile's smoothed contrast.
 
     A tile's contrast is the std of its grey values after a sigma-2 Gaussian: large
     structure, which blur keeps. Its Laplacian (3x3) is the finest detail, which blur
-    removes. Tiles with contrast under ``_MIN_TILE_CONTRAST`` (sky, fog) are left out.
+    removes. Tiles with contrast under ``_MIN_TILE_CONTRAST`` (sky, fog) have no detail
+    to judge.
 
     Returns:
-        (N,) float32, one value per detailed tile (empty when none).
+        (H // tile, W // tile) float32, NaN where a tile has no detail to judge.
     """
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     smooth = cv2.GaussianBlur(grey, (0, 0), 2.0)
     laplacian = cv2.Laplacian(grey, cv2.CV_32F, ksize=1)
     rows, cols = grey.shape[0] // tile, grey.shape[1] // tile
-    values = []
+    grid = np.full((rows, cols), np.nan, np.float32)
     for r in range(rows):
         for c in range(cols):
             window = np.s_[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile]
             contrast = float(smooth[window].std())
             if contrast >= _MIN_TILE_CONTRAST:
-                values.append(math.sqrt(float(np.mean(laplacian[window] ** 2))) / contrast)
-    return np.asarray(values, np.float32)
+                grid[r, c] = math.sqrt(float(np.mean(laplacian[window] ** 2))) / contrast
+    return grid
+
+
+def tile_sharpness(image: np.ndarray, tile: int = TILE) -> np.ndarray:
+    """(N,) float32 sharpness of the detailed tiles of ``sharpness_grid``, in raster order."""
+    grid = sharpness_grid(image, tile)
+    return grid[np.isfinite(grid)]
+
+
+def _blurred(values: np.ndarray, sharpness: np.ndarray) -> np.ndarray:
+    """Which ``values`` are below ``BLURRED_TILE_SHARE`` of ``sharpness``'s 90th percentile."""
+    return values < BLURRED_TILE_SHARE * np.percentile(sharpness, 90)
 
 
 def blurred_fraction(sharpness: np.ndarray) -> float:
     """Share of tiles below ``BLURRED_TILE_SHARE`` of the 90th-percentile sharpness."""
     if sharpness.size == 0:
         return 0.0
-    return float(np.mean(sharpness < BLURRED_TILE_SHARE * np.percentile(sharpness, 90)))
+    return float(np.mean(_blurred(sharpness, sharpness)))
+
+
+def blurred_tiles(image: np.ndarray, tile: int = TILE) -> np.ndarray:
+    """(H // tile, W // tile) bool: the detailed tiles that the picture itself has blurred
+    (its own bokeh or motion blur), by the rule of ``blurred_fraction``."""
+    grid = sharpness_grid(image, tile)
+    detailed = np.isfinite(grid)
+    if not detailed.any():
+        return detailed
+    return detailed & _blurred(np.where(detailed, grid, np.inf), grid[detailed])
+
+
+def blurred_share(blurred: np.ndarray, y: int, x: int, size: int, tile: int = TILE) -> float:
+    """Share of the tiles of ``blurred_tiles`` whose centre lies in the ``size`` x ``size``
+    window at (``y``, ``x``) that are blurred; 0 when no tile centre lies in it."""
+    inside = blurred[_first_tile(y, tile) : _first_tile(y + size, tile), _first_tile(x, tile) : _first_tile(x + size, tile)]
+    return float(inside.mean()) if inside.size else 0.0
+
+
+def _first_tile(start: int, tile: int) -> int:
+    """Index of the first tile whose centre is at or after ``start``."""
+    return max(0, math.ceil((start - tile / 2) / tile))
 
 
 def thumbnail_hash(image: np.ndarray) -> int:

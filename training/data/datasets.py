@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from training.data import curation
 from training.data.depth import synthetic_depth
 from training.data.render import PSFS, Camera, render_defocus, sample_camera, sample_noise
 from training.data.sources import DataError, SharpImage, dead_leaves, list_images, read_image, split_readable
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 #: maps are not public; this is our format. The runtime's map files are another format
 #: (``runtime.image_io.read_map_file``: map units, v / 65535 * 4 in a 16-bit file).
 RADIUS_PNG_SCALE = 1000.0
+#: Random window positions ``scaled_crop`` weighs against the photo's own blur.
+CROP_TRIES = 8
 #: Pair-only folder layouts, tried in order: (blurry folder, sharp folder).
 PAIR_LAYOUTS = (("blurry", "sharp"), ("source", "target"), ("inputC", "target"))
 
@@ -86,20 +89,32 @@ def random_crop(rng: np.random.Generator, arrays: Sequence[np.ndarray], crop: in
 
 
 def scaled_crop(
-    rng: np.random.Generator, photo: SharpImage, crop: int, min_scale: float
+    rng: np.random.Generator,
+    photo: SharpImage,
+    crop: int,
+    min_scale: float,
+    blurred: Optional[np.ndarray] = None,
 ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Random square window of a sharp photo, resampled to ``crop`` x ``crop``.
 
     The scale is uniform in [``min_scale``, 1] (downscaling makes photos sharper
     and varies texture size); a photo whose shorter side is below ``crop`` is
-    upscaled just enough instead. Depth is resampled nearest-neighbour so no
-    depth appears between two surfaces.
+    upscaled just enough instead. Of ``CROP_TRIES`` random positions the window
+    takes the first with the fewest tiles the photo itself has blurred
+    (``curation.blurred_tiles``): the renderer's true map says 0 there, so a crop of
+    the photo's own bokeh would teach that blur is sharp. Depth is resampled
+    nearest-neighbour so no depth appears between two surfaces. ``blurred``: the photo's
+    ``curation.blurred_tiles``, if known.
     """
     height, width = photo.image.shape[:2]
     fit = crop / min(height, width)
     scale = fit if fit >= 1.0 else float(rng.uniform(max(min_scale, fit), 1.0))
     window = min(math.ceil(crop / scale), height, width)
-    y0, x0 = int(rng.integers(height - window + 1)), int(rng.integers(width - window + 1))
+    corners = [
+        (int(rng.integers(height - window + 1)), int(rng.integers(width - window + 1))) for _ in range(CROP_TRIES)
+    ]
+    blurred = curation.blurred_tiles(photo.image) if blurred is None else blurred
+    y0, x0 = min(corners, key=lambda c: curation.blurred_share(blurred, c[0], c[1], window))
     image = photo.image[y0 : y0 + window, x0 : x0 + window]
     method = cv2.INTER_AREA if window > crop else cv2.INTER_CUBIC
     image = np.clip(cv2.resize(image, (crop, crop), interpolation=method), 0.0, 1.0)
@@ -184,6 +199,7 @@ class SyntheticDefocusDataset(_SeededDataset):
                 f"got {in_focus_fraction} and {uniform_fraction}"
             )
         self.in_focus_fraction, self.uniform_fraction = in_focus_fraction, uniform_fraction
+        self._blurred: Dict[int, np.ndarray] = {}  # per photo of ``index``: its blurred tiles
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         rng = self._rng(index)
@@ -214,8 +230,12 @@ class SyntheticDefocusDataset(_SeededDataset):
             if rng.random() < 0.5:
                 depth = synthetic_depth(rng, image)
             return image, depth
-        source, i = self.index[int(rng.integers(len(self.index)))]
-        image, known_depth = scaled_crop(rng, source.load(i), self.crop, self.min_scale)
+        k = int(rng.integers(len(self.index)))
+        source, i = self.index[k]
+        photo = source.load(i)
+        if k not in self._blurred:
+            self._blurred[k] = curation.blurred_tiles(photo.image)
+        image, known_depth = scaled_crop(rng, photo, self.crop, self.min_scale, self._blurred[k])
         use_known = known_depth is not None and rng.random() < 0.5
         depth = known_depth if use_known and known_depth is not None else synthetic_depth(rng, image)
         image, depth = dihedral(rng, [image, depth])

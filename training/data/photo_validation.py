@@ -2,7 +2,8 @@
 
 Each held-out picture (``make data``'s ``holdout/`` split: whole Debian packages that
 no training source reads) gives its ``crops`` most detailed, non-overlapping square
-windows; each window gets a synthetic depth, a focal plane inside its depth range (so
+windows without a tile the picture itself has blurred (its own bokeh, where the true
+map of the render would wrongly say 0; ``curation.blurred_tiles``); each window gets a synthetic depth, a focal plane inside its depth range (so
 part of it stays sharp), a noise level, and is rendered by ``render_defocus`` at every
 level of ``PHOTO_LEVELS``. Everything is a function of the arguments (seeded).
 
@@ -16,7 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from training.data import corpus
+from training.data import corpus, curation
 from training.data.sources import list_images, read_image
 from training.data.validation import render_scenes
 
@@ -27,14 +28,17 @@ PHOTO_LEVELS = (2.5, 5.0, 7.5, 10.0)
 def detailed_windows(image: np.ndarray, size: int, count: int) -> List[Tuple[int, int]]:
     """Top-left corners of the ``count`` non-overlapping ``size`` x ``size`` windows with
     the most contrast (std of the grey image), on a grid of stride ``size // 2``, best
-    first; fewer when no more fit. Ties go to the earlier window in raster order."""
+    first, leaving out windows with a tile of ``curation.blurred_tiles``; fewer when no
+    more fit. Ties go to the earlier window in raster order."""
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    blurred = curation.blurred_tiles(image)
     height, width = grey.shape
     stride = max(1, size // 2)
     candidates = [
         (float(grey[y : y + size, x : x + size].std()), y, x)
         for y in range(0, height - size + 1, stride)
         for x in range(0, width - size + 1, stride)
+        if curation.blurred_share(blurred, y, x, size) == 0.0
     ]
     chosen: List[Tuple[int, int]] = []
     for _, y, x in sorted(candidates, key=lambda c: -c[0]):
