@@ -153,7 +153,8 @@ def blurred_tiles(image: np.ndarray, tile: int = TILE) -> np.ndarray:
 def blurred_share(blurred: np.ndarray, y: int, x: int, size: int, tile: int = TILE) -> float:
     """Share of the tiles of ``blurred_tiles`` whose centre lies in the ``size`` x ``size``
     window at (``y``, ``x``) that are blurred; 0 when no tile centre lies in it."""
-    inside = blurred[_first_tile(y, tile) : _first_tile(y + size, tile), _first_tile(x, tile) : _first_tile(x + size, tile)]
+    rows = slice(_first_tile(y, tile), _first_tile(y + size, tile))
+    inside = blurred[rows, _first_tile(x, tile) : _first_tile(x + size, tile)]
     return float(inside.mean()) if inside.size else 0.0
 
 

@@ -111,7 +111,8 @@ def scaled_crop(
     scale = fit if fit >= 1.0 else float(rng.uniform(max(min_scale, fit), 1.0))
     window = min(math.ceil(crop / scale), height, width)
     corners = [
-        (int(rng.integers(height - window + 1)), int(rng.integers(width - window + 1))) for _ in range(CROP_TRIES)
+        (int(rng.integers(height - window + 1)), int(rng.integers(width - window + 1)))
+        for _ in range(CROP_TRIES)
     ]
     blurred = curation.blurred_tiles(photo.image) if blurred is None else blurred
     y0, x0 = min(corners, key=lambda c: curation.blurred_share(blurred, c[0], c[1], window))

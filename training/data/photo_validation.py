@@ -3,9 +3,9 @@
 Each held-out picture (``make data``'s ``holdout/`` split: whole Debian packages that
 no training source reads) gives its ``crops`` most detailed, non-overlapping square
 windows without a tile the picture itself has blurred (its own bokeh, where the true
-map of the render would wrongly say 0; ``curation.blurred_tiles``); each window gets a synthetic depth, a focal plane inside its depth range (so
-part of it stays sharp), a noise level, and is rendered by ``render_defocus`` at every
-level of ``PHOTO_LEVELS``. Everything is a function of the arguments (seeded).
+map of the render would wrongly say 0; ``curation.blurred_tiles``); each window gets a
+synthetic depth, a focal plane inside its depth range (so part of it stays sharp), a
+noise level, and is rendered by ``render_defocus`` at every level of ``PHOTO_LEVELS``. Everything is a function of the arguments (seeded).
 
 No held-out scene has a measured depth: the one real-depth photograph the project
 has (scikit-image's ``stereo_motorcycle``) is a training photo.
