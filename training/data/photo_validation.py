@@ -5,7 +5,8 @@ no training source reads) gives its ``crops`` most detailed, non-overlapping squ
 windows without a tile the picture itself has blurred (its own bokeh, where the true
 map of the render would wrongly say 0; ``curation.blurred_tiles``); each window gets a
 synthetic depth, a focal plane inside its depth range (so part of it stays sharp), a
-noise level, and is rendered by ``render_defocus`` at every level of ``PHOTO_LEVELS``. Everything is a function of the arguments (seeded).
+noise level, and is rendered by ``render_defocus`` at every level of ``PHOTO_LEVELS``.
+Everything is a function of the arguments (seeded).
 
 No held-out scene has a measured depth: the one real-depth photograph the project
 has (scikit-image's ``stereo_motorcycle``) is a training photo.
