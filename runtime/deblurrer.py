@@ -11,7 +11,7 @@ from runtime.backend import Backend, create_backend
 from runtime.bundle import Bundle, load_bundle
 from runtime.device_arrays import array_module, is_device_array, to_cupy
 from runtime.ensemble import SIZES, TRANSFORMS, Transform
-from runtime.errors import BackendError
+from runtime.errors import BackendError, ImageError
 from runtime.tiling import (
     SAMPLE_MAX,
     TiledPipeline,
@@ -154,8 +154,9 @@ class Deblurrer:
             arrays for GPU input, else NumPy.
 
         Raises:
-            ImageError: Non-finite or out-of-range float32 samples, a bad map.
-            BackendError: A bad shape, dtype or scale; non-finite model output.
+            ImageError: A bad shape, dtype or scale; non-finite or out-of-range float32
+                samples; a bad map.
+            BackendError: The backend failed; non-finite model output.
         """
         on_device = is_device_array(image)
         if on_device:
@@ -168,7 +169,7 @@ class Deblurrer:
             if defocus_map is not None:
                 defocus_map = to_cupy(defocus_map)
         elif defocus_map is not None and is_device_array(defocus_map):
-            raise BackendError("defocus_map is a GPU array but the image is not: pass both on one side")
+            raise ImageError("defocus_map is a GPU array but the image is not: pass both on one side")
         _check_image(image)
         image = validate.check_samples(image)
         defocus_scale = validate.check_defocus_scale(defocus_scale)
@@ -236,18 +237,18 @@ class Deblurrer:
 
 def _check_image(image: Any) -> None:
     if image.ndim != 3 or image.shape[2] != 3:
-        raise BackendError(f"image must be (H, W, 3) RGB, got shape {tuple(image.shape)}")
+        raise ImageError(f"image must be (H, W, 3) RGB, got shape {tuple(image.shape)}")
     if np.dtype(image.dtype) not in _DTYPES:
-        raise BackendError(f"image dtype must be uint8, uint16 or float32, got {image.dtype}")
+        raise ImageError(f"image dtype must be uint8, uint16 or float32, got {image.dtype}")
     if min(image.shape[:2]) < 1:
-        raise BackendError(f"image is empty: shape {tuple(image.shape)}")
+        raise ImageError(f"image is empty: shape {tuple(image.shape)}")
 
 
 def _check_map(defocus_map: Any, height: int, width: int) -> Any:
     if defocus_map.ndim == 3 and defocus_map.shape[2] == 1:
         defocus_map = defocus_map[:, :, 0]
     if tuple(defocus_map.shape) != (height, width):
-        raise BackendError(
+        raise ImageError(
             f"defocus map is {tuple(defocus_map.shape)}, the image is {(height, width)}: they must match"
         )
     return defocus_map.astype(np.float32)

@@ -10,7 +10,10 @@ class BundleError(DeblurError):
 
 
 class ImageError(DeblurError):
-    """An image that cannot be read, decoded or written."""
+    """An input the caller gave that cannot be used: an image that cannot be read, decoded
+    or written, a bad shape, dtype or sample range, a map that does not fit, a bad scale.
+
+    Services answer it as the client's error (HTTP 400); ``BackendError`` is the server's."""
 
 
 class BackendError(DeblurError):

@@ -79,9 +79,9 @@ def check_defocus_scale(scale: Any) -> float:
     try:
         value = float(scale)
     except (TypeError, ValueError):
-        raise BackendError(f"--defocus-scale must be a number, got {scale!r}") from None
+        raise ImageError(f"--defocus-scale must be a number, got {scale!r}") from None
     if not (math.isfinite(value) and 0.0 <= value <= MAX_DEFOCUS_SCALE):
-        raise BackendError(f"--defocus-scale must be in [0, {MAX_DEFOCUS_SCALE:g}], got {scale}")
+        raise ImageError(f"--defocus-scale must be in [0, {MAX_DEFOCUS_SCALE:g}], got {scale}")
     return value
 
 

@@ -320,10 +320,13 @@ def test_request_without_image_and_bad_map_are_refused(client):
         match="send exactly one of image_uint8, image_uint16, image_float32, got none",
     ):
         client.infer("deblur", [scale])
-    with pytest.raises(InferenceServerException, match=r"defocus map is \(4, 4\), the image is \(16, 16\)"):
+    with pytest.raises(
+        InferenceServerException, match=r"defocus map is \(4, 4\), the image is \(16, 16\)"
+    ) as bad_map:
         _infer(client, _photo(16, 16, np.uint8), defocus_map=np.zeros((4, 4), np.float32))
-    with pytest.raises(InferenceServerException, match=r"defocus-scale must be in \[0, "):
+    with pytest.raises(InferenceServerException, match=r"defocus-scale must be in \[0, ") as bad_scale:
         _infer(client, _photo(16, 16, np.uint8), defocus_scale=np.array([-1.0], np.float32))
+    assert bad_map.value.status() == bad_scale.value.status() == "400"
 
 
 @needs_serve

@@ -12,7 +12,7 @@ import torch
 from runtime import Deblurrer, load_bundle
 from runtime import backend as backend_module
 from runtime.backend import Backend, create_backend
-from runtime.errors import BackendError
+from runtime.errors import BackendError, ImageError
 from runtime.ort_backend import OrtBackend, provider_list
 
 
@@ -210,5 +210,5 @@ def test_bad_options(tiny_bundle, kwargs, message):
     ],
 )
 def test_bad_images(tiny_bundle, image, message):
-    with pytest.raises(BackendError, match=message):
+    with pytest.raises(ImageError, match=message):
         Deblurrer(tiny_bundle[0], threads=1).run(image)

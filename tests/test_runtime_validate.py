@@ -70,7 +70,7 @@ def test_float_overshoot_within_slack_is_clipped(deblurrer):
 
 @pytest.mark.parametrize("scale", [np.nan, np.inf, 1e30, -1.0, 10.5])
 def test_bad_defocus_scale_is_refused(deblurrer, scale):
-    with pytest.raises(BackendError, match=r"--defocus-scale must be in \[0, 10\]"):
+    with pytest.raises(ImageError, match=r"--defocus-scale must be in \[0, 10\]"):
         deblurrer.run(_float_image(), defocus_scale=scale)
 
 
