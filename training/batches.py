@@ -86,7 +86,7 @@ def photo_sources(source: str) -> list:
     return [ImageFolderSource(source)]
 
 
-def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = {}
     for key, value in batch.items():
@@ -114,7 +114,7 @@ class LoaderBatches:
         self.device, self.channels_last = device, tc.channels_last
 
     def __next__(self) -> dict:
-        return _to_device(next(self.it), self.device, self.channels_last)
+        return to_device(next(self.it), self.device, self.channels_last)
 
     def close(self) -> None:
         del self.it
@@ -244,7 +244,7 @@ class PoolBatches:
         batch["blurry"] /= 255
         batch["sharp"] /= 255
         batch["has_map"] = self.pool["has_map"][idx]
-        return _to_device(batch, self.device, self.channels_last)
+        return to_device(batch, self.device, self.channels_last)
 
     def close(self) -> None:
         """Stop the filling thread and wait for it: a daemon thread still inside torch or

@@ -68,8 +68,13 @@ class Trainer:
             if grown and self.rank == 0:
                 tqdm.write(f"{init}: {grown} DME parts added, starting as the identity")
         self.model.to(device)
+        self.bf16 = amp.use_bf16(device, tc.amp, amp.cpu_flags())
+        if self.rank == 0:
+            tqdm.write(amp.describe(device, tc.amp, self.bf16))
         if tc.channels_last:
             self.model.to(memory_format=torch.channels_last)
+            if self.bf16 and device.type == "cpu":
+                amp.dilated_convs_to_nchw(self.model)
         # One fused kernel instead of a dozen per parameter tensor (198 of them): on a
         # GPU the small net's step is short enough for launches to matter.
         self.optimizer = torch.optim.Adam(
@@ -94,9 +99,6 @@ class Trainer:
             # The estimator's own stage leaves the rest of the net without gradients.
             unused = any(s.kind == "dme" for s in config.stages)
             self.net = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=unused)
-        self.bf16 = amp.use_bf16(device, tc.amp, amp.cpu_flags())
-        if self.files:
-            tqdm.write(amp.describe(device, tc.amp, self.bf16))
 
     def lr_factor(self, step: int) -> float:
         """Linear warm-up, then cosine decay from ``lr`` to ``lr_min`` over the run."""
