@@ -37,6 +37,7 @@ BENCHMARK_TORCH = {
     "gemm": "the GEMM peak worker (run as its own process)",
     "prepare": "the parent's PyTorch steps (stand-in model, model figures, validation images)",
     "photo_ensemble": "renders the held-out photo set (training.data.photo_validation)",
+    "train_speed": "times training steps (training.speed), in its own process",
 }
 
 
