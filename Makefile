@@ -56,7 +56,7 @@ cpp: $(RUNTIME_STAMP)
 demo: $(RUNTIME_STAMP)
 	$(PY) -m runtime.infer samples/*.png --output-dir out/demo --save-defocus-map --save-comparison
 
-# The photo corpus from Debian's wallpaper packages (apt-get download + dpkg -x, nothing
+# The photo corpus from Debian's packages (apt-get download + dpkg -x, nothing
 # installed), curated into data/corpus/{train,holdout}; resumable. Report: data/corpus/report.md.
 data: $(STAMP)
 	$(PY) -m training.data.corpus --root data/corpus

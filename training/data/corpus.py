@@ -1,4 +1,5 @@
-"""A photo corpus from Debian's wallpaper packages, curated into train and held-out splits.
+"""A photo corpus from Debian packages (wallpapers; game and photo-app data with real
+photographs), curated into train and held-out splits.
 
 ``python -m training.data.corpus`` (``make data``) runs, resumably:
 
@@ -51,6 +52,11 @@ PACKAGES: Dict[str, str] = {
     "sway-backgrounds": "train",
     "lomiri-wallpapers": "train",
     "gnome-backgrounds-bullseye": "train",
+    # Game and photo-app data with a few real photographs (Wikimedia Commons featured
+    # pictures in tuxtype, drawing templates in tuxpaint, digiKam's about page).
+    "tuxtype-data": "train",
+    "tuxpaint-data": "train",
+    "digikam-data": "train",
     "plasma-workspace-wallpapers": "holdout",
     "lomiri-wallpapers-16.04": "holdout",
     "budgie-backgrounds": "holdout",
@@ -59,6 +65,12 @@ PACKAGES: Dict[str, str] = {
 #: Pictures the automatic rules keep but that are not photographs, each with the why.
 EXCLUDED: Dict[str, str] = {
     "budgie-backgrounds/usr/share/backgrounds/budgie/ocean-waves.jpg": "a woodblock-style print",
+    **{
+        f"tuxtype-data/usr/share/tuxtype/images/backgrounds/{n}.jpg": "a space telescope image, not a camera photo"
+        for n in range(3)
+    },
+    "tuxtype-data/usr/share/tuxtype/images/kcas1.jpg": "a long exposure: water smoothed by motion",
+    "tuxtype-data/usr/share/tuxtype/images/kcas5.jpg": "a long exposure: water smoothed by motion",
 }
 #: Entries fetched from another Debian suite than this machine's: bookworm lacks
 #: budgie-backgrounds, and GNOME's older release still shipped photographs.
