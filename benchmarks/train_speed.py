@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import REPO, describe_machine
+from benchmarks.model_source import shown
 from benchmarks.side_report import write_side_report
 
 
@@ -81,8 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.train_speed", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--config", type=Path, default=Path("configs/small_continue.toml"))
-    parser.add_argument("--init", type=Path, default=Path("models/default"), help="starting checkpoint")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "small_continue.toml")
+    parser.add_argument("--init", type=Path, default=REPO / "models" / "default", help="starting checkpoint")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per stage and precision")
     parser.add_argument("--quality-steps", type=int, default=0, help="paired steps before validating both")
     parser.add_argument("--out", type=Path, help="report folder (default: this machine's CPU report)")
@@ -97,7 +98,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as exc:  # a bad config, checkpoint or data folder: one line
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    result["machine"] = describe_machine(result["threads"])
+    result.update(
+        config=shown(args.config), init=shown(args.init), machine=describe_machine(result["threads"])
+    )
     write_side_report(args.out, "train_speed", result, markdown(result))
     return 0
 
