@@ -1,7 +1,7 @@
 """Which precision a training step runs in: bf16 autocast where the hardware has it.
 
 On a CPU, bf16 pays only with native instructions (AVX512_BF16 or AMX): there one
-step of the ``small`` preset's joint stage took 0.87 s against 1.47 s in FP32 (AMD
+step of the ``small`` preset's joint stage took 0.826 s against 1.403 s in FP32 (AMD
 EPYC, batch 4 x 256², both channels_last; ``python -m benchmarks.train_speed``).
 Without them PyTorch emulates bf16 and is slower than FP32, so the trainer falls
 back to FP32 (Intel Cascade Lake, AMD Zen 3).
@@ -29,7 +29,7 @@ def dilated_convs_to_nchw(model: nn.Module) -> int:
     how many. For bf16 training on a CPU, where the rest stays channels_last.
 
     oneDNN (PyTorch 2.13) computes wrong weight gradients for dilated convolutions
-    in bf16 channels_last: 75% relative error at dilation 2, NaN at 4 and 8 (24
+    in bf16 channels_last: 75% relative error at dilation 2, NaN or Inf at 4 and 8 (24
     channels, 128², AMD EPYC with AVX512_BF16; NCHW, FP32 and dilation 1 are right),
     and the estimator's dilated blocks turn the first step's weights into NaN. A
     convolution runs channels_last when its input or its weight is, so both are made

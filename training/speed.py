@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from training import amp
@@ -35,10 +35,8 @@ def make_trainers(config: TrainConfig, init: Path, work: Path) -> Dict[str, Trai
     return trainers
 
 
-def render_batches(config: TrainConfig, count: int, offset: int = 0) -> List[dict]:
-    """``count`` training batches of the config's data, rendered once."""
-    dataset = build_dataset(config, config.data.crop)
-    size = config.train.batch
+def render_batches(dataset: Dataset, size: int, count: int, offset: int = 0) -> List[dict]:
+    """``count`` batches of ``size`` items of ``dataset``, from batch number ``offset`` on."""
     return [default_collate([dataset[(offset + b) * size + i] for i in range(size)]) for b in range(count)]
 
 
@@ -76,12 +74,14 @@ def time_steps(trainers: Dict[str, Trainer], stage: str, batches: List[dict], st
     }
 
 
-def quality_check(trainers: Dict[str, Trainer], config: TrainConfig, steps: int, offset: int) -> dict:
+def quality_check(
+    trainers: Dict[str, Trainer], config: TrainConfig, dataset: Dataset, steps: int, offset: int
+) -> dict:
     """Train each trainer ``steps`` more steps of the last stage on the same batches, then
     validate its weights (FP32) on the built-in renders."""
     stage = config.stages[-1].kind
     for i in tqdm(range(steps), desc=f"quality {stage}", leave=False):
-        batch = render_batches(config, 1, offset + i)[0]
+        batch = render_batches(dataset, config.train.batch, 1, offset + i)[0]
         for trainer in trainers.values():
             step(trainer, stage, batch)
     val_set = load_validation_set(config.data)
@@ -97,13 +97,12 @@ def measure(config_path: Path, init: Path, steps: int, quality_steps: int) -> di
     ``quality_steps`` the paired ``quality`` check; bf16 only where the CPU has it natively."""
     config = load_config(config_path)
     kinds = list(dict.fromkeys(s.kind for s in config.stages))
-    batches = render_batches(config, 4)
+    dataset = build_dataset(config, config.data.crop)
+    batches = render_batches(dataset, config.train.batch, 4)
     with tempfile.TemporaryDirectory() as work:
         trainers = make_trainers(config, init, Path(work))
         some = next(iter(trainers.values()))
         result = {
-            "config": str(config_path),
-            "init": str(init),
             "batch": config.train.batch,
             "crop": config.data.crop,
             "threads": torch.get_num_threads(),
@@ -114,5 +113,5 @@ def measure(config_path: Path, init: Path, steps: int, quality_steps: int) -> di
             result["agreement"] = forward_agreement(trainers, batches[0])
         result["stages"] = {kind: time_steps(trainers, kind, batches, steps) for kind in kinds}
         if quality_steps:
-            result["quality"] = quality_check(trainers, config, quality_steps, offset=len(batches))
+            result["quality"] = quality_check(trainers, config, dataset, quality_steps, offset=len(batches))
     return result
