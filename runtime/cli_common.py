@@ -2,12 +2,9 @@
 
 import argparse
 import logging
-import signal
 import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NoReturn, Optional
+from typing import NoReturn
 
 from runtime.backend import BACKENDS, DEVICES
 from runtime.bundle import load_bundle
@@ -110,49 +107,3 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print one error line and exit."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived; ``done`` counts the images or frames finished before it."""
-
-    def __init__(self, signum: int = signal.SIGINT, done: int = 0):
-        super().__init__(signum, done)
-        self.signum, self.done = signum, done
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal number: 130 for SIGINT, 143 for SIGTERM."""
-        return 128 + self.signum
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name
-
-
-@contextmanager
-def interruptible() -> Iterator[None]:
-    """Raise ``Interrupted`` on SIGINT and SIGTERM inside the block (handlers restored after).
-
-    Temporary files are removed by the writers' own clean-up (``common.atomic``).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise Interrupted(signum)
-
-    saved = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
-
-
-def as_interrupted(err: KeyboardInterrupt, done: Optional[int] = None) -> Interrupted:
-    """``err`` (a plain Ctrl-C too) as ``Interrupted``; ``done`` replaces its count if given."""
-    signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
-    if done is None:
-        done = err.done if isinstance(err, Interrupted) else 0
-    return Interrupted(signum, done)

@@ -28,13 +28,12 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
+from common.signals import as_interrupted, interruptible
 from runtime import batch, image_io, validate
 from runtime.cli_common import (
     add_model_options,
-    as_interrupted,
     build_deblurrer,
     fail,
-    interruptible,
     prog,
     setup_logging,
 )

@@ -22,13 +22,12 @@ from typing import IO, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from common.signals import as_interrupted, interruptible
 from runtime import validate
 from runtime.cli_common import (
     add_model_options,
-    as_interrupted,
     build_deblurrer,
     fail,
-    interruptible,
     prog,
     setup_logging,
 )

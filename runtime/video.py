@@ -36,14 +36,13 @@ from typing import IO, List, Optional, Sequence
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from common.atomic import atomic_write
+from common.signals import as_interrupted, interruptible
 from runtime import validate
 from runtime.batch import check_writable
 from runtime.cli_common import (
     add_model_options,
-    as_interrupted,
     build_deblurrer,
     fail,
-    interruptible,
     prog,
     setup_logging,
 )

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from common import atomic
-from runtime import Deblurrer, batch, cli_common, image_io
+from common import atomic, signals
+from runtime import Deblurrer, batch, image_io
 from runtime.infer import main as infer_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -369,5 +369,5 @@ def test_stream_sigint_ends_with_one_line(tiny_bundle):
 
 
 def test_interrupted_exit_codes():
-    assert cli_common.Interrupted(signal.SIGINT).exit_code == 130
-    assert cli_common.Interrupted(signal.SIGTERM).exit_code == 143
+    assert signals.Interrupted(signal.SIGINT).exit_code == 130
+    assert signals.Interrupted(signal.SIGTERM).exit_code == 143

@@ -1,4 +1,5 @@
-"""Trainer: config checks, losses, an end-to-end tiny run, exact resume after SIGKILL, DDP."""
+"""Trainer: config checks, losses, an end-to-end tiny run, exact resume after SIGKILL,
+SIGTERM or SIGINT, DDP."""
 
 import csv
 import dataclasses
@@ -294,7 +295,8 @@ def test_tiny_run_writes_checkpoints_logs_and_best(tiny_config, tmp_path):
     assert len(list(csv.DictReader(open(out / "log.csv")))) == 3
 
 
-def test_resume_after_sigkill_reaches_the_same_weights(tiny_config, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_resume_after_a_signal_reaches_the_same_weights(tiny_config, tmp_path, sig):
     whole = tmp_path / "whole"
     assert _train(tiny_config, whole).wait(timeout=300) == 0
     cut = tmp_path / "cut"
@@ -303,11 +305,20 @@ def test_resume_after_sigkill_reaches_the_same_weights(tiny_config, tmp_path):
     deadline = time.time() + 300
     while not latest.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
     assert latest.exists(), "the run ended before its first checkpoint"
     done = latest.read_text()
-    assert done != "step_00000010", "killed too late to test resuming"
+    assert done != "step_00000010", "stopped too late to test resuming"
+    if sig != signal.SIGKILL:
+        # The step under way finishes and is saved, whatever the checkpoint interval.
+        assert proc.returncode == 128 + sig
+        step = int(done.removeprefix("step_"))
+        assert stderr.splitlines()[-1] == (
+            f"interrupted by {sig.name}, step {step} saved: rerun the same command to resume "
+            "from the last checkpoint"
+        )
+        assert not list(cut.rglob("*.tmp")) and not list(cut.rglob(".tmp-*"))
     resumed = _train(tiny_config, cut)
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-2000:]

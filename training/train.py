@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from common.signals import Interrupted, PendingSignal, as_interrupted, interruptible
 from training import amp
 from training.archs import DefocusDeblurNet
 from training.batches import make_batches
@@ -209,7 +210,6 @@ class Trainer:
             )
 
     def run(self) -> None:
-        tc = self.config.train
         if self.resumed and self.step >= self.config.total_steps:
             if self.files is not None:
                 tqdm.write(
@@ -230,11 +230,23 @@ class Trainer:
             dynamic_ncols=True,
             desc="train",
         )
+        try:
+            with interruptible(defer=True) as stop:
+                self._loop(batches, bar, val_set, stop)
+        finally:
+            bar.close()
+            batches.close()
+
+    def _loop(self, batches, bar: tqdm, val_set: Optional[list], stop: PendingSignal) -> None:
+        """Train to the last step. On SIGINT / SIGTERM the step under way finishes, a
+        checkpoint is saved, and ``Interrupted`` is raised: a rerun resumes there."""
+        tc = self.config.train
         started = tick = probe_started = time.perf_counter()
         if tc.compile:
             self._compile()
         pending: list = []  # loss terms of the steps since the last log row
-        while self.step < self.config.total_steps:
+        saved = self.step
+        while self.step < self.config.total_steps and stop.signum is None:
             stage = self.config.stage_at(self.step)
             losses = self.train_step(stage, next(batches))
             if self.step == PROBE_START:
@@ -257,8 +269,13 @@ class Trainer:
                 self.validate(val_set)
             if self.step % tc.ckpt_every == 0 or last:
                 self.files.save(self.model, self.state(), self.config)
-        bar.close()
-        batches.close()
+                saved = self.step
+        if self.step < self.config.total_steps:
+            if self.files and pending:
+                self._log(self.config.stage_at(self.step - 1), pending, bar.format_dict.get("rate"))
+            if self.files and saved != self.step:
+                self.files.save(self.model, self.state(), self.config)
+            stop.raise_if_received(done=self.step)
 
     def _log(self, stage: str, pending: list, rate: Optional[float]) -> float:
         """Write one log row, each loss term averaged over ``pending`` (a single
@@ -326,9 +343,14 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        stop = as_interrupted(err)
+        saved = f", step {stop.done} saved" if isinstance(err, Interrupted) else ""
+        print(
+            f"interrupted by {stop.name}{saved}: rerun the same command to resume from the last checkpoint",
+            file=sys.stderr,
+        )
+        return stop.exit_code
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
