@@ -57,6 +57,9 @@ PACKAGES: Dict[str, str] = {
     "tuxtype-data": "train",
     "tuxpaint-data": "train",
     "digikam-data": "train",
+    # SuperTuxKart's photographic textures (rock, bark, gravel, brick, wicker, thatch):
+    # its normal maps, model atlases, screenshots and painted skies are in EXCLUDED.
+    "supertuxkart-data": "train",
     "plasma-workspace-wallpapers": "holdout",
     "lomiri-wallpapers-16.04": "holdout",
     "budgie-backgrounds": "holdout",
@@ -71,6 +74,78 @@ EXCLUDED: Dict[str, str] = {
     },
     "tuxtype-data/usr/share/tuxtype/images/kcas1.jpg": "a long exposure: water smoothed by motion",
     "tuxtype-data/usr/share/tuxtype/images/kcas5.jpg": "a long exposure: water smoothed by motion",
+    # supertuxkart-data: game textures the rules keep that are not photographs.
+    **{
+        f"supertuxkart-data/usr/share/games/supertuxkart/data/{path}": why
+        for why, paths in {
+            "a normal map": (
+                "library/stklib_bird_a/stklib_bird_a_nm.jpg",
+                "textures/stk_karstRock_a_nm.jpg",
+                "tracks/black_forest/brick_wall_06_nm.jpg",
+                "tracks/black_forest/forest_floor_nm.jpg",
+                "tracks/black_forest/grass_forestFloor_big_nm.jpg",
+                "tracks/black_forest/half-timbered_house_nm.jpg",
+            ),
+            "a material mask, not a picture": (
+                "karts/nolok/nolok_DirtMask.png",
+                "karts/nolok/nolok_PbrData.png",
+                "library/hd_modernStreetLamp_a/hd_modernStreetLamp_a_PbrData.png",
+            ),
+            "a model's painted texture atlas": (
+                "karts/nolok/nolok_Albedo.png",
+                "library/hd_metalWoodOldChestTop_a/hd_metalWoodOldChestTop_a_DefaultMaterial_Albedo.png",
+                "library/hd_metalWoodOldChest_a/hd_metalWoodOldChest_a_DefaultMaterial_Albedo.png",
+                "library/hd_modernStreetLamp_a/hd_modernStreetLamp_a_Albedo.png",
+                "library/stklib_steamLocomotive_a/stklib_steamLocomotive_a.png",
+                "models/chest.jpg",
+                "tracks/introcutscene/shintoB.jpg",
+                "tracks/introcutscene2/house.jpg",
+            ),
+            "a game screenshot (a render)": (
+                "editor/icons/loading_screen.jpg",
+                "tracks/ancient_colosseum_labyrinth/screenshot.jpg",
+                "tracks/battleisland/battleisland_screenshot.jpg",
+                "tracks/cave/sshot-cave.png",
+                "tracks/cocoa_temple/test_track_postcard.png",
+                "tracks/gran_paradiso_island/screenshot_paradiso.png",
+            ),
+            "a rendered or painted sky or landscape": (
+                "tracks/cocoa_temple/SKY0005.png",
+                "tracks/cocoa_temple/SKY0006.png",
+                "tracks/gran_paradiso_island/skybox-top.png",
+                "tracks/gran_paradiso_island/under_sea.png",
+                "tracks/sandtrack/skybox2.jpg",
+                "tracks/snowtuxpeak/snowsky_n.jpg",
+                "tracks/snowtuxpeak/snowsky_s.jpg",
+                "tracks/zengarden/landscapeMountFudji.jpg",
+            ),
+            "a painted or synthetic texture": (
+                "textures/pyramidwall.jpg",
+                "textures/stk_generic_ice_a.png",
+                "textures/stk_generic_modernWindows_a.png",
+                "textures/stk_generic_modernWindows_b.png",
+                "textures/stk_pipe_a.png",
+                "textures/stk_solarPanel_a.png",
+                "textures/stklib_entranceGuardianMale_a.png",
+                "textures/stklib_hayBall_diff_a.png",
+                "textures/stktex_frozenWaterFall_a.png",
+                "textures/stktex_generic_aztekWall_a.png",
+                "textures/stktex_generic_coral_a.png",
+                "textures/stktex_generic_lavaA.png",
+                "textures/stktex_generic_tilesA.png",
+                "textures/stktex_generic_waterAztekWallA.png",
+                "textures/stktex_piranhaScales_a.png",
+                "tracks/ancient_colosseum_labyrinth/Ice03_col.jpg",
+                "tracks/black_forest/half-timbered_house.jpg",
+                "tracks/black_forest/stk_generic_stkBook_a.jpg",
+            ),
+            "two textures blended (a synthetic transition)": (
+                "tracks/black_forest/grass_forestFloor_big.jpg",
+                "tracks/zengarden/rockTograss.png",
+            ),
+        }.items()
+        for path in paths
+    },
 }
 #: Entries fetched from another Debian suite than this machine's: bookworm lacks
 #: budgie-backgrounds, and GNOME's older release still shipped photographs.
