@@ -139,6 +139,14 @@ EXCLUDED: Dict[str, str] = {
                 "tracks/black_forest/half-timbered_house.jpg",
                 "tracks/black_forest/stk_generic_stkBook_a.jpg",
             ),
+            "a photo run through a painting filter (flat blobs, no fine detail)": (
+                "tracks/black_forest/brick_wall_06.jpg",
+                "tracks/black_forest/forest_floor.jpg",
+            ),
+            "soft: smoothed or streaked, no sharp detail to blur": (
+                "textures/stk_generic_thatch_a.png",
+                "textures/stktex_generic_waterConcreteA.png",
+            ),
             "two textures blended (a synthetic transition)": (
                 "tracks/black_forest/grass_forestFloor_big.jpg",
                 "tracks/zengarden/rockTograss.png",
