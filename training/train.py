@@ -7,7 +7,8 @@ Writes ``OUT/checkpoints/step_*/`` (weights, config, trainer state; the newest i
 named in ``OUT/checkpoints/latest``), ``OUT/best/`` (best validation PSNR),
 ``OUT/log.csv``, ``OUT/val.csv`` and ``OUT/curves.png``. Rerunning the same
 command resumes from the last checkpoint; a run killed at any moment resumes
-to the same weights as an uninterrupted one (pool mode excepted, see config). A
+to the same weights as an uninterrupted one (pool mode excepted, see config). On
+SIGTERM or SIGINT the step under way finishes and is saved before the exit (143 / 130). A
 rerun whose config changes a setting of ``config.RESUME_FIXED`` is refused.
 """
 
