@@ -64,7 +64,7 @@ data: $(STAMP)
 train: $(STAMP)
 	$(PY) -m training.train --config $(CONFIG)
 
-# Keep improving the default model on this machine (run 14 took 54 minutes on 2 cores in bf16; rerun
+# Keep improving the default model on this machine (run 16 took 72 minutes on 2 cores in bf16; rerun
 # to resume). runs/continue/best/ is the best validation checkpoint so far:
 # `make export CKPT=runs/continue/best` turns it into a bundle.
 train-continue: data
