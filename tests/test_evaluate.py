@@ -101,6 +101,23 @@ class TestFigures:
         assert summary["5"]["worse"] == 2 and summary["5"]["worse_0.1dB"] == 1 and summary["5"]["x"] == 1.0
         assert summary["all"]["images"] == 3 and np.isnan(summary["10"]["x"])
 
+    def test_worst_scenes_by_mean_gap(self):
+        rows = [
+            {"name": n, "level": lv, "psnr_in": 30.0, "psnr_out": out, "gap": gap}
+            for n, lv, out, gap in [
+                ("a", 5.0, 31.0, 0.5),
+                ("a", 10.0, 29.0, 2.5),
+                ("b", 5.0, 29.95, 1.0),
+                ("b", 10.0, 31.0, 1.0),
+                ("c", 5.0, 32.0, 0.2),
+            ]
+        ]
+        worst = evaluate.worst_scenes(rows, 2)
+        assert list(worst) == ["a", "b"]  # mean gaps 1.5, 1.0, 0.2
+        assert worst["a"]["gap"] == pytest.approx(1.5) and worst["a"]["images"] == 2
+        assert worst["a"]["worse_0.1dB"] == 1 and worst["b"]["worse"] == 1 and worst["b"]["worse_0.1dB"] == 0
+        assert list(evaluate.worst_scenes(rows, 10)) == ["a", "b", "c"]
+
 
 class TestCli:
     @pytest.mark.parametrize("clean,uniform", [(False, False), (True, False), (False, True)])
@@ -114,9 +131,11 @@ class TestCli:
         )
         out = tmp_path / "result.json"
         argv = ["--checkpoint", str(tiny_checkpoint), "--corpus", str(held_out), "--json", str(out)]
-        assert evaluate.main(argv + ["--clean"] * clean + ["--uniform"] * uniform) == 0
+        assert evaluate.main(argv + ["--clean"] * clean + ["--uniform"] * uniform + ["--scenes", "1"]) == 0
         printed = capsys.readouterr().out
         assert printed.startswith("| level px | n | PSNR in |") and "| 5 | 2 |" in printed
+        scene_rows = [line for line in printed.splitlines() if line.startswith("| pkg-")]
+        assert "| scene | n | PSNR in |" in printed and len(scene_rows) == 1
         assert f"photos{' (clean)' * clean}{' (uniform)' * uniform}: 2 samples of 2 scenes" in printed
         result = json.loads(out.read_text())
         assert [s["name"] for s in result["samples"]] == ["pkg-a/one#0", "pkg-b/two#0"]

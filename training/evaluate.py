@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on a validation set, per blur level, against issue 15's targets.
 
     python -m training.evaluate --checkpoint models/default [--set photos|builtin] [--clean] [--uniform]
-                                [--json out.json]
+                                [--scenes N] [--json out.json]
 
 ``photos`` is the held-out photo set (``training.data.photo_validation``: packages
 training never uses, ``make data`` first); ``builtin`` the 12 renders training
@@ -25,6 +25,9 @@ Per sample (RGB in [0, 1], the map in model units, radius px / 10):
   artifacts) over the sharp image's, in dB (> 0: more than the sharp image has);
 * ``level_shift``: mean of output - sharp in 8-bit levels, signed, averaged over the
   channels, and ``level_shift_max``, the largest channel's absolute shift.
+
+``--scenes N`` adds the same figures per scene (crop window) for the N scenes whose
+mean gap is largest: a few pictures can hold much of the set's gap.
 """
 
 import argparse
@@ -136,29 +139,36 @@ def evaluate_samples(
     return rows
 
 
-def summarise(rows: Sequence[Dict]) -> Dict[str, Dict]:
-    """Means per level and over all rows (NaN, e.g. no in-focus pixel, left out), plus
+def _mean_of(group: Sequence[Dict]) -> Dict:
+    """Each figure's mean over ``group`` (NaN, e.g. no in-focus pixel, left out), plus
     ``images``, ``worse`` (output PSNR below the input's) and ``worse_0.1dB``."""
+    keys = [k for k in group[0] if k not in ("name", "level")]
+    means = {
+        k: float(np.nanmean([r[k] for r in group])) if any(np.isfinite(r[k]) for r in group) else float("nan")
+        for k in keys
+    }
+    return {
+        "images": len(group),
+        **means,
+        "worse": sum(r["psnr_out"] < r["psnr_in"] for r in group),
+        "worse_0.1dB": sum(r["psnr_out"] < r["psnr_in"] - 0.1 for r in group),
+    }
 
-    def mean_of(group: Sequence[Dict]) -> Dict:
-        keys = [k for k in group[0] if k not in ("name", "level")]
-        means = {
-            k: float(np.nanmean([r[k] for r in group]))
-            if any(np.isfinite(r[k]) for r in group)
-            else float("nan")
-            for k in keys
-        }
-        return {
-            "images": len(group),
-            **means,
-            "worse": sum(r["psnr_out"] < r["psnr_in"] for r in group),
-            "worse_0.1dB": sum(r["psnr_out"] < r["psnr_in"] - 0.1 for r in group),
-        }
 
+def summarise(rows: Sequence[Dict]) -> Dict[str, Dict]:
+    """``_mean_of`` per blur level and over all rows."""
     levels = sorted({r["level"] for r in rows})
-    table = {f"{level:g}": mean_of([r for r in rows if r["level"] == level]) for level in levels}
-    table["all"] = mean_of(rows)
+    table = {f"{level:g}": _mean_of([r for r in rows if r["level"] == level]) for level in levels}
+    table["all"] = _mean_of(rows)
     return table
+
+
+def worst_scenes(rows: Sequence[Dict], count: int) -> Dict[str, Dict]:
+    """``_mean_of`` per scene (one crop window, all its levels) for the ``count`` scenes
+    with the largest mean gap, largest first: where the estimated map costs most."""
+    scenes = {name: _mean_of([r for r in rows if r["name"] == name]) for name in {r["name"] for r in rows}}
+    worst = sorted(scenes, key=lambda name: (-scenes[name]["gap"], name))[:count]
+    return {name: scenes[name] for name in worst}
 
 
 COLUMNS = (
@@ -183,9 +193,9 @@ COLUMNS = (
 )
 
 
-def table(summary: Dict[str, Dict]) -> str:
-    """The summary as a Markdown table, one row per blur level (px) and one for all."""
-    lines = ["| level px | " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+def table(summary: Dict[str, Dict], first: str = "level px") -> str:
+    """The summary as a Markdown table, one row per key (blur level or scene), headed ``first``."""
+    lines = [f"| {first} | " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
     for level, row in summary.items():
         lines.append(f"| {level} | " + " | ".join(format(row[key], fmt) for key, _, fmt in COLUMNS) + " |")
     return "\n".join(lines)
@@ -208,6 +218,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder (photos set)")
     parser.add_argument("--clean", action="store_true", help="render without sensor noise and quantisation")
     parser.add_argument("--uniform", action="store_true", help="photos: one blur radius everywhere")
+    parser.add_argument(
+        "--scenes", type=int, default=0, metavar="N", help="also list the N scenes with the largest gap"
+    )
     parser.add_argument("--json", type=Path, help="write every sample's figures and the summary here")
     args = parser.parse_args(argv)
     try:
@@ -222,6 +235,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     done = time.perf_counter()
     summary = summarise(rows)
     print(table(summary))
+    if args.scenes > 0:
+        print("\n" + table(worst_scenes(rows, args.scenes), first="scene"))
     name = args.set + "".join(f" ({k})" for k, on in (("clean", args.clean), ("uniform", args.uniform)) if on)
     print(
         f"\n{name}: {len(samples)} samples of {len({r['name'] for r in rows})} scenes; "
