@@ -271,7 +271,7 @@ class Trainer:
             if self.step % tc.ckpt_every == 0 or last:
                 self.files.save(self.model, self.state(), self.config)
                 saved = self.step
-        if self.step < self.config.total_steps:
+        if self.step < self.config.total_steps:  # a signal stopped the loop early
             if self.files and pending:
                 self._log(self.config.stage_at(self.step - 1), pending, bar.format_dict.get("rate"))
             if self.files and saved != self.step:

@@ -57,7 +57,7 @@ PACKAGES: Dict[str, str] = {
     "tuxtype-data": "train",
     "tuxpaint-data": "train",
     "digikam-data": "train",
-    # SuperTuxKart's photographic textures (rock, bark, gravel, brick, wicker, thatch):
+    # SuperTuxKart's photographic textures (rock, bark, gravel, brick, wicker, bamboo):
     # its normal maps, model atlases, screenshots and painted skies are in EXCLUDED.
     "supertuxkart-data": "train",
     "plasma-workspace-wallpapers": "holdout",
