@@ -118,6 +118,10 @@ def _final_weights(out: Path) -> dict:
             {"model": {"variant": "sft2"}, "stage": [{"kind": "joint", "steps": 1}]},
             "[model] variant 'sft2' is not one of concat, sft, sft_dec, sft_fdec",
         ),
+        (
+            {"train": {"turn_consistency": -1}, "stage": [{"kind": "joint", "steps": 1}]},
+            "turn_consistency -1 must be >= 0",
+        ),
     ],
 )
 def test_config_errors(raw, message):
@@ -293,6 +297,28 @@ def test_tiny_run_writes_checkpoints_logs_and_best(tiny_config, tmp_path):
     assert "train:" not in stderr  # no progress bar
     assert len(list((out / "checkpoints").glob("step_*"))) == 2
     assert len(list(csv.DictReader(open(out / "log.csv")))) == 3
+
+
+def test_turn_consistency_run_logs_its_term_where_the_map_is_trained(tmp_path):
+    config = tmp_path / "turn.toml"
+    config.write_text(TINY.replace("seed = 3", "seed = 3\nturn_consistency = 1.0"))
+    proc = _train(config, tmp_path / "run")
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    log = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert [(r["stage"], bool(r["l_turn"])) for r in log] == [
+        ("gt_map", True),
+        ("joint", True),
+        ("finetune", False),
+    ]
+    assert all(float(r["l_turn"]) > 0 for r in log[:2])
+    # Each process pairs its own crops: an odd batch cannot be split into pairs.
+    config.write_text(config.read_text().replace("batch = 2", "batch = 3"))
+    line = _one_error_line(_train(config, tmp_path / "odd"))
+    assert line == (
+        "error: turn_consistency pairs each process's crops with turned copies: "
+        "batch 3 must be a multiple of 2 x 1 processes"
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
@@ -556,6 +582,7 @@ def test_corrupt_checkpoint_is_refused_and_kept(tiny_config, tmp_path):
         ("lr = 1e-3", "lr = 5e-4", "train.lr = 0.0005 (the run has 0.001)"),
         ("ema_decay = 0.9", "ema_decay = 0.0", "train.ema_decay = 0.0 (the run has 0.9)"),
         ("crop = 32", "crop = 48", "data.crop = 48 (the run has 32)"),
+        ("seed = 3", "seed = 3\nturn_consistency = 0.5", "train.turn_consistency = 0.5 (the run has 0.0)"),
         ("val_every = 100", "val_every = 5", None),
     ],
 )

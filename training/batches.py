@@ -102,8 +102,8 @@ class LoaderBatches:
         tc, dc = config.train, config.data
         self.loader = DataLoader(
             build_dataset(config, dc.crop),
-            batch_size=tc.batch // world,
-            sampler=PositionSampler(start, tc.batch, rank, world),
+            batch_size=config.rendered_batch // world,
+            sampler=PositionSampler(start, config.rendered_batch, rank, world),
             num_workers=dc.workers,
             pin_memory=device.type == "cuda",
             persistent_workers=dc.workers > 0,
@@ -177,7 +177,7 @@ class PoolBatches:
 
     def __init__(self, config: TrainConfig, device: torch.device):
         dc, tc = config.data, config.train
-        self.crop, self.batch, self.device = dc.crop, tc.batch, device
+        self.crop, self.batch, self.device = dc.crop, config.rendered_batch, device
         self.channels_last = tc.channels_last
         self.gen = torch.Generator(device="cpu").manual_seed(tc.seed)
         loader = DataLoader(

@@ -5,8 +5,8 @@
          a folder of sharp images (searched recursively); ded = folder of
          (blurry, sharp, defocus_map) triplets; pairs = folder of (blurry,
          sharp) pairs; crop, max_radius_px, workers, pool_size, pool_crop
-[train]  batch, lr, lr_min, warmup_steps, betas, ema_decay, seed, amp,
-         channels_last, compile, log_every, val_every, ckpt_every, budget_seconds
+[train]  batch, lr, lr_min, warmup_steps, betas, ema_decay, seed, turn_consistency,
+         amp, channels_last, compile, log_every, val_every, ckpt_every, budget_seconds
 [[stage]] kind = "gt_map" | "joint" | "finetune" | "end_to_end" | "dme", steps
 """
 
@@ -61,6 +61,10 @@ class TrainSection:
     #: after every step with this decay (BasicSR uses 0.999). 0 ships the raw weights.
     ema_decay: float = 0.0
     seed: int = 0
+    #: >0: half of each batch is rendered, the other half is the same crops turned by
+    #: one of the square's symmetries (``training.dihedral``), and the map term gains
+    #: this weight x L_turn, the difference between the two halves' maps turned back.
+    turn_consistency: float = 0.0
     #: bf16 autocast: always on CUDA; on a CPU only where it has bf16 instructions
     #: (``training.amp.cpu_has_bf16``), else the run trains in FP32 and says so.
     amp: bool = True
@@ -88,6 +92,11 @@ class TrainConfig:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     stages: List[Stage] = field(default_factory=list)
+
+    @property
+    def rendered_batch(self) -> int:
+        """Crops rendered per step: half the batch where the rest are turned copies."""
+        return self.train.batch // 2 if self.train.turn_consistency > 0 else self.train.batch
 
     @property
     def total_steps(self) -> int:
@@ -131,7 +140,17 @@ RESUME_FIXED = {
         "in_focus_fraction",
         "uniform_fraction",
     ),
-    "train": ("batch", "lr", "lr_min", "warmup_steps", "betas", "ema_decay", "seed", "amp"),
+    "train": (
+        "batch",
+        "lr",
+        "lr_min",
+        "warmup_steps",
+        "betas",
+        "ema_decay",
+        "seed",
+        "turn_consistency",
+        "amp",
+    ),
 }
 
 
@@ -193,6 +212,8 @@ def from_dict(raw: dict) -> TrainConfig:
     shares = (config.data.in_focus_fraction, config.data.uniform_fraction)
     if min(shares) < 0 or sum(shares) > 1:
         raise ConfigError(f"in_focus_fraction and uniform_fraction {shares} must be >= 0 with a sum <= 1")
+    if config.train.turn_consistency < 0:
+        raise ConfigError(f"turn_consistency {config.train.turn_consistency} must be >= 0")
     if not 0 <= config.train.ema_decay < 1:
         raise ConfigError(f"ema_decay {config.train.ema_decay} must be in [0, 1)")
     return config

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from training.dihedral import turn_back
+
 #: Loss weights lambda_1 (map), lambda_2 (image L1) and lambda_3 (weighted L2).
 LAMBDA_DME, LAMBDA_DF, LAMBDA_WD = 0.2, 0.9, 0.1
 
@@ -37,24 +39,46 @@ def map_l1(estimated: Tensor, gt_map: Tensor, has_map: Tensor) -> Tensor:
     return (mask * (estimated - gt_map).abs()).sum() / (mask.sum() * gt_map[0].numel()).clamp_min(1)
 
 
-def stage_loss(stage: str, deblurred: Optional[Tensor], estimated: Tensor, batch: dict) -> dict:
+def turn_consistency(estimated: Tensor, code: int) -> Tensor:
+    """L_turn: mean absolute difference between the maps of a batch's first half and of
+    its second half turned back (``training.dihedral.with_turned_copies`` with ``code``).
+    No ground truth needed: a defocus map turns with its image."""
+    half = len(estimated) // 2
+    return (estimated[:half] - turn_back(estimated[half:], code)).abs().mean()
+
+
+def map_term(estimated: Tensor, batch: dict, turn_weight: float) -> dict:
+    """The map's share of a stage loss: ``map`` = L_dme, plus ``turn_weight`` x L_turn
+    where the batch holds turned copies; the terms themselves detached."""
+    l_dme = map_l1(estimated, batch["defocus_map"], batch["has_map"])
+    if turn_weight <= 0 or "turn" not in batch:
+        return {"map": l_dme, "l_dme": l_dme.detach()}
+    l_turn = turn_consistency(estimated, batch["turn"])
+    return {"map": l_dme + turn_weight * l_turn, "l_dme": l_dme.detach(), "l_turn": l_turn.detach()}
+
+
+def stage_loss(
+    stage: str, deblurred: Optional[Tensor], estimated: Tensor, batch: dict, turn_weight: float = 0.0
+) -> dict:
     """Loss of one stage; returns a dict with ``total`` and its terms (detached).
 
     ``gt_map``, ``joint`` and ``end_to_end`` use Loss1 = 0.2 L_dme + 0.9 L_df
     (L_dme only on samples with a map); ``finetune`` uses Loss2 = 0.9 L_df + 0.1 L_wd;
     ``dme`` trains the map estimator alone on L_dme (``deblurred`` is None there).
+    With ``turn_weight`` > 0 and a batch of turned copies, L_dme becomes
+    L_dme + turn_weight * L_turn wherever it is used.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
     sharp, gt_map, has_map = batch["sharp"], batch["defocus_map"], batch["has_map"]
-    if stage == "dme":
-        l_dme = map_l1(estimated, gt_map, has_map)
-        return {"total": l_dme, "l_dme": l_dme.detach()}
-    l_df = F.l1_loss(deblurred, sharp)
     if stage == "finetune":
+        l_df = F.l1_loss(deblurred, sharp)
         l_wd = weighted_l2(deblurred, sharp, gt_map, has_map)
         total = LAMBDA_DF * l_df + LAMBDA_WD * l_wd
         return {"total": total, "l_df": l_df.detach(), "l_wd": l_wd.detach()}
-    l_dme = map_l1(estimated, gt_map, has_map)
-    total = LAMBDA_DME * l_dme + LAMBDA_DF * l_df
-    return {"total": total, "l_df": l_df.detach(), "l_dme": l_dme.detach()}
+    terms = map_term(estimated, batch, turn_weight)
+    map_loss = terms.pop("map")
+    if stage == "dme":
+        return {"total": map_loss, **terms}
+    l_df = F.l1_loss(deblurred, sharp)
+    return {"total": LAMBDA_DME * map_loss + LAMBDA_DF * l_df, "l_df": l_df.detach(), **terms}

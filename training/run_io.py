@@ -15,7 +15,7 @@ from training.checkpoint import CheckpointError, load_checkpoint, load_state, sa
 from training.data import corpus
 
 KEEP_CHECKPOINTS = 2
-LOG_COLUMNS = ["step", "stage", "lr", "steps_per_s", "total", "l_df", "l_dme", "l_wd"]
+LOG_COLUMNS = ["step", "stage", "lr", "steps_per_s", "total", "l_df", "l_dme", "l_wd", "l_turn"]
 
 
 class RunFiles:

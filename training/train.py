@@ -33,6 +33,7 @@ from training.batches import make_batches
 from training.checkpoint import CheckpointError, init_from
 from training.config import ConfigError, TrainConfig, load_config, resume_conflict
 from training.data import DataError
+from training.dihedral import turn_of_step, with_turned_copies
 from training.losses import stage_loss
 from training.presets import get_config
 from training.run_io import RunFiles
@@ -63,6 +64,11 @@ class Trainer:
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.files = RunFiles(out) if self.rank == 0 else None
         tc = config.train
+        if tc.turn_consistency > 0 and tc.batch % (2 * self.world):
+            raise ConfigError(
+                f"turn_consistency pairs each process's crops with turned copies: batch {tc.batch} "
+                f"must be a multiple of 2 x {self.world} processes"
+            )
         torch.manual_seed(tc.seed)
         self.model = DefocusDeblurNet(get_config(config.model.preset, config.model.variant))
         if init is not None:
@@ -179,8 +185,11 @@ class Trainer:
     def train_step(self, stage: str, batch: dict) -> dict:
         """One optimizer step of ``stage``; returns the loss terms, still on the device."""
         self.net.train()
+        weight = self.config.train.turn_consistency
+        if weight > 0:
+            batch = with_turned_copies(batch, turn_of_step(self.step))
         deblurred, estimated = self._forward(self.net, stage, batch)
-        losses = stage_loss(stage, deblurred, estimated, batch)
+        losses = stage_loss(stage, deblurred, estimated, batch, weight)
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         self.optimizer.step()
