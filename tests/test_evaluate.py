@@ -78,6 +78,8 @@ class TestFigures:
         assert m["map_bias"] == pytest.approx(0.01) and m["map_mae"] == pytest.approx(0.01)
         assert m["in_focus_fraction"] == 0.5 and m["in_focus_map"] == pytest.approx(0.01)
         assert m["in_focus_psnr_in"] == float("inf") and m["psnr_true_map"] == float("inf")
+        assert m["in_focus_psnr_true_map"] == float("inf")
+        assert m["in_focus_psnr_out"] == pytest.approx(evaluate.masked_psnr(out, sharp, true_map == 0))
         assert m["nyquist_db"] == pytest.approx(0.0, abs=0.05)
         # Every pixel is off by 0.01, so each region present has that MAE; the map's jump
         # at column 16 (0.3 > OCCLUSION_STEP) makes an occlusion band.

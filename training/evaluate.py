@@ -19,7 +19,8 @@ Per sample (RGB in [0, 1], the map in model units, radius px / 10):
   (``training.map_regions``: flat, texture, edge, occlusion boundary; NaN where a
   sample has none);
 * in-focus pixels (true radius < 0.5 px): the mean estimated map there, and the PSNR
-  there of the input and the output against the sharp image;
+  there of the input, the output and the output from the true map against the sharp
+  image (the last says what the restorer alone changes there);
 * ``nyquist_db``: the output's energy at the Nyquist frequency (the spectrum's
   ``kx = W/2`` and ``ky = H/2`` lines, where 2x2 space-to-depth leaves period-2
   artifacts) over the sharp image's, in dB (> 0: more than the sharp image has);
@@ -101,6 +102,7 @@ def image_metrics(
         "in_focus_map": float(estimated[focus].mean()) if focus.any() else float("nan"),
         "in_focus_psnr_in": masked_psnr(blurry, sharp, focus),
         "in_focus_psnr_out": masked_psnr(out, sharp, focus),
+        "in_focus_psnr_true_map": masked_psnr(out_true, sharp, focus),
         "nyquist_db": 10.0 * float(np.log10(max(nyquist_energy(out), 1e-20) / max(sharp_nyquist, 1e-20))),
         "level_shift": float(shift.mean()),
         "level_shift_max": float(np.abs(shift).max()),
@@ -187,6 +189,7 @@ COLUMNS = (
     ("in_focus_map", "focus map", ".4f"),
     ("in_focus_psnr_in", "focus PSNR in", ".2f"),
     ("in_focus_psnr_out", "focus PSNR out", ".2f"),
+    ("in_focus_psnr_true_map", "focus PSNR true", ".2f"),
     ("nyquist_db", "Nyquist dB", "+.2f"),
     ("level_shift", "shift", "+.2f"),
     ("level_shift_max", "|shift| max", ".2f"),
