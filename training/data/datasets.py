@@ -13,7 +13,6 @@ so a resumed run, or any DataLoader worker, sees the same data.
 
 import logging
 import math
-import signal
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -42,13 +41,8 @@ PAIR_LAYOUTS = (("blurry", "sharp"), ("source", "target"), ("inputC", "target"))
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one OpenCV thread per worker, the workers are the
-    parallelism. Workers ignore SIGINT and SIGTERM: Ctrl-C, ``pkill -f`` or a service
-    manager's stop reach the whole process group, and a worker killed under the
-    trainer would abort it before it saves the step under way. The trainer stops them."""
+    """DataLoader ``worker_init_fn``: one OpenCV thread per worker, the workers are the parallelism."""
     cv2.setNumThreads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_item(
