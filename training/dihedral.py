@@ -49,10 +49,9 @@ def with_turned_copies(batch: dict, code: int) -> dict:
     paired = {}
     for key, value in batch.items():
         if value.dim() == 4:
-            fmt = torch.channels_last if value.is_contiguous(memory_format=torch.channels_last) else None
-            value = torch.cat([value, turn(value, code)])
-            value = value.contiguous(memory_format=fmt) if fmt is not None else value.contiguous()
-            paired[key] = value
+            channels_last = value.is_contiguous(memory_format=torch.channels_last)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            paired[key] = torch.cat([value, turn(value, code)]).contiguous(memory_format=fmt)
         else:
             paired[key] = torch.cat([value, value])
     paired["turn"] = code

@@ -1,6 +1,6 @@
 """The paper's losses (Sec. 3.4) and the loss of each training stage."""
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -47,14 +47,14 @@ def turn_consistency(estimated: Tensor, code: int) -> Tensor:
     return (estimated[:half] - turn_back(estimated[half:], code)).abs().mean()
 
 
-def map_term(estimated: Tensor, batch: dict, turn_weight: float) -> dict:
-    """The map's share of a stage loss: ``map`` = L_dme, plus ``turn_weight`` x L_turn
-    where the batch holds turned copies; the terms themselves detached."""
+def map_term(estimated: Tensor, batch: dict, turn_weight: float) -> Tuple[Tensor, dict]:
+    """The map's share of a stage loss, L_dme plus ``turn_weight`` x L_turn where the
+    batch holds turned copies, and its terms (detached)."""
     l_dme = map_l1(estimated, batch["defocus_map"], batch["has_map"])
     if turn_weight <= 0 or "turn" not in batch:
-        return {"map": l_dme, "l_dme": l_dme.detach()}
+        return l_dme, {"l_dme": l_dme.detach()}
     l_turn = turn_consistency(estimated, batch["turn"])
-    return {"map": l_dme + turn_weight * l_turn, "l_dme": l_dme.detach(), "l_turn": l_turn.detach()}
+    return l_dme + turn_weight * l_turn, {"l_dme": l_dme.detach(), "l_turn": l_turn.detach()}
 
 
 def stage_loss(
@@ -76,8 +76,7 @@ def stage_loss(
         l_wd = weighted_l2(deblurred, sharp, gt_map, has_map)
         total = LAMBDA_DF * l_df + LAMBDA_WD * l_wd
         return {"total": total, "l_df": l_df.detach(), "l_wd": l_wd.detach()}
-    terms = map_term(estimated, batch, turn_weight)
-    map_loss = terms.pop("map")
+    map_loss, terms = map_term(estimated, batch, turn_weight)
     if stage == "dme":
         return {"total": map_loss, **terms}
     l_df = F.l1_loss(deblurred, sharp)
