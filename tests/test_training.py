@@ -497,23 +497,50 @@ def test_dme_stage_moves_only_the_estimator(tmp_path):
     assert best["validation"]["psnr_out"] == max(float(r["psnr_out"]) for r in val)
 
 
-@pytest.mark.parametrize("plain,dilated,full", [(6, 0, 16), (3, 0, 16), (6, 1, 16), (6, 3, 0), (6, 1, 0)])
-def test_init_from_a_shallower_estimator_grows_it(tmp_path, plain, dilated, full):
-    """The default model gains DME blocks this way, plain then dilated, and its
-    full-resolution stage: its first step starts from exactly the checkpoint's function."""
+@pytest.mark.parametrize(
+    "plain,dilated,full,width,grew",
+    [
+        (6, 0, 16, 24, ["3 residual blocks"]),
+        (3, 0, 16, 24, ["6 residual blocks"]),
+        (6, 1, 16, 24, ["2 residual blocks"]),
+        (6, 3, 0, 24, ["the full-resolution stage"]),
+        (6, 1, 0, 24, ["2 residual blocks", "the full-resolution stage"]),
+        (6, 3, 16, 16, ["channels 16 -> 24"]),
+        (6, 1, 0, 20, ["2 residual blocks", "the full-resolution stage", "channels 20 -> 24"]),
+    ],
+)
+def test_init_from_a_smaller_estimator_grows_it(tmp_path, plain, dilated, full, width, grew):
+    """The default model gains DME blocks this way, plain then dilated, its
+    full-resolution stage and width: its first step starts from exactly the
+    checkpoint's function."""
     config = get_config("small")
     torch.manual_seed(0)
-    shallow = DefocusDeblurNet(
-        dataclasses.replace(config, dme_blocks=plain, dme_dilated_blocks=dilated, dme_full_channels=full)
+    small = DefocusDeblurNet(
+        dataclasses.replace(
+            config, dme_blocks=plain, dme_dilated_blocks=dilated, dme_full_channels=full, dme_channels=width
+        )
     )
-    save_checkpoint(tmp_path / "shallow", shallow)
+    save_checkpoint(tmp_path / "small", small)
     grown = DefocusDeblurNet(config)
-    added = config.dme_blocks + config.dme_dilated_blocks - plain - dilated + (full == 0)
-    assert init_from(grown, tmp_path / "shallow", "small") == added
+    assert init_from(grown, tmp_path / "small", "small") == grew
     image = torch.rand(1, 3, 64, 48)
     with torch.no_grad():
-        for got, want in zip(grown.eval()(image), shallow.eval()(image)):
+        for got, want in zip(grown.eval()(image), small.eval()(image)):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_a_widened_estimator_trains_its_new_channels(tmp_path):
+    """The zeroed weights (old channels reading new ones) get a gradient at once:
+    the new channels carry the fresh init's activations, not zeros."""
+    config = get_config("small")
+    save_checkpoint(tmp_path / "narrow", DefocusDeblurNet(dataclasses.replace(config, dme_channels=16)))
+    grown = DefocusDeblurNet(config)
+    init_from(grown, tmp_path / "narrow", "small")
+    zeroed = grown.dme.conv_last.weight
+    assert torch.count_nonzero(zeroed[:, 16:]) == 0
+    estimate = grown.dme(torch.rand(1, 3, 32, 32))
+    (estimate - 0.5).abs().mean().backward()
+    assert torch.count_nonzero(zeroed.grad[:, 16:]) > 0
 
 
 @pytest.mark.parametrize(
@@ -526,19 +553,20 @@ def test_init_from_a_shallower_estimator_grows_it(tmp_path, plain, dilated, full
         dict(dme_dilated_blocks=0),
         dict(dme_full_channels=8),
         dict(dme_full_channels=0),
+        dict(dme_channels=16),
     ],
 )
 def test_init_from_refuses_another_network(tmp_path, change):
     """Fewer blocks only, and only at the end: a plain block after a dilated one would
     take the place of a trained dilated block. A trained full-resolution stage is
-    neither resized nor dropped."""
+    neither resized nor dropped, and the estimator never narrows."""
     config = get_config("small")
     save_checkpoint(
         tmp_path / "ckpt", DefocusDeblurNet(dataclasses.replace(config, dme_blocks=2, dme_dilated_blocks=1))
     )
     other = DefocusDeblurNet(dataclasses.replace(config, **change))
     with pytest.raises(
-        CheckpointError, match="does not fit .* only DME blocks and the full-resolution stage may be added"
+        CheckpointError, match="does not fit .* only DME blocks, DME channels and the full-resolution stage"
     ):
         init_from(other, tmp_path / "ckpt", "small")
 

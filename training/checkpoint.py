@@ -8,11 +8,12 @@ import json
 import subprocess
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from common.atomic import atomic_write
 from common.jsonfile import read_versioned_json
@@ -113,17 +114,22 @@ def load_checkpoint(path: Path, preset: Optional[str] = None) -> Tuple[DefocusDe
     return model.eval(), config
 
 
-def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> int:
+def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> List[str]:
     """Copy a checkpoint's weights into ``model`` to train on from them (``--init``).
 
     The checkpoint's network must equal ``model``'s but may have fewer DME residual
-    blocks, plain or dilated, as long as its blocks are the first of ``model``'s, and
-    may lack the DME's full-resolution stage. What is added starts as the identity
-    (the conv closing each residual branch, and the stage's merging 1x1 conv,
-    zeroed), so the grown model computes exactly what the checkpoint did.
+    blocks, plain or dilated, as long as its blocks are the first of ``model``'s, may
+    lack the DME's full-resolution stage, and may have fewer DME channels. What is
+    added starts as the identity, so the grown model computes exactly what the
+    checkpoint did:
+
+    - a new block's closing conv, and a new stage's merging 1x1 conv, are zeroed;
+    - a wider estimator keeps the old channels as its first ones (``_widen``): the
+      new channels start from the fresh init, and only what old channels read from
+      new ones is zeroed, so the new channels learn from the first step.
 
     Returns:
-        How many DME parts (residual blocks, full-resolution stage) were added.
+        What grew, in words (empty when nothing did).
 
     Raises:
         CheckpointError: with a one-line reason.
@@ -136,19 +142,45 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> int:
     adds_stage = theirs.dme_full_channels == 0 and mine.dme_full_channels > 0
     if adds_stage:
         grows["dme_full_channels"] = mine.dme_full_channels
+    if mine.dme_channels > theirs.dme_channels:
+        grows["dme_channels"] = mine.dme_channels
     if replace(theirs, **grows) != mine or my_blocks[: len(their_blocks)] != their_blocks:
         raise CheckpointError(
             f"{path}: its network ({theirs}) does not fit {mine}; "
-            "only DME blocks and the full-resolution stage may be added"
+            "only DME blocks, DME channels and the full-resolution stage may be added"
         )
-    model.load_state_dict(source.state_dict(), strict=False)
+    fresh = model.state_dict()
+    state = {
+        name: _widen(value, fresh[name]) if value.shape != fresh[name].shape else value
+        for name, value in source.state_dict().items()
+    }
+    model.load_state_dict(state, strict=False)
     closing = [block.conv2 for block in model.dme.body[len(their_blocks) :]]
     if adds_stage:
         closing.append(model.dme.full[-1])
     for conv in closing:
         torch.nn.init.zeros_(conv.weight)
         torch.nn.init.zeros_(conv.bias)
-    return len(closing)
+    grown = [f"{len(my_blocks) - len(their_blocks)} residual blocks"] if my_blocks != their_blocks else []
+    if adds_stage:
+        grown.append("the full-resolution stage")
+    if "dme_channels" in grows:
+        grown.append(f"channels {theirs.dme_channels} -> {mine.dme_channels}")
+    return grown
+
+
+def _widen(old: Tensor, fresh: Tensor) -> Tensor:
+    """``fresh`` with ``old`` in its leading slice and the weights from new input
+    channels into old output channels zeroed: the old outputs compute what they did.
+
+    Shape: a conv weight (out, in, k, k) or a bias (out,), ``old`` no larger than
+    ``fresh`` in any dimension.
+    """
+    widened = fresh.clone()
+    if widened.dim() > 1:
+        widened[: old.shape[0], old.shape[1] :] = 0
+    widened[tuple(slice(0, n) for n in old.shape)] = old
+    return widened
 
 
 def load_state(path: Path) -> dict:

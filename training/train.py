@@ -74,7 +74,7 @@ class Trainer:
         if init is not None:
             grown = init_from(self.model, init, config.model.preset)
             if grown and self.rank == 0:
-                tqdm.write(f"{init}: {grown} DME parts added, starting as the identity")
+                tqdm.write(f"{init}: estimator grown ({', '.join(grown)}), computing what the checkpoint did")
         self.model.to(device)
         self.bf16 = amp.use_bf16(device, tc.amp, amp.cpu_flags())
         if self.rank == 0:
