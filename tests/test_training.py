@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tqdm import tqdm
 
+from common.signals import Interrupted, PendingSignal
 from training.archs import DefocusDeblurNet
 from training.average import main as average_main
 from training.checkpoint import CheckpointError, init_from, load_checkpoint, save_checkpoint
@@ -362,6 +364,34 @@ def test_resume_after_a_signal_reaches_the_same_weights(tiny_config, tmp_path, s
             assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_to_the_process_group_still_saves_the_step(tiny_config, tmp_path, sig):
+    """Ctrl-C, ``pkill -f`` and service managers signal every process of the group, the
+    DataLoader worker too: the trainer still finishes its step, saves it and exits."""
+    tiny_config.write_text(tiny_config.read_text().replace("workers = 0", "workers = 1"))
+    out = tmp_path / "run"
+    proc = _train(tiny_config, out, start_new_session=True)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, sig)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, stderr[-2000:]
+    step = int(latest.read_text().removeprefix("step_"))
+    assert stderr.splitlines()[-1].startswith(f"interrupted by {sig.name}, step {step} saved")
+
+
+def test_a_run_with_a_data_worker_finishes_and_exits(tiny_config, tmp_path):
+    """The worker is shut down at the end: nothing is left for the interpreter's exit to
+    wait on (a worker that ignored SIGTERM once hung a finished run here)."""
+    tiny_config.write_text(tiny_config.read_text().replace("workers = 0", "workers = 1"))
+    proc = _train(tiny_config, tmp_path / "run")
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
 def _random_batch() -> dict:
     """Two seeded 32² crops with maps, as ``make_batches`` yields them."""
     torch.manual_seed(0)
@@ -371,6 +401,38 @@ def _random_batch() -> dict:
         "defocus_map": torch.rand(2, 1, 32, 32),
         "has_map": torch.tensor([True, True]),
     }
+
+
+class _WorkersEndedByTheStop:
+    """Batches from a loader whose worker the stop also ended: one batch, then the stop
+    arrives while the trainer waits for the next, which PyTorch reports as an error."""
+
+    def __init__(self, stop: PendingSignal, signum):
+        self.stop, self.signum, self.given = stop, signum, 0
+
+    def __next__(self) -> dict:
+        if self.given:
+            self.stop.signum = self.signum
+            raise RuntimeError("DataLoader worker (pid(s) 1) exited unexpectedly")
+        self.given += 1
+        return _random_batch()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, None], ids=["stop", "no stop"])
+def test_a_loader_error_after_a_stop_ends_at_the_last_step(tmp_path, signum):
+    """After a stop the workers' error ends the run at the last finished step, saved;
+    without one it is a real error and propagates."""
+    trainer = Trainer(from_dict(tomllib.loads(TINY)), tmp_path / "run", torch.device("cpu"))
+    stop = PendingSignal()
+    batches = _WorkersEndedByTheStop(stop, signum)
+    if signum is None:
+        with pytest.raises(RuntimeError, match="exited unexpectedly"):
+            trainer._loop(batches, tqdm(disable=True), None, stop)
+        return
+    with pytest.raises(Interrupted) as caught:
+        trainer._loop(batches, tqdm(disable=True), None, stop)
+    assert (caught.value.signum, caught.value.done) == (signum, 1)
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step_00000001"
 
 
 def test_ema_is_the_moving_average_of_the_raw_weights(tmp_path):

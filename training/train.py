@@ -258,7 +258,13 @@ class Trainer:
         saved = self.step
         while self.step < self.config.total_steps and stop.signum is None:
             stage = self.config.stage_at(self.step)
-            losses = self.train_step(stage, next(batches))
+            try:
+                batch = next(batches)
+            except RuntimeError:  # PyTorch's "DataLoader worker ... exited unexpectedly"
+                if stop.signum is None:
+                    raise
+                break  # the stop reached the data workers too: end at the last finished step
+            losses = self.train_step(stage, batch)
             if self.step == PROBE_START:
                 self._sync()
                 probe_started = time.perf_counter()

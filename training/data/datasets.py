@@ -13,6 +13,7 @@ so a resumed run, or any DataLoader worker, sees the same data.
 
 import logging
 import math
+import signal
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -41,8 +42,17 @@ PAIR_LAYOUTS = (("blurry", "sharp"), ("source", "target"), ("inputC", "target"))
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one OpenCV thread per worker, the workers are the parallelism."""
+    """DataLoader ``worker_init_fn``: one OpenCV thread per worker, the workers are the
+    parallelism.
+
+    SIGTERM ends a worker the way Ctrl-C does: as ``KeyboardInterrupt``, on which
+    PyTorch's worker loop returns and the worker exits with status 0. A stop sent to
+    the whole process group (``pkill -f``, ``kill -- -PGID``, a service manager) reaches
+    the workers too, and a worker killed by the signal itself would make PyTorch's
+    SIGCHLD handler raise inside the trainer's step under way, before it is saved.
+    """
     cv2.setNumThreads(1)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def make_item(
