@@ -239,6 +239,30 @@ class TestBuild:
             corpus.fetch("pkg-old", tmp_path, {})
         assert calls == [("pkg", "bullseye")]
 
+    def test_an_entry_moved_to_another_suite_is_unpacked_anew(self, tmp_path, monkeypatch):
+        """A corpus built before the entry's suite changed holds the old release's files:
+        they go, and the new release is unpacked and recorded."""
+        old = tmp_path / "raw" / "pkg"
+        old.mkdir(parents=True)
+        (old / "gone.png").write_bytes(b"old release")
+        (old / ".unpacked").write_text("pkg_1.0-1_all.deb")
+        fetched = []
+
+        def cached(package, dest, suite, state):
+            fetched.append((package, suite))
+            deb = (dest / f"apt-{suite}").resolve() / f"{package}_2.0-1_all.deb"
+            deb.parent.mkdir(parents=True)
+            return deb
+
+        monkeypatch.setattr(debian, "download", cached)
+        monkeypatch.setattr(debian, "unpack", lambda deb, folder: (folder / "usr").mkdir(parents=True))
+        monkeypatch.setitem(corpus.SUITES, "pkg", "forky")
+        assert corpus.fetch("pkg", tmp_path, {}) == old
+        assert sorted(p.name for p in old.iterdir()) == [".unpacked", "usr"]
+        assert corpus.package_version(tmp_path, "pkg") == "2.0-1"
+        assert corpus.fetch("pkg", tmp_path, {}) == old  # done: not fetched again
+        assert fetched == [("pkg", "forky")]
+
     def test_nothing_fetched(self, tmp_path, monkeypatch):
         class Failed:
             returncode, stdout, stderr = 100, "", "E: no network\n"

@@ -22,6 +22,7 @@ Layout under ``root`` (default ``data/corpus``): ``debs/``, ``raw/<package>/``,
 import argparse
 import json
 import logging
+import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -156,8 +157,14 @@ EXCLUDED: Dict[str, str] = {
     },
 }
 #: Entries fetched from another Debian suite than this machine's: bookworm lacks
-#: budgie-backgrounds, and GNOME's older release still shipped photographs.
-SUITES: Dict[str, str] = {"budgie-backgrounds": "trixie", "gnome-backgrounds-bullseye": "bullseye"}
+#: budgie-backgrounds, GNOME's older release still shipped photographs, and UKUI's
+#: 20.04.4 (forky) added seven 4K photographs (mountains, a city, a still life) to
+#: 20.04.3's graphics.
+SUITES: Dict[str, str] = {
+    "budgie-backgrounds": "trixie",
+    "gnome-backgrounds-bullseye": "bullseye",
+    "ukui-wallpapers": "forky",
+}
 #: The Debian package of an entry whose name is not the package's own (a second release).
 APT_NAMES: Dict[str, str] = {"gnome-backgrounds-bullseye": "gnome-backgrounds"}
 SPLITS = ("train", "holdout")
@@ -197,8 +204,9 @@ def output_name(path: str) -> str:
 
 def fetch(package: str, root: Path, state: dict) -> Path:
     """Download and unpack the entry ``package`` under ``root`` (skipped when done
-    before): the Debian package ``APT_NAMES`` names (else ``package`` itself), from this
-    machine's apt sources or the suite ``SUITES`` names.
+    before from the same suite): the Debian package ``APT_NAMES`` names (else
+    ``package`` itself), from this machine's apt sources or the suite ``SUITES`` names.
+    The ``.unpacked`` marker records the ``.deb`` under ``root/debs``.
 
     ``state`` is ``common.debian.download``'s: ``apt-get update`` runs once a build.
 
@@ -208,22 +216,24 @@ def fetch(package: str, root: Path, state: dict) -> Path:
     Raises:
         CorpusError: download or unpacking failed.
     """
-    unpacked = root / "raw" / package
-    if (unpacked / ".unpacked").is_file():
+    unpacked, suite = root / "raw" / package, SUITES.get(package)
+    marker = unpacked / ".unpacked"
+    if marker.is_file() and Path(marker.read_text().strip()).parent == Path(f"apt-{suite}" if suite else ""):
         return unpacked
     try:
-        deb = debian.download(APT_NAMES.get(package, package), root / "debs", SUITES.get(package), state)
+        deb = debian.download(APT_NAMES.get(package, package), root / "debs", suite, state)
+        shutil.rmtree(unpacked, ignore_errors=True)  # unpacked from another suite before
         debian.unpack(deb, unpacked)
     except debian.DebianError as error:
         raise CorpusError(str(error)) from None
-    (unpacked / ".unpacked").write_text(deb.name)
+    marker.write_text(str(deb.relative_to((root / "debs").resolve())))
     return unpacked
 
 
 def package_version(root: Path, package: str) -> str:
     """The version in the downloaded .deb's name (``pkg_1.26.0-1_all.deb`` -> ``1.26.0-1``)."""
     marker = root / "raw" / package / ".unpacked"
-    name = marker.read_text().strip() if marker.is_file() else ""
+    name = Path(marker.read_text().strip()).name if marker.is_file() else ""
     return name.split("_")[1].replace("%3a", ":") if name.count("_") >= 2 else "unknown"
 
 
