@@ -187,6 +187,36 @@ class TestBuild:
         described = corpus.describe(fake_corpus)
         assert described["packages"]["pkg-held"] == {"version": "1.2-3", "split": "holdout", "kept": 1}
 
+    def test_renditions_of_one_picture_are_duplicates(self, fake_corpus):
+        """A phone's portrait crop of a wallpaper hashes far from the original but is the
+        same photograph: the largest rendition is kept."""
+        original = photo_like(10)
+        portrait = np.ascontiguousarray(original[:, :576])
+        assert (
+            curation.hash_distance(curation.thumbnail_hash(original), curation.thumbnail_hash(portrait))
+            > curation.DUPLICATE_BITS
+        )
+        _package(
+            fake_corpus, "pkg-held", {"usr/share/wallpapers/Scene/contents/images/576x1024.png": portrait}
+        )
+        report = corpus.build(fake_corpus, self.SPLITS)
+        crop = next(f for f in report["files"] if f["path"].endswith("576x1024.png"))
+        assert (crop["decision"], crop["reason"]) == ("dropped", "duplicate")
+        assert crop["duplicate_of"] == "pkg-held/usr/share/wallpapers/Scene/contents/images/1024x1024.png"
+        assert report["kept"] == {"train": 1, "holdout": 1}
+
+    @pytest.mark.parametrize(
+        "path,name",
+        [
+            ("usr/share/wallpapers/Honeywave/contents/images/1080x1920.png", "Honeywave"),
+            ("usr/share/wallpapers/Honeywave/contents/images_dark/5120x2880.png", "Honeywave"),
+            ("usr/share/backgrounds/mate/nature/Dune.jpg", "mate-nature-Dune"),
+            ("usr/share/backgrounds/1920x1080.png", "1920x1080"),
+        ],
+    )
+    def test_picture_name(self, path, name):
+        assert corpus.picture_name(path) == name
+
     def test_excluded_picture_dropped_with_its_reason(self, fake_corpus, monkeypatch):
         monkeypatch.setattr(corpus, "EXCLUDED", {"pkg-train/usr/share/backgrounds/photo.png": "a print"})
         report = corpus.build(fake_corpus, self.SPLITS)

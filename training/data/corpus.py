@@ -22,6 +22,7 @@ Layout under ``root`` (default ``data/corpus``): ``debs/``, ``raw/<package>/``,
 import argparse
 import json
 import logging
+import re
 import shutil
 import sys
 from collections import Counter
@@ -170,6 +171,10 @@ APT_NAMES: Dict[str, str] = {"gnome-backgrounds-bullseye": "gnome-backgrounds"}
 SPLITS = ("train", "holdout")
 #: Path parts that say nothing about a picture, left out of its output name.
 _BOILERPLATE = {"usr", "share", "backgrounds", "wallpapers", "wallpaper", "contents", "images"}
+#: Path parts that name a rendition of a picture, not the picture (KDE's
+#: ``Name/contents/images{,_dark}/WxH.ext``): a phone's portrait crop of a wallpaper
+#: hashes far from its landscape original but is the same photograph.
+_RENDITION = re.compile(r"^(\d+x\d+|images_dark)$", re.IGNORECASE)
 
 
 class CorpusError(RuntimeError):
@@ -200,6 +205,14 @@ def output_name(path: str) -> str:
     """``Autumn/contents/images/2560x1600.jpg`` -> ``Autumn-2560x1600.png``."""
     parts = [p for p in Path(path).with_suffix("").parts if p.lower() not in _BOILERPLATE]
     return "-".join(parts or [Path(path).stem]) + ".png"
+
+
+def picture_name(path: str) -> str:
+    """``Honeywave/contents/images/1080x1920.png`` -> ``Honeywave``: the name that all
+    renditions of one picture in a package share."""
+    parts = Path(path).with_suffix("").parts
+    kept = [p for p in parts if p.lower() not in _BOILERPLATE and not _RENDITION.match(p)]
+    return "-".join(kept) or Path(path).stem
 
 
 def fetch(package: str, root: Path, state: dict) -> Path:
@@ -265,8 +278,10 @@ def measure_file(path: Path) -> dict:
 def decide(pictures: List[Picture]) -> None:
     """Set every picture's decision: duplicates first, then ``curation.rejection``.
 
-    Of a group of duplicates the held-out copy wins (so no held-out picture is also
-    trained on), then the largest. A picture of ``EXCLUDED`` is dropped as ``excluded``.
+    Duplicates are pictures whose thumbnails hash alike, and renditions of one picture
+    in one package (``picture_name``). Of a group of duplicates the held-out copy wins
+    (so no held-out picture is also trained on), then the largest. A picture of
+    ``EXCLUDED`` is dropped as ``excluded``.
     """
     order = sorted(
         (p for p in pictures if p.measures is not None),
@@ -274,12 +289,13 @@ def decide(pictures: List[Picture]) -> None:
     )
     chosen: List[Picture] = []
     for picture in order:
-        code = int(picture.measures["hash"], 16)
+        code, name = int(picture.measures["hash"], 16), picture_name(picture.path)
         twin = next(
             (
                 c
                 for c in chosen
                 if curation.hash_distance(code, int(c.measures["hash"], 16)) <= curation.DUPLICATE_BITS
+                or (c.package == picture.package and picture_name(c.path) == name)
             ),
             None,
         )
