@@ -201,18 +201,20 @@ class Picture:
         return f"{self.package}/{self.path}"
 
 
+def _named_parts(path: str) -> List[str]:
+    """The parts of ``path`` (without its extension) that say something of the picture."""
+    return [p for p in Path(path).with_suffix("").parts if p.lower() not in _BOILERPLATE]
+
+
 def output_name(path: str) -> str:
     """``Autumn/contents/images/2560x1600.jpg`` -> ``Autumn-2560x1600.png``."""
-    parts = [p for p in Path(path).with_suffix("").parts if p.lower() not in _BOILERPLATE]
-    return "-".join(parts or [Path(path).stem]) + ".png"
+    return "-".join(_named_parts(path) or [Path(path).stem]) + ".png"
 
 
 def picture_name(path: str) -> str:
     """``Honeywave/contents/images/1080x1920.png`` -> ``Honeywave``: the name that all
     renditions of one picture in a package share."""
-    parts = Path(path).with_suffix("").parts
-    kept = [p for p in parts if p.lower() not in _BOILERPLATE and not _RENDITION.match(p)]
-    return "-".join(kept) or Path(path).stem
+    return "-".join(p for p in _named_parts(path) if not _RENDITION.match(p)) or Path(path).stem
 
 
 def fetch(package: str, root: Path, state: dict) -> Path:
@@ -287,15 +289,16 @@ def decide(pictures: List[Picture]) -> None:
         (p for p in pictures if p.measures is not None),
         key=lambda p: (p.split != "holdout", -p.shape[0] * p.shape[1], p.key),
     )
+    names = {p.key: picture_name(p.path) for p in order}
     chosen: List[Picture] = []
     for picture in order:
-        code, name = int(picture.measures["hash"], 16), picture_name(picture.path)
+        code = int(picture.measures["hash"], 16)
         twin = next(
             (
                 c
                 for c in chosen
                 if curation.hash_distance(code, int(c.measures["hash"], 16)) <= curation.DUPLICATE_BITS
-                or (c.package == picture.package and picture_name(c.path) == name)
+                or (c.package == picture.package and names[c.key] == names[picture.key])
             ),
             None,
         )
