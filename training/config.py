@@ -6,6 +6,7 @@
          (blurry, sharp, defocus_map) triplets; pairs = folder of (blurry,
          sharp) pairs; crop, max_radius_px, workers, pool_size, pool_crop
 [train]  batch, lr, lr_min, warmup_steps, betas, ema_decay, seed, turn_consistency,
+         guide_noise,
          amp, channels_last, compile, log_every, val_every, ckpt_every, budget_seconds
 [[stage]] kind = "gt_map" | "joint" | "finetune" | "end_to_end" | "dme", steps
 """
@@ -65,6 +66,10 @@ class TrainSection:
     #: one of the square's symmetries (``training.dihedral``), and the map term gains
     #: this weight x L_turn, the difference between the two halves' maps turned back.
     turn_consistency: float = 0.0
+    #: >0: where the deblurring net reads the estimated map (joint, end_to_end,
+    #: finetune), it reads it plus a smooth random offset of per-crop std up to this,
+    #: in map units (``training.guide_noise``): it learns how far to trust a map.
+    guide_noise: float = 0.0
     #: bf16 autocast: always on CUDA; on a CPU only where it has bf16 instructions
     #: (``training.amp.cpu_has_bf16``), else the run trains in FP32 and says so.
     amp: bool = True
@@ -149,6 +154,7 @@ RESUME_FIXED = {
         "ema_decay",
         "seed",
         "turn_consistency",
+        "guide_noise",
         "amp",
     ),
 }
@@ -214,6 +220,8 @@ def from_dict(raw: dict) -> TrainConfig:
         raise ConfigError(f"in_focus_fraction and uniform_fraction {shares} must be >= 0 with a sum <= 1")
     if config.train.turn_consistency < 0:
         raise ConfigError(f"turn_consistency {config.train.turn_consistency} must be >= 0")
+    if not 0 <= config.train.guide_noise <= MAP_MAX:
+        raise ConfigError(f"guide_noise {config.train.guide_noise} must be in [0, {MAP_MAX}] map units")
     if not 0 <= config.train.ema_decay < 1:
         raise ConfigError(f"ema_decay {config.train.ema_decay} must be in [0, 1)")
     return config

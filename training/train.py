@@ -34,6 +34,7 @@ from training.checkpoint import CheckpointError, init_from
 from training.config import ConfigError, TrainConfig, load_config, resume_conflict
 from training.data import DataError
 from training.dihedral import turn_of_step, with_turned_copies
+from training.guide_noise import smooth_offsets
 from training.losses import stage_loss
 from training.presets import get_config
 from training.run_io import RunFiles
@@ -177,10 +178,24 @@ class Trainer:
     def _forward(self, net, stage: str, batch: dict) -> tuple:
         """(deblurred or None, estimated map) of ``net`` on a batch, as ``stage`` calls it."""
         call = _CALLS[stage]
+        offset = self._guide_offset(batch["defocus_map"].shape) if call == "estimate" else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             guide = batch["defocus_map"] if call == "gt_map" else None
-            deblurred, estimated = net(batch["blurry"], guide, estimate_only=call == "dme")
+            deblurred, estimated = net(
+                batch["blurry"], guide, estimate_only=call == "dme", guide_offset=offset
+            )
         return None if deblurred is None else deblurred.float(), estimated.float()
+
+    def _guide_offset(self, shape: tuple) -> Optional[torch.Tensor]:
+        """``guide_noise``'s offsets for this step's crops (None when off), a function of
+        the seed, the step and the process: a resumed run draws what it would have."""
+        sigma = self.config.train.guide_noise
+        if sigma <= 0:
+            return None
+        generator = torch.Generator().manual_seed(
+            (self.config.train.seed * 10**7 + self.step) * 1024 + self.rank
+        )
+        return smooth_offsets(shape, sigma, generator).to(self.device)
 
     def train_step(self, stage: str, batch: dict) -> dict:
         """One optimizer step of ``stage``; returns the loss terms, still on the device."""

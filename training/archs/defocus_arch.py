@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from training.archs.condition_arch import ConditionNet
 from training.archs.deblur_arch import DeblurNet
-from training.archs.dme_arch import DefocusMapEstimator
+from training.archs.dme_arch import DefocusMapEstimator, clamp_map
 from training.presets import NetConfig
 
 
@@ -88,12 +88,18 @@ class DefocusDeblurNet(nn.Module):
         defocus_map: Optional[Tensor] = None,
         cond_mean: Optional[Tensor] = None,
         estimate_only: bool = False,
+        guide_offset: Optional[Tensor] = None,
     ) -> Tuple[Optional[Tensor], Tensor]:
         """Estimate the map and restore from it, or from ``defocus_map`` where one is
         given (stage 1 feeds the ground truth). ``estimate_only`` skips the restoration
-        (None in its place): the estimator's own training stage needs nothing else."""
+        (None in its place): the estimator's own training stage needs nothing else.
+        ``guide_offset`` (N, 1, H, W) is added to the estimate the restorer reads, which
+        stays in the trained range (``training.guide_noise``); the returned estimate is
+        the estimator's own."""
         estimated = self.estimate(image)
         if estimate_only:
             return None, estimated
         guide = estimated if defocus_map is None else defocus_map
+        if guide_offset is not None and defocus_map is None:
+            guide = clamp_map(estimated + guide_offset)
         return self.restore(image, guide, cond_mean), estimated
