@@ -224,6 +224,11 @@ class TestBuild:
         assert (photo["decision"], photo["reason"]) == ("dropped", "excluded")
         assert report["kept"] == {"train": 0, "holdout": 1}
         assert not (fake_corpus / "train/pkg-train/photo.png").exists()
+        assert report["excluded"] == {"pkg-train/usr/share/backgrounds/photo.png": "a print"}
+        assert corpus.report_table(report).endswith(
+            "Excluded by name (`training/data/corpus.py` EXCLUDED):\n\n"
+            "- `pkg-train/usr/share/backgrounds/photo.png`: a print\n"
+        )
 
     def test_resumes_without_measuring_again(self, fake_corpus, monkeypatch):
         corpus.build(fake_corpus, self.SPLITS)

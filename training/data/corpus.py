@@ -13,7 +13,7 @@ photographs), curated into train and held-out splits.
    ``<root>/train/<package>/`` or, for the packages held out whole for validation,
    ``<root>/holdout/<package>/``;
 4. writes ``report.json`` (every file, its measures and the decision) and
-   ``report.md`` (counts per package and reason).
+   ``report.md`` (counts per package and reason, and the pictures excluded by name).
 
 Layout under ``root`` (default ``data/corpus``): ``debs/``, ``raw/<package>/``,
 ``train/``, ``holdout/``, ``measures.json``, ``report.json``, ``report.md``.
@@ -70,6 +70,17 @@ PACKAGES: Dict[str, str] = {
 #: Pictures the automatic rules keep but that are not photographs, each with the why.
 EXCLUDED: Dict[str, str] = {
     "budgie-backgrounds/usr/share/backgrounds/budgie/ocean-waves.jpg": "a woodblock-style print",
+    # Held-out pictures whose "sharp" original is not sharp: the renders' truth would
+    # say in focus where the picture is soft, so a right estimate would score as wrong.
+    "plasma-workspace-wallpapers/usr/share/wallpapers/Shell/contents/images/5120x2880.jpg": (
+        "a 3D render of folded low-poly sheets, not a photograph"
+    ),
+    "plasma-workspace-wallpapers/usr/share/wallpapers/BytheWater/contents/images/2560x1600.jpg": (
+        "its own shallow depth of field: only a band of the planks is in focus"
+    ),
+    "lomiri-wallpapers-16.04/usr/share/backgrounds/analogpattern_by_Peter_Nerlich.jpg": (
+        "a soft, grainy texture: nothing in it is sharp at 1:1"
+    ),
     **{
         f"tuxtype-data/usr/share/tuxtype/images/backgrounds/{n}.jpg": "a space telescope image"
         for n in range(3)
@@ -376,6 +387,7 @@ def summarise(
         "kept": counts,
         "files_seen": len(pictures),
         "dropped": dict(sorted(Counter(p.reason for p in pictures if p.decision == "dropped").items())),
+        "excluded": {p.key: EXCLUDED[p.key] for p in pictures if p.reason == "excluded"},
         "packages": packages,
         "files": [vars(p) for p in pictures],
     }
@@ -410,10 +422,12 @@ def report_table(report: dict) -> str:
     ]
     lines.append("| " + " | ".join(total) + " |")
     kept = ", ".join(f"{k} {v}" for k, v in report["kept"].items())
+    excluded = "".join(f"- `{key}`: {why}\n" for key, why in sorted(report["excluded"].items()))
     return (
         f"# Photo corpus (curation version {report['curation_version']})\n\nKept: {kept}.\n\n"
         + "\n".join(lines)
         + "\n"
+        + (f"\nExcluded by name (`training/data/corpus.py` EXCLUDED):\n\n{excluded}" if excluded else "")
     )
 
 
