@@ -6,7 +6,6 @@ The expected figures are computed here from the layer list of the architecture
 
 import dataclasses
 import re
-import sys
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 from training import model_info
 from training.archs import DefocusDeblurNet, DefocusMapEstimator
 from training.archs.deblur_arch import VARIANTS
+from training.checkpoint import save_checkpoint
 from training.model_info import count_params, macs_per_pixel, model_stats, receptive_fields
 from training.presets import PRESETS, NetConfig, get_config
 
@@ -252,8 +252,7 @@ def test_cli_prints_one_row_per_preset(monkeypatch, capsys):
     }
     monkeypatch.setattr(model_info, "PRESETS", tiny)
     monkeypatch.setattr("training.presets.PRESETS", tiny)
-    monkeypatch.setattr(sys, "argv", ["model_info", "--variant", "sft_fdec"])
-    model_info.main()
+    assert model_info.main(["--variant", "sft_fdec"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:3] == ["preset", "variant", "params"]
     assert len(lines) == 1 + len(tiny)
@@ -265,3 +264,21 @@ def test_cli_prints_one_row_per_preset(monkeypatch, capsys):
         assert re.fullmatch(r"\d+/\d+/\d+", cells[4])
         assert cells[4] == f"{fields['estimate']}/{fields['restore']}/{fields['total']}"
         assert cells[5] == str(config.scale)
+
+
+def test_cli_reports_a_checkpoints_own_network(tmp_path, capsys):
+    """A grown checkpoint is not its preset: the row is the network it holds."""
+    config = dataclasses.replace(tiny_config(dme_blocks=2, dme_dilated_blocks=1), dme_channels=12)
+    save_checkpoint(tmp_path / "ckpt", build(config))
+    assert model_info.main(["--checkpoint", str(tmp_path / "ckpt")]) == 0
+    cells = capsys.readouterr().out.strip().splitlines()[1].split()
+    fields = expected_fields(config)
+    assert cells[:3] == [str(tmp_path / "ckpt"), "sft_dec", f"{expected_params(config):,}"]
+    assert cells[4] == f"{fields['estimate']}/{fields['restore']}/{fields['total']}"
+
+
+def test_cli_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
+    assert model_info.main(["--checkpoint", str(tmp_path / "none")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1 and captured.err.startswith("error: ")

@@ -1,14 +1,21 @@
-"""Parameter count, MACs per pixel and receptive field of each preset.
+"""Parameter count, MACs per pixel and receptive field of each preset, or of a checkpoint.
 
-python -m training.model_info [--variant sft_dec]
+python -m training.model_info [--variant sft_dec] [--checkpoint models/default]
+
+A checkpoint may have grown past its preset (``training.checkpoint.init_from``):
+``--checkpoint`` reports the network it holds.
 """
 
 import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from training.archs import DefocusDeblurNet
+from training.checkpoint import CheckpointError, load_checkpoint
 from training.presets import PRESETS, NetConfig, get_config
 
 
@@ -99,24 +106,40 @@ def model_stats(config: NetConfig) -> dict:
     }
 
 
-def main() -> None:
+def _configs(args: argparse.Namespace) -> List[Tuple[str, NetConfig]]:
+    """(row name, config): the checkpoint's own network, else every preset's."""
+    if args.checkpoint is None:
+        return [(name, get_config(name, args.variant)) for name in PRESETS]
+    model, _ = load_checkpoint(args.checkpoint)
+    return [(str(args.checkpoint), model.config)]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.model_info", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--variant", default="sft_dec")
-    args = parser.parse_args()
+    parser.add_argument("--variant", default="sft_dec", help="variant of the presets (default sft_dec)")
+    parser.add_argument("--checkpoint", type=Path, help="report this checkpoint or bundle folder's network")
+    args = parser.parse_args(argv)
+    try:
+        configs = _configs(args)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    width = max(len(name) for name, _ in configs + [("preset", None)])
     print(
-        f"{'preset':8} {'variant':9} {'params':>10} {'KMAC/px':>9} "
+        f"{'preset':{width}} {'variant':9} {'params':>10} {'KMAC/px':>9} "
         f"{'RF est/rest/total (px)':>24} {'multiple':>8}"
     )
-    for name in PRESETS:
-        s = model_stats(get_config(name, args.variant))
+    for name, config in configs:
+        s = model_stats(config)
         rf = s["receptive_field"]
         print(
-            f"{name:8} {s['variant']:9} {s['params']:>10,} {s['macs_per_pixel'] / 1e3:>9.1f} "
+            f"{name:{width}} {s['variant']:9} {s['params']:>10,} {s['macs_per_pixel'] / 1e3:>9.1f} "
             f"{rf['estimate']:>8}/{rf['restore']}/{rf['total']:<8} {s['size_multiple']:>8}"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
