@@ -56,6 +56,9 @@ def model_facts(model, config: dict) -> dict:
         "size_multiple": net.size_multiple,
         "receptive_field": receptive_fields(model),
         "cond_channels": net.cond_channels,
+        # The restore graph passes the input through where the map is at most the first
+        # and uses the deblurred pixel from the second on; [0, 0]: no gate.
+        "focus_gate": [net.gate_low, net.gate_high],
     }
 
 

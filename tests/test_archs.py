@@ -384,3 +384,47 @@ def test_restore_tile_with_global_statistics_matches_whole_image(variant, device
         tile = model.restore(image[window], dmap[window], cond_mean)
     inner = tile[..., margin : margin + r1 - r0, margin : margin + c1 - c0]
     torch.testing.assert_close(inner, whole[..., r0:r1, c0:c1], rtol=1e-5, atol=1e-5)
+
+
+# --- the focus gate -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_focus_gate_passes_focus_through_and_blends_to_the_deblurred(variant):
+    """Below gate_low the input itself, from gate_high on the ungated output, linear between."""
+    plain = tiny_model(variant)
+    randomize_(plain, std=0.2)
+    gated = DefocusDeblurNet(tiny_config(variant, gate_low=0.1, gate_high=0.3)).eval()
+    gated.load_state_dict(plain.state_dict())
+    image = torch.rand(2, 3, 8, 10, generator=torch.Generator().manual_seed(1))
+    dmap = torch.linspace(0.0, 0.5, 10).expand(2, 1, 8, 10).contiguous()
+    with torch.no_grad():
+        want = plain.restore(image, dmap)
+        got = gated.restore(image, dmap)
+    weight = ((dmap - 0.1) / 0.2).clamp(0, 1)
+    torch.testing.assert_close(got, image + weight * (want - image))
+    focus, blurred = dmap[0, 0, 0] <= 0.1, dmap[0, 0, 0] >= 0.3
+    assert torch.equal(got[..., focus], image[..., focus])
+    torch.testing.assert_close(got[..., blurred], want[..., blurred])
+
+
+def test_focus_gate_reads_the_map_detached():
+    """The image loss reaches the map only through the condition features, scaled by the
+    gate's weight: it cannot teach the estimator to open the gate."""
+    plain = tiny_model()
+    randomize_(plain, std=0.2)
+    gated = DefocusDeblurNet(tiny_config(gate_low=0.1, gate_high=0.3)).eval()
+    gated.load_state_dict(plain.state_dict())
+    image = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    dmap = torch.full((1, 1, 8, 8), 0.2, requires_grad=True)
+    gated.restore(image, dmap).sum().backward()
+    got = dmap.grad.clone()
+    dmap.grad = None
+    (0.5 * plain.restore(image, dmap)).sum().backward()  # weight 0.5 at map 0.2
+    torch.testing.assert_close(got, dmap.grad)
+
+
+@pytest.mark.parametrize("low, high", [(0.3, 0.1), (0.2, 0.2), (-0.1, 0.2), (0.0, 1.5)])
+def test_focus_gate_bounds_are_checked(low, high):
+    with pytest.raises(ValueError, match="focus gate .* must satisfy 0 <= low < high <= 1"):
+        tiny_config(gate_low=low, gate_high=high)

@@ -18,7 +18,7 @@ from export import onnx as export_onnx
 from export import verify as export_verify
 from export.bundle_writer import get_metadata, onnx_file, read_manifest
 from export.fp16 import FP16_MAX, check_fp16, fp16_problem, max_activations, to_fp16, validation_images
-from export.graphs import IR_VERSION
+from export.graphs import IR_VERSION, export_graph, graph_specs
 from export.parity import PARITY_MIN_PSNR_DB, session
 from export.trt_lint import LintError, check_model, lint_model
 from runtime.gpu import import_tensorrt
@@ -92,6 +92,7 @@ def test_manifest_facts(bundle):
     assert manifest["size_multiple"] == config.size_multiple == 2
     assert manifest["cond_channels"] == 8
     assert manifest["layout"] == "NCHW"
+    assert manifest["focus_gate"] == [0.0, 0.0]
     rf = manifest["receptive_field"]
     assert 0 < rf["estimate"] <= rf["total"] and 0 < rf["restore"] <= rf["total"]
     assert set(manifest["versions"]) == set(export_onnx.PACKAGES)
@@ -157,6 +158,25 @@ def test_onnx_matches_torch_on_odd_sizes(bundle, batch, h, w):
         want_out, want_map = model(torch.from_numpy(image))
     np.testing.assert_allclose(dmap, want_map.numpy(), atol=1e-5)
     np.testing.assert_allclose(out, want_out.numpy(), atol=1e-5)
+
+
+def test_a_gated_restore_graph_passes_focus_through_as_torch_does(tmp_path):
+    torch.manual_seed(0)
+    model = DefocusDeblurNet(dataclasses.replace(tiny_config(), gate_low=0.1, gate_high=0.3)).eval()
+    specs = graph_specs(model)
+    path = tmp_path / "restore.onnx"
+    export_graph(specs["restore"], path)
+    rng = np.random.default_rng(2)
+    image = rng.random((1, 3, 8, 12), dtype=np.float32)
+    dmap = np.repeat(np.linspace(0.0, 0.5, 12, dtype=np.float32)[None, None, None], 8, axis=2)
+    cond = model.condition_mean(torch.from_numpy(dmap)).detach().numpy()
+    (out,) = session(onnx.load(str(path))).run(None, {"image": image, "defocus_map": dmap, "cond_mean": cond})
+    with torch.no_grad():
+        want = model.restore(torch.from_numpy(image), torch.from_numpy(dmap), torch.from_numpy(cond)).numpy()
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    in_focus = dmap[0, 0] <= 0.1
+    np.testing.assert_array_equal(out[0][:, in_focus], image[0][:, in_focus])
+    assert not np.allclose(out[0][:, ~in_focus], image[0][:, ~in_focus], atol=1e-3)
 
 
 def test_manifest_parity_figures(bundle):

@@ -591,6 +591,33 @@ def test_init_from_a_smaller_estimator_grows_it(tmp_path, plain, dilated, full, 
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
+def test_init_from_sets_the_focus_gate(tmp_path):
+    """The gate has no weights: a checkpoint without one starts a gated model with its
+    weights, and the gated model passes the input through where its map is in focus."""
+    config = get_config("small")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "plain", DefocusDeblurNet(config))
+    gated = DefocusDeblurNet(dataclasses.replace(config, gate_low=0.02, gate_high=0.06))
+    assert init_from(gated, tmp_path / "plain", "small") == ["focus gate 0.02-0.06"]
+    plain, _ = load_checkpoint(tmp_path / "plain")
+    for key, value in plain.state_dict().items():
+        assert torch.equal(gated.state_dict()[key], value), key
+    image = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(gated.eval().restore(image, torch.zeros(1, 1, 32, 32)), image)
+
+
+def test_a_gate_in_the_config_reaches_the_network_and_a_bad_one_is_one_line():
+    model = from_dict(
+        {"model": {"gate_low": 0.02, "gate_high": 0.06}, "stage": [{"kind": "joint", "steps": 1}]}
+    )
+    assert (model.model.net_config().gate_low, model.model.net_config().gate_high) == (0.02, 0.06)
+    with pytest.raises(
+        ConfigError, match=r"^\[model\] focus gate 0.06-0.02 must satisfy 0 <= low < high <= 1$"
+    ):
+        from_dict({"model": {"gate_low": 0.06, "gate_high": 0.02}, "stage": [{"kind": "joint", "steps": 1}]})
+
+
 def test_a_widened_estimator_trains_its_new_channels(tmp_path):
     """The zeroed weights (old channels reading new ones) get a gradient at once:
     the new channels carry the fresh init's activations, not zeros."""

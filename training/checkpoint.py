@@ -128,8 +128,11 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> List[str]:
       new channels start from the fresh init, and only what old channels read from
       new ones is zeroed, so the new channels learn from the first step.
 
+    The focus gate (``NetConfig.gate_low`` / ``gate_high``) has no weights: ``model``'s
+    applies, set, changed or removed, and the result says so.
+
     Returns:
-        What grew, in words (empty when nothing did).
+        What grew or changed, in words (empty when nothing did).
 
     Raises:
         CheckpointError: with a one-line reason.
@@ -138,7 +141,12 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> List[str]:
     theirs, mine = source.config, model.config
     their_blocks = dme_dilations(theirs.dme_blocks, theirs.dme_dilated_blocks)
     my_blocks = dme_dilations(mine.dme_blocks, mine.dme_dilated_blocks)
-    grows = dict(dme_blocks=mine.dme_blocks, dme_dilated_blocks=mine.dme_dilated_blocks)
+    grows = dict(
+        dme_blocks=mine.dme_blocks,
+        dme_dilated_blocks=mine.dme_dilated_blocks,
+        gate_low=mine.gate_low,
+        gate_high=mine.gate_high,
+    )
     adds_stage = theirs.dme_full_channels == 0 and mine.dme_full_channels > 0
     if adds_stage:
         grows["dme_full_channels"] = mine.dme_full_channels
@@ -147,7 +155,8 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> List[str]:
     if replace(theirs, **grows) != mine or my_blocks[: len(their_blocks)] != their_blocks:
         raise CheckpointError(
             f"{path}: its network ({theirs}) does not fit {mine}; "
-            "only DME blocks, DME channels and the full-resolution stage may be added"
+            "only DME blocks, DME channels and the full-resolution stage may be added, "
+            "and the focus gate set"
         )
     fresh = model.state_dict()
     state = {
@@ -166,6 +175,8 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> List[str]:
         grown.append("the full-resolution stage")
     if "dme_channels" in grows:
         grown.append(f"channels {theirs.dme_channels} -> {mine.dme_channels}")
+    if (theirs.gate_low, theirs.gate_high) != (mine.gate_low, mine.gate_high):
+        grown.append(f"focus gate {mine.gate_low:g}-{mine.gate_high:g}")
     return grown
 
 

@@ -1,6 +1,6 @@
 """Training configuration files (TOML), e.g. ``configs/small.toml``.
 
-[model]  preset, variant
+[model]  preset, variant, gate_low, gate_high
 [data]   source = "builtin" | "corpus" (builtin + ``make data``'s train split) |
          a folder of sharp images (searched recursively); ded = folder of
          (blurry, sharp, defocus_map) triplets; pairs = folder of (blurry,
@@ -12,13 +12,13 @@
 """
 
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 from training.archs.deblur_arch import VARIANTS
 from training.losses import STAGES
-from training.presets import MAP_MAX, MAP_RADIUS_SCALE_PX, PRESETS
+from training.presets import MAP_MAX, MAP_RADIUS_SCALE_PX, PRESETS, NetConfig, get_config
 
 
 class ConfigError(ValueError):
@@ -29,6 +29,15 @@ class ConfigError(ValueError):
 class ModelSection:
     preset: str = "small"
     variant: str = "sft_dec"
+    #: The focus gate (``NetConfig.gate_low`` / ``gate_high``, map units); 0 = none.
+    gate_low: float = 0.0
+    gate_high: float = 0.0
+
+    def net_config(self) -> NetConfig:
+        """The preset's network with this section's variant and focus gate."""
+        return replace(
+            get_config(self.preset, self.variant), gate_low=self.gate_low, gate_high=self.gate_high
+        )
 
 
 @dataclass
@@ -207,6 +216,10 @@ def from_dict(raw: dict) -> TrainConfig:
         )
     if config.model.variant not in VARIANTS:
         raise ConfigError(f"[model] variant {config.model.variant!r} is not one of {', '.join(VARIANTS)}")
+    try:
+        config.model.net_config()
+    except ValueError as exc:
+        raise ConfigError(f"[model] {exc}") from None
     if config.train.batch < 1 or config.data.crop < 16 or config.train.log_every < 1:
         raise ConfigError("batch and log_every must be >= 1 and crop >= 16")
     top_px = MAP_MAX * MAP_RADIUS_SCALE_PX

@@ -31,6 +31,10 @@ class NetConfig:
             only with ``scale`` > 1).
         channels, num_blocks: width and conditioned blocks of the deblurring net.
         cond_channels: Condition feature channels Cc.
+        gate_low, gate_high: the focus gate, in map units (``gate_high`` = 0: none).
+            Where the map is at most ``gate_low`` the input passes unchanged, from
+            ``gate_high`` on the deblurring net's output is used whole, and in
+            between they blend linearly: what is in focus is left alone.
     """
 
     preset: str
@@ -43,6 +47,14 @@ class NetConfig:
     channels: int = 128
     num_blocks: int = 16
     cond_channels: int = 32
+    gate_low: float = 0.0
+    gate_high: float = 0.0
+
+    def __post_init__(self):
+        if self.gate_high and not 0 <= self.gate_low < self.gate_high <= MAP_MAX:
+            raise ValueError(
+                f"focus gate {self.gate_low:g}-{self.gate_high:g} must satisfy 0 <= low < high <= {MAP_MAX:g}"
+            )
 
     @property
     def size_multiple(self) -> int:

@@ -36,7 +36,6 @@ from training.data import DataError
 from training.dihedral import turn_of_step, with_turned_copies
 from training.guide_noise import smooth_offsets
 from training.losses import stage_loss
-from training.presets import get_config
 from training.run_io import RunFiles
 from training.validate import evaluate, load_validation_set
 
@@ -71,11 +70,11 @@ class Trainer:
                 f"must be a multiple of 2 x {self.world} processes"
             )
         torch.manual_seed(tc.seed)
-        self.model = DefocusDeblurNet(get_config(config.model.preset, config.model.variant))
+        self.model = DefocusDeblurNet(config.model.net_config())
         if init is not None:
             grown = init_from(self.model, init, config.model.preset)
             if grown and self.rank == 0:
-                tqdm.write(f"{init}: estimator grown ({', '.join(grown)}), computing what the checkpoint did")
+                tqdm.write(f"{init}: the network changed from the checkpoint: {', '.join(grown)}")
         self.model.to(device)
         self.bf16 = amp.use_bf16(device, tc.amp, amp.cpu_flags())
         if self.rank == 0:

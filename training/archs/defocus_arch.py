@@ -71,16 +71,30 @@ class DefocusDeblurNet(nn.Module):
                 None they are pooled over this input (identical for a whole image).
 
         Returns:
-            (N, 3, H, W) deblurred image.
+            (N, 3, H, W) deblurred image; with a focus gate, the input itself where
+            the map is at most ``gate_low``.
         """
         if self.condition is None:
-            return self.deblur(image, defocus_map)
+            return self._gated(image, self.deblur(image, defocus_map), defocus_map)
         cond = self.condition(defocus_map)
         pooled = None
         if self.uses_pooling:
             mean = cond.mean(dim=(2, 3)) if cond_mean is None else cond_mean
             pooled = mean[:, :, None, None]
-        return self.deblur(image, cond, pooled)
+        return self._gated(image, self.deblur(image, cond, pooled), defocus_map)
+
+    def _gated(self, image: Tensor, deblurred: Tensor, defocus_map: Tensor) -> Tensor:
+        """``image`` where the map says in focus, ``deblurred`` where it says blurred
+        (``NetConfig.gate_low`` / ``gate_high``); ``deblurred`` itself without a gate.
+
+        The gate reads the map detached: the image loss cannot teach the estimator to
+        call an in-focus region blurred so that the net may change it there.
+        """
+        low, high = self.config.gate_low, self.config.gate_high
+        if not high:
+            return deblurred
+        weight = ((defocus_map.detach() - low) / (high - low)).clamp(0.0, 1.0)
+        return image + weight * (deblurred - image)
 
     def forward(
         self,
