@@ -1,6 +1,5 @@
-"""guide_noise: the smooth offsets, the model's guide_offset and the trainer's use of them."""
-
-import tomllib
+"""guide_noise: the smooth offsets and the model's guide_offset (the trainer's use of them:
+``tests/test_training.py``)."""
 
 import pytest
 import torch
@@ -10,23 +9,6 @@ from training.archs.dme_arch import clamp_map
 from training.config import ConfigError, from_dict
 from training.guide_noise import GRID_CELLS, smooth_offsets
 from training.presets import MAP_MAX, get_config
-from training.train import Trainer
-
-TINY = """
-[model]
-preset = "small"
-[data]
-source = "builtin"
-crop = 32
-workers = 0
-[train]
-batch = 2
-seed = 3
-guide_noise = 0.05
-[[stage]]
-kind = "joint"
-steps = 2
-"""
 
 
 def _generator(seed: int = 0) -> torch.Generator:
@@ -68,39 +50,6 @@ def test_the_restorer_reads_the_offset_estimate_and_the_map_loss_the_estimate():
         # A given map is read as it is: the offset perturbs estimates only.
         truth = torch.rand(2, 1, 32, 32) * MAP_MAX
         torch.testing.assert_close(model(image, truth, guide_offset=offset)[0], model(image, truth)[0])
-
-
-def test_the_trainer_draws_offsets_per_step_where_the_restorer_reads_the_estimate(tmp_path):
-    trainer = Trainer(from_dict(tomllib.loads(TINY)), tmp_path / "run", torch.device("cpu"))
-    shape = (2, 1, 32, 32)
-    first = trainer._guide_offset(shape)
-    again = Trainer(from_dict(tomllib.loads(TINY)), tmp_path / "again", torch.device("cpu"))._guide_offset(
-        shape
-    )
-    torch.testing.assert_close(first, again, rtol=0, atol=0)  # a resumed run draws the same
-    trainer.step = 1
-    assert not torch.equal(first, trainer._guide_offset(shape))
-    off = Trainer(
-        from_dict(tomllib.loads(TINY.replace("guide_noise = 0.05", ""))),
-        tmp_path / "off",
-        torch.device("cpu"),
-    )
-    assert off._guide_offset(shape) is None
-
-    seen = []
-    trainer.model.register_forward_hook(
-        lambda _m, args, kwargs, _out: seen.append(kwargs["guide_offset"]), with_kwargs=True
-    )
-    batch = {"blurry": torch.rand(2, 3, 32, 32), "defocus_map": torch.rand(shape)}
-    for stage, perturbed in (
-        ("joint", True),
-        ("finetune", True),
-        ("end_to_end", True),
-        ("gt_map", False),
-        ("dme", False),
-    ):
-        trainer._forward(trainer.net, stage, batch)
-        assert (seen[-1] is not None) == perturbed, stage
 
 
 @pytest.mark.parametrize("value", [-0.01, MAP_MAX + 0.5])

@@ -453,6 +453,36 @@ def test_ema_is_the_moving_average_of_the_raw_weights(tmp_path):
         torch.testing.assert_close(averaged[key], expected[key], rtol=1e-5, atol=1e-7, msg=key)
 
 
+def test_the_trainer_draws_offsets_per_step_where_the_restorer_reads_the_estimate(tmp_path):
+    def trainer(toml: str, name: str) -> Trainer:
+        return Trainer(from_dict(tomllib.loads(toml)), tmp_path / name, torch.device("cpu"))
+
+    noisy = TINY.replace("seed = 3", "seed = 3\nguide_noise = 0.05")
+    shape = (2, 1, 32, 32)
+    first = trainer(noisy, "run")
+    offset = first._guide_offset(shape)
+    # A resumed run draws the same offsets at the same step.
+    torch.testing.assert_close(offset, trainer(noisy, "again")._guide_offset(shape), rtol=0, atol=0)
+    first.step = 1
+    assert not torch.equal(offset, first._guide_offset(shape))
+    assert trainer(TINY, "off")._guide_offset(shape) is None
+
+    seen = []
+    first.model.register_forward_hook(
+        lambda _m, args, kwargs, _out: seen.append(kwargs["guide_offset"]), with_kwargs=True
+    )
+    batch = {"blurry": torch.rand(2, 3, 32, 32), "defocus_map": torch.rand(shape)}
+    for stage, perturbed in (
+        ("joint", True),
+        ("finetune", True),
+        ("end_to_end", True),
+        ("gt_map", False),
+        ("dme", False),
+    ):
+        first._forward(first.net, stage, batch)
+        assert (seen[-1] is not None) == perturbed, stage
+
+
 def test_average_of_a_step_checkpoint(tmp_path, capsys):
     """training.average writes the moving average a step checkpoint's state.pt holds: the
     trainer's shipped (averaged) weights, not the raw ones the folder holds."""
