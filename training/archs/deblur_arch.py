@@ -14,10 +14,11 @@ _SFT_MODE = {"sft": "full", "sft_dec": "dec", "sft_fdec": "fdec"}
 
 
 class DeblurNet(nn.Module):
-    """Blurry image (+ defocus condition) -> sharp image, with a global skip.
+    """Blurry image (+ defocus condition) -> the residual that makes it sharp.
 
     ``pixel_unshuffle(scale)`` -> conv3x3 -> blocks -> conv3x3 (+ long skip) ->
-    conv3x3 -> ``pixel_shuffle(scale)`` -> + input image. The blocks are:
+    conv3x3 -> ``pixel_shuffle(scale)``; ``DefocusDeblurNet.restore`` adds the result
+    to the input image (the global skip). The blocks are:
 
     - ``concat`` (the paper's baseline, DID-ANet's design): the defocus map is
       concatenated to the image at the input; plain residual blocks, no SFT.
@@ -35,7 +36,7 @@ class DeblurNet(nn.Module):
     Shape:
         image (N, 3, H, W); for ``concat`` the map (N, 1, H, W), else cond
         (N, Cc, H / scale, W / scale) and, for the decomposed variants, pooled
-        (N, Cc, 1, 1) -> (N, 3, H, W).
+        (N, Cc, 1, 1) -> residual (N, 3, H, W).
     """
 
     def __init__(
@@ -66,6 +67,8 @@ class DeblurNet(nn.Module):
         return F.pixel_unshuffle(x, self.scale) if self.scale > 1 else x
 
     def forward(self, image: Tensor, cond: Tensor, pooled: Optional[Tensor] = None) -> Tensor:
+        """The residual the net adds to ``image`` (``DefocusDeblurNet.restore`` adds it,
+        through the focus gate where there is one): (N, 3, H, W)."""
         if self.variant == "concat":
             fea = self.conv_first(self._unshuffle(torch.cat([image, cond], dim=1)))
             trunk = fea
@@ -79,4 +82,4 @@ class DeblurNet(nn.Module):
         out = self.conv_last(fea + self.conv_body(trunk))
         if self.scale > 1:
             out = F.pixel_shuffle(out, self.scale)
-        return image + out
+        return out

@@ -75,26 +75,28 @@ class DefocusDeblurNet(nn.Module):
             the map is at most ``gate_low``.
         """
         if self.condition is None:
-            return self._gated(image, self.deblur(image, defocus_map), defocus_map)
-        cond = self.condition(defocus_map)
-        pooled = None
-        if self.uses_pooling:
-            mean = cond.mean(dim=(2, 3)) if cond_mean is None else cond_mean
-            pooled = mean[:, :, None, None]
-        return self._gated(image, self.deblur(image, cond, pooled), defocus_map)
+            residual = self.deblur(image, defocus_map)
+        else:
+            cond = self.condition(defocus_map)
+            pooled = None
+            if self.uses_pooling:
+                mean = cond.mean(dim=(2, 3)) if cond_mean is None else cond_mean
+                pooled = mean[:, :, None, None]
+            residual = self.deblur(image, cond, pooled)
+        if not self.config.gate_high:
+            return image + residual
+        return image + self.focus_weight(defocus_map) * residual
 
-    def _gated(self, image: Tensor, deblurred: Tensor, defocus_map: Tensor) -> Tensor:
-        """``image`` where the map says in focus, ``deblurred`` where it says blurred
-        (``NetConfig.gate_low`` / ``gate_high``); ``deblurred`` itself without a gate.
+    def focus_weight(self, defocus_map: Tensor) -> Tensor:
+        """How much of the deblurring net's residual each pixel gets: 0 where the map is
+        at most ``NetConfig.gate_low`` (in focus: the input passes unchanged), 1 from
+        ``gate_high`` on, linear in between; (N, 1, H, W).
 
-        The gate reads the map detached: the image loss cannot teach the estimator to
-        call an in-focus region blurred so that the net may change it there.
+        The map is read detached: the image loss cannot teach the estimator to call an
+        in-focus region blurred so that the net may change it there.
         """
         low, high = self.config.gate_low, self.config.gate_high
-        if not high:
-            return deblurred
-        weight = ((defocus_map.detach() - low) / (high - low)).clamp(0.0, 1.0)
-        return image + weight * (deblurred - image)
+        return ((defocus_map.detach() - low) / (high - low)).clamp(0.0, 1.0)
 
     def forward(
         self,
