@@ -27,6 +27,7 @@ from training.data import build_validation_set
 from training.losses import LAMBDA_DF, LAMBDA_DME, LAMBDA_WD, STAGES, stage_loss, weighted_l2
 from training.metrics import psnr
 from training.presets import get_config
+from training.set_gate import main as set_gate_main
 from training.train import Trainer
 from training.train import main as train_main
 from training.validate import evaluate
@@ -755,3 +756,51 @@ def test_checkpoint_of_another_preset_is_refused(tiny_config, tmp_path):
     paper = tmp_path / "paper.toml"
     paper.write_text(TINY.replace('preset = "small"', 'preset = "paper"'))
     assert "checkpoint is preset 'small', expected 'paper'" in _one_error_line(_train(paper, out))
+
+
+def test_set_gate_changes_the_gate_and_nothing_else(tmp_path, capsys):
+    """training.set_gate: the same weights with the new gate, and metrics.json with the
+    source's step and the built-in validation of the gated net; --off removes it."""
+    config = from_dict(tomllib.loads(TINY))
+    trainer = Trainer(config, tmp_path / "run", torch.device("cpu"))
+    trainer.train_step("joint", _random_batch())
+    trainer.files.save(trainer.model, trainer.state(), trainer.config)
+    step = tmp_path / "run" / "checkpoints" / "step_00000001"
+    capsys.readouterr()
+    assert set_gate_main([str(step), str(tmp_path / "gated"), "--low", "0.02", "--high", "0.06"]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'gated'}: focus gate 0.02-0.06\n"
+    gated, saved = load_checkpoint(tmp_path / "gated")
+    assert (gated.config.gate_low, gated.config.gate_high) == (0.02, 0.06)
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(gated.state_dict()[key], value), key
+    metrics = json.loads((tmp_path / "gated" / "metrics.json").read_text())
+    assert metrics["step"] == 1 and metrics["weights"].endswith("focus gate 0.02-0.06 (training.set_gate)")
+    assert metrics["validation"] == evaluate(
+        gated, build_validation_set(seed=0, size=256), torch.device("cpu")
+    )
+    image = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(gated.restore(image, torch.zeros(1, 1, 32, 32)), image)
+    assert set_gate_main([str(tmp_path / "gated"), str(tmp_path / "plain"), "--off"]) == 0
+    plain, _ = load_checkpoint(tmp_path / "plain")
+    assert (plain.config.gate_low, plain.config.gate_high) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--low", "0.06", "--high", "0.02"],
+            "error: focus gate 0.06-0.02 must satisfy 0 <= low < high <= 1",
+        ),
+        (["--low", "0.01", "--high", "0.04"], "missing: no such checkpoint"),
+    ],
+)
+def test_set_gate_refuses_in_one_line(tmp_path, capsys, args, message):
+    source = tmp_path / ("ckpt" if "0.06" in args else "missing")
+    if "0.06" in args:
+        save_checkpoint(source, DefocusDeblurNet(get_config("small")))
+    assert set_gate_main([str(source), str(tmp_path / "out"), *args]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert not (tmp_path / "out").exists()

@@ -11,17 +11,12 @@ built-in validation.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
-from common.atomic import atomic_write
 from training.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
-from training.config import DataSection
-from training.validate import evaluate, load_validation_set
+from training.validate import write_metrics
 
 #: ``torch.optim.swa_utils.AveragedModel`` keeps the averaged network under this prefix.
 _PREFIX = "module."
@@ -45,13 +40,7 @@ def write_average(step: Path, out: Path) -> int:
         raise CheckpointError(f"{step}: its moving average does not fit the network ({first})") from None
     training = {**config.get("training", {}), "weights": f"moving average at step {state['step']}"}
     save_checkpoint(out, model, {"training": training})
-    info = {
-        "step": state["step"],
-        "training_seconds": round(state["elapsed"], 1),
-        "weights": training["weights"],
-        "validation": evaluate(model, load_validation_set(DataSection()), torch.device("cpu")),
-    }
-    atomic_write(Path(out) / "metrics.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
+    write_metrics(out, model, state["step"], state["elapsed"], training["weights"])
     return int(state["step"])
 
 

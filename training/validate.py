@@ -1,8 +1,12 @@
 """Validation on rendered images that training never sees."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from common.atomic import atomic_write
 from training.config import DataSection
 from training.data import build_validation_set
 from training.metrics import psnr, ssim
@@ -54,3 +58,15 @@ def evaluate(model, samples: list, device: torch.device) -> dict:
         for level in sorted({r["level"] for r in rows})
     }
     return metrics
+
+
+def write_metrics(folder: Path, model, step: int, seconds: float, weights: str) -> None:
+    """``folder/metrics.json`` as ``best/`` has it: the step, the training time, which
+    weights these are and the model's built-in validation (``evaluate``, on the CPU)."""
+    info = {
+        "step": step,
+        "training_seconds": round(seconds, 1),
+        "weights": weights,
+        "validation": evaluate(model, load_validation_set(DataSection()), torch.device("cpu")),
+    }
+    atomic_write(Path(folder) / "metrics.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
