@@ -35,6 +35,7 @@ def test_bundle_is_the_checkpoint(checkpoint):
     assert config["net"]["preset"] == bundle.manifest["preset"] == "small"
     assert bundle.manifest["variant"] == config["net"]["variant"] == "sft_dec"
     assert bundle.uses_pooling and bundle.size_multiple == 2
+    assert bundle.manifest["focus_gate"] == [config["net"]["gate_low"], config["net"]["gate_high"]]
 
 
 def test_onnx_matches_pytorch_and_beats_the_blurry_input(checkpoint, scenes):

@@ -282,3 +282,11 @@ def test_cli_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert len(captured.err.strip().splitlines()) == 1 and captured.err.startswith("error: ")
+
+
+def test_a_focus_gate_does_not_change_the_receptive_fields():
+    """The gate is point-wise: a gated net sees what the ungated one sees, even where a
+    trained estimator's map would close the gate on the probed cell."""
+    config = tiny_config(dme_blocks=2, dme_dilated_blocks=1)
+    gated = dataclasses.replace(config, gate_low=0.5, gate_high=0.9)  # closed on most of a random map
+    assert receptive_fields(build(gated)) == receptive_fields(build(config)) == expected_fields(config)

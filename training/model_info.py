@@ -7,6 +7,7 @@ A checkpoint may have grown past its preset (``training.checkpoint.init_from``):
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -63,8 +64,14 @@ def receptive_fields(model: DefocusDeblurNet, size: int = 160) -> dict:
     fills the ``size`` x ``size`` probe is measured again on one twice as large.
     The model is probed in training mode, where the map's clamp passes gradients
     straight through: the clamp bounds values, it does not shrink what a cell sees
-    (the nets have no layer that behaves otherwise in training mode).
+    (the nets have no layer that behaves otherwise in training mode). A focus gate is
+    lifted for the probe: it scales a pixel's residual by a weight that is 0 in focus,
+    which would hide what the pixel sees wherever the gate opens.
     """
+    if model.config.gate_high:
+        ungated = DefocusDeblurNet(dataclasses.replace(model.config, gate_low=0.0, gate_high=0.0))
+        ungated.load_state_dict(model.state_dict())
+        return receptive_fields(ungated, size)
     was_training = model.training
     try:
         return _fields(model.train(), size)
