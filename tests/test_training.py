@@ -406,28 +406,38 @@ def _random_batch() -> dict:
 
 class _WorkersEndedByTheStop:
     """Batches from a loader whose worker the stop also ended: one batch, then the stop
-    arrives while the trainer waits for the next, which PyTorch reports as an error."""
+    arrives while the trainer waits for the next, which PyTorch reports as ``error``."""
 
-    def __init__(self, stop: PendingSignal, signum):
-        self.stop, self.signum, self.given = stop, signum, 0
+    def __init__(self, stop: PendingSignal, signum, error: Exception):
+        self.stop, self.signum, self.error, self.given = stop, signum, error, 0
 
     def __next__(self) -> dict:
         if self.given:
             self.stop.signum = self.signum
-            raise RuntimeError("DataLoader worker (pid(s) 1) exited unexpectedly")
+            raise self.error
         self.given += 1
         return _random_batch()
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("DataLoader worker (pid(s) 1) exited unexpectedly"),
+        # The worker left while handing over a batch's shared memory (seen with SIGINT).
+        ConnectionResetError(104, "Connection reset by peer"),
+        EOFError(),
+    ],
+    ids=["worker exited", "handover reset", "handover closed"],
+)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, None], ids=["stop", "no stop"])
-def test_a_loader_error_after_a_stop_ends_at_the_last_step(tmp_path, signum):
+def test_a_loader_error_after_a_stop_ends_at_the_last_step(tmp_path, signum, error):
     """After a stop the workers' error ends the run at the last finished step, saved;
     without one it is a real error and propagates."""
     trainer = Trainer(from_dict(tomllib.loads(TINY)), tmp_path / "run", torch.device("cpu"))
     stop = PendingSignal()
-    batches = _WorkersEndedByTheStop(stop, signum)
+    batches = _WorkersEndedByTheStop(stop, signum, error)
     if signum is None:
-        with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        with pytest.raises(type(error)):
             trainer._loop(batches, tqdm(disable=True), None, stop)
         return
     with pytest.raises(Interrupted) as caught:

@@ -274,10 +274,15 @@ class Trainer:
             stage = self.config.stage_at(self.step)
             try:
                 batch = next(batches)
-            except RuntimeError:  # PyTorch's "DataLoader worker ... exited unexpectedly"
+            # A stop that reached the data workers too ends the run at the last finished
+            # step. PyTorch reports the worker's exit as "DataLoader worker ... exited
+            # unexpectedly" (RuntimeError), or, when it left in the middle of handing over
+            # a batch's shared memory, as the socket's ConnectionResetError (OSError) or
+            # EOFError (multiprocessing.reduction.recvfds).
+            except (RuntimeError, OSError, EOFError):
                 if stop.signum is None:
                     raise
-                break  # the stop reached the data workers too: end at the last finished step
+                break
             losses = self.train_step(stage, batch)
             if self.step == PROBE_START:
                 self._sync()
