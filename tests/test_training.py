@@ -741,6 +741,11 @@ def test_corrupt_checkpoint_is_refused_and_kept(tiny_config, tmp_path):
         ("ema_decay = 0.9", "ema_decay = 0.0", "train.ema_decay = 0.0 (the run has 0.9)"),
         ("crop = 32", "crop = 48", "data.crop = 48 (the run has 32)"),
         ("seed = 3", "seed = 3\nturn_consistency = 0.5", "train.turn_consistency = 0.5 (the run has 0.0)"),
+        (
+            'preset = "small"',
+            'preset = "small"\ngate_low = 0.01\ngate_high = 0.04',
+            "model.gate_low = 0.01 (the run has 0.0)",
+        ),
         ("val_every = 100", "val_every = 5", None),
     ],
 )

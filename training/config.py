@@ -143,6 +143,7 @@ class TrainConfig:
 #: Settings a resumed run must share with the run it continues: they decide its data
 #: and its updates. The others (intervals, workers, compile, the time budget) may change.
 RESUME_FIXED = {
+    "model": ("gate_low", "gate_high"),
     "data": (
         "source",
         "ded",
