@@ -23,6 +23,11 @@ from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from training.validate import write_metrics
 
 
+def describe(low: float, high: float) -> str:
+    """The gate in words: ``focus gate 0.01-0.04`` or ``no focus gate``."""
+    return f"focus gate {low:g}-{high:g}" if high else "no focus gate"
+
+
 def set_gate(source: Path, out: Path, low: float, high: float) -> DefocusDeblurNet:
     """Write ``source``'s weights with the focus gate ``low``-``high`` (0-0: none) to ``out``.
 
@@ -35,7 +40,7 @@ def set_gate(source: Path, out: Path, low: float, high: float) -> DefocusDeblurN
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
     gated.load_state_dict(model.state_dict())
-    gate = f"focus gate {low:g}-{high:g}" if high else "no focus gate"
+    gate = describe(low, high)
     training = config.get("training", {})
     weights = f"{training.get('weights', 'the weights of ' + str(source))}, {gate} (training.set_gate)"
     save_checkpoint(out, gated, {"training": {**training, "weights": weights}})
@@ -68,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"{args.out}: {'no focus gate' if args.off else f'focus gate {low:g}-{high:g}'}")
+    print(f"{args.out}: {describe(low, high)}")
     return 0
 
 
