@@ -176,7 +176,7 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> List[str]:
     if "dme_channels" in grows:
         grown.append(f"channels {theirs.dme_channels} -> {mine.dme_channels}")
     if (theirs.gate_low, theirs.gate_high) != (mine.gate_low, mine.gate_high):
-        grown.append(f"focus gate {mine.gate_low:g}-{mine.gate_high:g}")
+        grown.append(mine.gate_text)
     return grown
 
 

@@ -57,6 +57,11 @@ class NetConfig:
             )
 
     @property
+    def gate_text(self) -> str:
+        """The focus gate in words: ``focus gate 0.01-0.04`` or ``no focus gate``."""
+        return f"focus gate {self.gate_low:g}-{self.gate_high:g}" if self.gate_high else "no focus gate"
+
+    @property
     def size_multiple(self) -> int:
         return self.scale
 

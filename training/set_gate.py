@@ -23,13 +23,9 @@ from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from training.validate import write_metrics
 
 
-def describe(low: float, high: float) -> str:
-    """The gate in words: ``focus gate 0.01-0.04`` or ``no focus gate``."""
-    return f"focus gate {low:g}-{high:g}" if high else "no focus gate"
-
-
 def set_gate(source: Path, out: Path, low: float, high: float) -> DefocusDeblurNet:
-    """Write ``source``'s weights with the focus gate ``low``-``high`` (0-0: none) to ``out``.
+    """Write ``source``'s weights with the focus gate ``low``-``high`` (0-0: none) to
+    ``out``; returns the gated model.
 
     Raises:
         CheckpointError: ``source`` cannot be loaded, or the gate is out of range.
@@ -40,17 +36,17 @@ def set_gate(source: Path, out: Path, low: float, high: float) -> DefocusDeblurN
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
     gated.load_state_dict(model.state_dict())
-    gate = describe(low, high)
     training = config.get("training", {})
-    weights = f"{training.get('weights', 'the weights of ' + str(source))}, {gate} (training.set_gate)"
+    before = training.get("weights", f"the weights of {source}")
+    weights = f"{before}, {gated.config.gate_text} (training.set_gate)"
     save_checkpoint(out, gated, {"training": {**training, "weights": weights}})
     metrics = Path(source) / "metrics.json"
-    before = json.loads(metrics.read_text()) if metrics.is_file() else {}
+    measured = json.loads(metrics.read_text()) if metrics.is_file() else {}
     write_metrics(
         out,
-        gated.eval(),
-        before.get("step", training.get("step", 0)),
-        before.get("training_seconds", 0.0),
+        gated,
+        measured.get("step", training.get("step", 0)),
+        measured.get("training_seconds", 0.0),
         weights,
     )
     return gated
@@ -69,11 +65,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--low needs --high")
     low, high = (0.0, 0.0) if args.off else (args.low, args.high)
     try:
-        set_gate(args.checkpoint, args.out, low, high)
+        gated = set_gate(args.checkpoint, args.out, low, high)
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"{args.out}: {describe(low, high)}")
+    print(f"{args.out}: {gated.config.gate_text}")
     return 0
 
 

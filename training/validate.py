@@ -61,8 +61,9 @@ def evaluate(model, samples: list, device: torch.device) -> dict:
 
 
 def write_metrics(folder: Path, model, step: int, seconds: float, weights: str) -> None:
-    """``folder/metrics.json`` as ``best/`` has it: the step, the training time, which
-    weights these are and the model's built-in validation (``evaluate``, on the CPU)."""
+    """``folder/metrics.json`` of a checkpoint written outside a run (``training.average``,
+    ``training.set_gate``): the step, the training time, which weights these are and the
+    model's built-in validation (``evaluate``, on the CPU)."""
     info = {
         "step": step,
         "training_seconds": round(seconds, 1),
