@@ -224,6 +224,40 @@ def test_dme_stage_trains_the_map_alone():
     assert float(losses["total"]) == pytest.approx(0.3)
 
 
+@pytest.mark.parametrize("radius_weight", [0.0, 0.5, 2.0])
+def test_radius_weight_weighs_each_pixel_by_its_true_blur(radius_weight):
+    gt = torch.rand(3, 1, 5, 6, dtype=torch.float64)
+    est = torch.rand(3, 1, 5, 6, dtype=torch.float64)
+    has_map = torch.tensor([True, False, True])
+    batch = {"sharp": torch.zeros(3, 3, 5, 6), "defocus_map": gt, "has_map": has_map}
+    kept_gt, kept_est = gt[has_map].numpy(), est[has_map].numpy()
+    weight = 1 + radius_weight * kept_gt
+    expected = (weight * np.abs(kept_est - kept_gt)).sum() / weight.sum()
+    got = stage_loss("dme", None, est, batch, radius_weight=radius_weight)["total"]
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+    joint = stage_loss("joint", est.new_zeros(3, 3, 5, 6), est, batch, radius_weight=radius_weight)
+    assert float(joint["l_dme"]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_radius_weight_moves_the_optimum_towards_large_blur():
+    # One pixel, two equally likely truths: the unweighted L1 is flat between them,
+    # the weighted one is smallest at the larger.
+    gt = torch.tensor([0.2, 0.8]).view(2, 1, 1, 1)
+    batch = {"sharp": torch.zeros(2, 3, 1, 1), "defocus_map": gt, "has_map": torch.tensor([True, True])}
+
+    def loss(value, weight):
+        est = torch.full((2, 1, 1, 1), value)
+        return float(stage_loss("dme", None, est, batch, radius_weight=weight)["total"])
+
+    assert loss(0.3, 0.0) == pytest.approx(loss(0.7, 0.0))
+    assert loss(0.8, 2.0) < loss(0.5, 2.0) < loss(0.2, 2.0)
+
+
+def test_a_negative_radius_weight_is_refused():
+    with pytest.raises(ConfigError, match="radius_weight -1 must be >= 0"):
+        from_dict({"train": {"radius_weight": -1}, "stage": [{"kind": "dme", "steps": 1}]})
+
+
 # --- validation -------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@
          (blurry, sharp, defocus_map) triplets; pairs = folder of (blurry,
          sharp) pairs; crop, max_radius_px, workers, pool_size, pool_crop
 [train]  batch, lr, lr_min, warmup_steps, betas, ema_decay, seed, turn_consistency,
-         guide_noise,
+         guide_noise, radius_weight,
          amp, channels_last, compile, log_every, val_every, ckpt_every, budget_seconds
 [[stage]] kind = "gt_map" | "joint" | "finetune" | "end_to_end" | "dme", steps
 """
@@ -79,6 +79,10 @@ class TrainSection:
     #: finetune), it reads it plus a smooth random offset of per-crop std up to this,
     #: in map units (``training.guide_noise``): it learns how far to trust a map.
     guide_noise: float = 0.0
+    #: >0: L_dme weighs each pixel's error by 1 + this x its true map (``losses.map_l1``).
+    #: Pixels blurred 7-10 px are a few percent of the crops, and an unweighted estimator
+    #: reads them 2-4 px too small.
+    radius_weight: float = 0.0
     #: bf16 autocast: always on CUDA; on a CPU only where it has bf16 instructions
     #: (``training.amp.cpu_has_bf16``), else the run trains in FP32 and says so.
     amp: bool = True
@@ -165,6 +169,7 @@ RESUME_FIXED = {
         "seed",
         "turn_consistency",
         "guide_noise",
+        "radius_weight",
         "amp",
     ),
 }
@@ -236,6 +241,8 @@ def from_dict(raw: dict) -> TrainConfig:
         raise ConfigError(f"turn_consistency {config.train.turn_consistency} must be >= 0")
     if not 0 <= config.train.guide_noise <= MAP_MAX:
         raise ConfigError(f"guide_noise {config.train.guide_noise} must be in [0, {MAP_MAX}] map units")
+    if config.train.radius_weight < 0:
+        raise ConfigError(f"radius_weight {config.train.radius_weight} must be >= 0")
     if not 0 <= config.train.ema_decay < 1:
         raise ConfigError(f"ema_decay {config.train.ema_decay} must be in [0, 1)")
     return config
