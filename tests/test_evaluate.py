@@ -29,6 +29,17 @@ class TestPhotoSet:
         again = build_photo_validation_set(held_out, size=64, levels=(2.5, 10.0), crops=2)
         assert all(torch.equal(a["blurry"], b["blurry"]) for a, b in zip(samples, again))
 
+    def test_a_picture_added_leaves_the_others_samples_alone(self, held_out, texture):
+        before = build_photo_validation_set(held_out, size=64, levels=(2.5, 10.0), crops=1)
+        first = held_out / "holdout" / "pkg-0" / "first.png"  # sorts before both pictures
+        first.parent.mkdir()
+        cv2.imwrite(str(first), np.rint(texture(9, 200, 260) * 255).astype(np.uint8))
+        after = build_photo_validation_set(held_out, size=64, levels=(2.5, 10.0), crops=1)
+        assert [s["name"] for s in after] == ["pkg-0/first#0"] * 2 + [s["name"] for s in before]
+        for old, new in zip(before, after[2:]):
+            for key in ("blurry", "sharp", "defocus_map"):
+                assert torch.equal(old[key], new[key])
+
     def test_uniform_blur(self, held_out):
         samples = build_photo_validation_set(held_out, size=64, levels=(2.5, 10.0), crops=1, uniform=True)
         for sample in samples:

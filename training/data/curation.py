@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 #: Bump when a rule or threshold changes: the corpus report records it.
-CURATION_VERSION = 3
+CURATION_VERSION = 4
 
 #: Downscale factor at least this (sensor noise and JPEG blocks shrink below the blur
 #: being taught) and longest side at most ``MAX_SIDE`` px.

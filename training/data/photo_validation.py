@@ -6,7 +6,8 @@ windows without a tile the picture itself has blurred (its own bokeh, where the 
 map of the render would wrongly say 0; ``curation.blurred_tiles``); each window gets a
 synthetic depth, a focal plane inside its depth range (so part of it stays sharp), a
 noise level, and is rendered by ``render_defocus`` at every level of ``PHOTO_LEVELS``.
-Everything is a function of the arguments (seeded).
+Everything is a function of the arguments, each window's draws of the seed and its
+name: a picture added to the corpus leaves the others' samples as they were.
 
 No held-out scene has a measured depth: the one real-depth photograph the project
 has (scikit-image's ``stereo_motorcycle``) is a training photo.
@@ -91,4 +92,6 @@ def build_photo_validation_set(
         ``defocus_map`` (1, H, W), ``has_map``, plus ``name`` (``package/picture#k``)
         and ``level`` (px), scenes in order then levels.
     """
-    return render_scenes(holdout_scenes(root, size, crops), seed, levels, noise=noise, uniform=uniform)
+    return render_scenes(
+        holdout_scenes(root, size, crops), seed, levels, noise=noise, uniform=uniform, seed_by_name=True
+    )

@@ -1,5 +1,6 @@
 """A fixed validation set: held-out photographs and dead leaves at a few blur levels."""
 
+import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -80,18 +81,22 @@ def render_scenes(
     psf: str = "disc",
     noise: bool = True,
     uniform: bool = False,
+    seed_by_name: bool = False,
 ) -> List[Dict]:
     """Render each ``(name, sharp (H, W, 3), depth (H, W) or None)`` scene at every level.
 
     Scene ``k`` draws its synthetic depth (where it has none), focal plane (at a depth
-    quantile in [0.1, 0.9]) and noise level from ``default_rng([seed, k])``; only the
-    largest blur radius changes across ``levels``. With ``uniform`` every pixel is
+    quantile in [0.1, 0.9]) and noise level from ``default_rng([seed, k])``, or with
+    ``seed_by_name`` from ``default_rng([seed, crc32(name)])``, so that adding or
+    removing a scene leaves the others' renders as they were; only the largest blur
+    radius changes across ``levels``. With ``uniform`` every pixel is
     blurred by the level's radius (a flat scene out of focus, as the trainer's
     ``uniform_fraction`` items). Items as ``build_validation_set``'s.
     """
     samples = []
     for k, (name, sharp, depth) in enumerate(scenes):
-        rng = np.random.default_rng([seed, k])
+        key = zlib.crc32(name.encode()) if seed_by_name else k
+        rng = np.random.default_rng([seed, key])
         if depth is None:
             depth = synthetic_depth(rng, sharp)
         focus = float(np.quantile(depth, rng.uniform(0.1, 0.9)))
@@ -105,7 +110,7 @@ def render_scenes(
                 Camera(focus, float(level)),
                 psf=psf,
                 noise=noise_level,
-                rng=np.random.default_rng([seed, k, j]),
+                rng=np.random.default_rng([seed, key, j]),
                 quantize=noise,
             )
             samples.append({**make_item(blurry, sharp, radius), "name": name, "level": float(level)})
