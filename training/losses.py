@@ -41,8 +41,7 @@ def map_l1(estimated: Tensor, gt_map: Tensor, has_map: Tensor, radius_weight: fl
     more (an unweighted estimator reads 9-10 px as 5-6 px, ``radius_weight`` in
     ``training.config``).
     """
-    mask = has_map.view(-1, 1, 1, 1).to(estimated.dtype).expand_as(gt_map)
-    weight = mask * (1 + radius_weight * gt_map) if radius_weight > 0 else mask
+    weight = has_map.view(-1, 1, 1, 1).to(estimated.dtype) * (1 + radius_weight * gt_map)
     return (weight * (estimated - gt_map).abs()).sum() / weight.sum().clamp_min(1)
 
 
