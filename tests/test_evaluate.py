@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from training import evaluate
+from training.checkpoint import load_checkpoint
 from training.data import DataError, curation
 from training.data.photo_validation import build_photo_validation_set, detailed_windows
 from training.map_regions import REGIONS
+from training.metrics import psnr
 
 
 class TestPhotoSet:
@@ -97,6 +99,29 @@ class TestFigures:
         present = [r for r in REGIONS if not np.isnan(m[f"map_mae_{r}"])]
         assert "occlusion" in present and all(m[f"map_mae_{r}"] == pytest.approx(0.01) for r in present)
 
+    def test_oracle_gaps(self, texture, tiny_checkpoint):
+        """The true map pasted in one kind of region at a time: nothing gained where the
+        estimate is the truth; the whole gap where one region is the whole image."""
+        model, _ = load_checkpoint(tiny_checkpoint)
+        model.eval()
+        blurry = torch.as_tensor(texture(3, 32, 32).transpose(2, 0, 1))[None]
+        sharp = texture(4, 32, 32)
+        with torch.no_grad():
+            estimated = model.estimate(blurry)
+            psnr_out = psnr(evaluate._hwc(model.restore(blurry, estimated)[0]), sharp)
+            same = evaluate.oracle_gaps(model, blurry, estimated, estimated.clone(), sharp, psnr_out)
+            assert set(same) == {f"gap_{r}" for r in REGIONS}
+            present = [value for value in same.values() if not np.isnan(value)]
+            assert present and all(value == 0.0 for value in present)
+
+            flat = np.full((32, 32, 3), 0.5, np.float32)
+            truth = torch.full_like(estimated, 0.5)  # no jump: no occlusion band either
+            psnr_flat = psnr(evaluate._hwc(model.restore(blurry, estimated)[0]), flat)
+            gap = psnr(evaluate._hwc(model.restore(blurry, truth)[0]), flat) - psnr_flat
+            gaps = evaluate.oracle_gaps(model, blurry, estimated, truth, flat, psnr_flat)
+        assert gap != 0.0 and gaps["gap_flat"] == pytest.approx(gap)
+        assert all(np.isnan(gaps[f"gap_{r}"]) for r in REGIONS if r != "flat")
+
     def test_masked_psnr(self):
         a, b = np.zeros((2, 2, 3)), np.zeros((2, 2, 3))
         b[0, 0] = 0.1
@@ -144,15 +169,17 @@ class TestCli:
         )
         out = tmp_path / "result.json"
         argv = ["--checkpoint", str(tiny_checkpoint), "--corpus", str(held_out), "--json", str(out)]
-        assert evaluate.main(argv + ["--clean"] * clean + ["--uniform"] * uniform + ["--scenes", "1"]) == 0
+        flags = ["--clean"] * clean + ["--uniform"] * uniform + ["--scenes", "1", "--oracle"]
+        assert evaluate.main(argv + flags) == 0
         printed = capsys.readouterr().out
         assert printed.startswith("| level px | n | PSNR in |") and "| 5 | 2 |" in printed
+        assert "| level px | gap | gap flat | gap texture | gap edge | gap occlusion |" in printed
         scene_rows = [line for line in printed.splitlines() if line.startswith("| pkg-")]
         assert "| scene | n | PSNR in |" in printed and len(scene_rows) == 1
         assert f"photos{' (clean)' * clean}{' (uniform)' * uniform}: 2 samples of 2 scenes" in printed
         result = json.loads(out.read_text())
         assert [s["name"] for s in result["samples"]] == ["pkg-a/one#0", "pkg-b/two#0"]
-        assert result["summary"]["all"]["images"] == 2
+        assert result["summary"]["all"]["images"] == 2 and "gap_edge" in result["samples"][0]
         assert (result["noise"], result["uniform"]) == (not clean, uniform)
 
     def test_uniform_builtin_refused(self, tiny_checkpoint, capsys):
