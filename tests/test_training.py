@@ -644,12 +644,14 @@ def test_dme_stage_moves_only_the_estimator(tmp_path):
         (6, 1, 0, 24, ["2 residual blocks", "the full-resolution stage"]),
         (6, 3, 16, 16, ["channels 16 -> 24"]),
         (6, 1, 0, 20, ["2 residual blocks", "the full-resolution stage", "channels 20 -> 24"]),
+        (6, 3, 8, 24, ["full-resolution channels 8 -> 16"]),
+        (6, 2, 12, 20, ["1 residual blocks", "full-resolution channels 12 -> 16", "channels 20 -> 24"]),
     ],
 )
 def test_init_from_a_smaller_estimator_grows_it(tmp_path, plain, dilated, full, width, grew):
     """The default model gains DME blocks this way, plain then dilated, its
-    full-resolution stage and width: its first step starts from exactly the
-    checkpoint's function."""
+    full-resolution stage or that stage's width, and width: its first step starts
+    from exactly the checkpoint's function."""
     config = get_config("small")
     torch.manual_seed(0)
     small = DefocusDeblurNet(
@@ -723,14 +725,14 @@ def test_a_widened_estimator_trains_its_new_channels(tmp_path):
 def test_init_from_refuses_another_network(tmp_path, change):
     """Fewer blocks only, and only at the end: a plain block after a dilated one would
     take the place of a trained dilated block. A trained full-resolution stage is
-    neither resized nor dropped, and the estimator never narrows."""
+    neither narrowed nor dropped, and the estimator never narrows."""
     config = get_config("small")
     save_checkpoint(
         tmp_path / "ckpt", DefocusDeblurNet(dataclasses.replace(config, dme_blocks=2, dme_dilated_blocks=1))
     )
     other = DefocusDeblurNet(dataclasses.replace(config, **change))
     with pytest.raises(
-        CheckpointError, match="does not fit .* only DME blocks, DME channels and the full-resolution stage"
+        CheckpointError, match="does not fit .* only DME blocks, DME channels and full-resolution channels"
     ):
         init_from(other, tmp_path / "ckpt", "small")
 

@@ -119,14 +119,15 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> List[str]:
 
     The checkpoint's network must equal ``model``'s but may have fewer DME residual
     blocks, plain or dilated, as long as its blocks are the first of ``model``'s, may
-    lack the DME's full-resolution stage, and may have fewer DME channels. What is
-    added starts as the identity, so the grown model computes exactly what the
-    checkpoint did:
+    lack the DME's full-resolution stage or have fewer channels in it, and may have
+    fewer DME channels. What is added starts as the identity, so the grown model
+    computes exactly what the checkpoint did:
 
     - a new block's closing conv, and a new stage's merging 1x1 conv, are zeroed;
-    - a wider estimator keeps the old channels as its first ones (``_widen``): the
-      new channels start from the fresh init, and only what old channels read from
-      new ones is zeroed, so the new channels learn from the first step.
+    - a wider estimator, or full-resolution stage, keeps the old channels as its first
+      ones (``_widen``; ``pixel_unshuffle`` keeps a channel's cells together, so they
+      stay first after it): the new channels start from the fresh init, and only what
+      old channels read from new ones is zeroed, so the new channels learn at once.
 
     The focus gate (``NetConfig.gate_low`` / ``gate_high``) has no weights: ``model``'s
     applies, set, changed or removed, and the result says so.
@@ -148,14 +149,14 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> List[str]:
         gate_high=mine.gate_high,
     )
     adds_stage = theirs.dme_full_channels == 0 and mine.dme_full_channels > 0
-    if adds_stage:
+    if mine.dme_full_channels > theirs.dme_full_channels:
         grows["dme_full_channels"] = mine.dme_full_channels
     if mine.dme_channels > theirs.dme_channels:
         grows["dme_channels"] = mine.dme_channels
     if replace(theirs, **grows) != mine or my_blocks[: len(their_blocks)] != their_blocks:
         raise CheckpointError(
             f"{path}: its network ({theirs}) does not fit {mine}; "
-            "only DME blocks, DME channels and the full-resolution stage may be added, "
+            "only DME blocks, DME channels and full-resolution channels may be added, "
             "and the focus gate set"
         )
     fresh = model.state_dict()
@@ -173,6 +174,8 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> List[str]:
     grown = [f"{len(my_blocks) - len(their_blocks)} residual blocks"] if my_blocks != their_blocks else []
     if adds_stage:
         grown.append("the full-resolution stage")
+    elif "dme_full_channels" in grows:
+        grown.append(f"full-resolution channels {theirs.dme_full_channels} -> {mine.dme_full_channels}")
     if "dme_channels" in grows:
         grown.append(f"channels {theirs.dme_channels} -> {mine.dme_channels}")
     if (theirs.gate_low, theirs.gate_high) != (mine.gate_low, mine.gate_high):
