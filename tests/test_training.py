@@ -26,7 +26,7 @@ from training.config import ConfigError, from_dict, load_config
 from training.data import build_validation_set
 from training.losses import LAMBDA_DF, LAMBDA_DME, LAMBDA_WD, STAGES, stage_loss, weighted_l2
 from training.metrics import psnr
-from training.presets import get_config
+from training.presets import MAP_MAX, get_config
 from training.set_gate import main as set_gate_main
 from training.train import Trainer
 from training.train import main as train_main
@@ -837,6 +837,30 @@ def test_set_gate_changes_the_gate_and_nothing_else(tmp_path, capsys):
     assert (plain.config.gate_low, plain.config.gate_high) == (0.0, 0.0)
 
 
+@pytest.mark.parametrize("offset", [0.03, -0.02])
+def test_set_gate_shifts_the_map_inside_the_clamp(tmp_path, capsys, offset):
+    """--map-offset: the estimate moves by the offset wherever it stays inside [0, MAP_MAX],
+    clamps where it would leave it, keeps the source's gate, and nothing else changes."""
+    torch.manual_seed(0)
+    source = DefocusDeblurNet(dataclasses.replace(get_config("small"), gate_low=0.01, gate_high=0.04))
+    with torch.no_grad():
+        source.dme.conv_last.bias.fill_(0.5)  # an untrained estimate near the range's middle
+    save_checkpoint(tmp_path / "ckpt", source)
+    assert set_gate_main([str(tmp_path / "ckpt"), str(tmp_path / "out"), "--map-offset", str(offset)]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'out'}: focus gate 0.01-0.04, map {offset:+g}\n"
+    shifted, _ = load_checkpoint(tmp_path / "out")
+    assert (shifted.config.gate_low, shifted.config.gate_high) == (0.01, 0.04)
+    image = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        before, after = source.eval().estimate(image), shifted.estimate(image)
+    inside = (before > 0) & (before < MAP_MAX) & (before + offset > 0) & (before + offset < MAP_MAX)
+    assert inside.float().mean() > 0.9
+    torch.testing.assert_close(after[inside], before[inside] + offset, rtol=0, atol=1e-5)
+    assert after.min() >= 0 and after.max() <= MAP_MAX
+    different = {k for k, v in source.state_dict().items() if not torch.equal(shifted.state_dict()[k], v)}
+    assert different == {"dme.conv_last.bias"}
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -844,12 +868,14 @@ def test_set_gate_changes_the_gate_and_nothing_else(tmp_path, capsys):
             ["--low", "0.06", "--high", "0.02"],
             "error: focus gate 0.06-0.02 must satisfy 0 <= low < high <= 1",
         ),
+        (["--map-offset", "nan"], "error: map offset nan must lie in [-1, 1]"),
+        (["--map-offset", "2"], "error: map offset 2 must lie in [-1, 1]"),
         (["--low", "0.01", "--high", "0.04"], "missing: no such checkpoint"),
     ],
 )
 def test_set_gate_refuses_in_one_line(tmp_path, capsys, args, message):
-    source = tmp_path / ("ckpt" if "0.06" in args else "missing")
-    if "0.06" in args:
+    source = tmp_path / ("missing" if "--low" in args and "0.01" in args else "ckpt")
+    if source.name == "ckpt":
         save_checkpoint(source, DefocusDeblurNet(get_config("small")))
     assert set_gate_main([str(source), str(tmp_path / "out"), *args]) == 1
     err = capsys.readouterr().err
