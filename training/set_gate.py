@@ -48,9 +48,9 @@ def set_gate(
         CheckpointError: ``source`` cannot be loaded, the gate is out of range, or the
             offset is not finite or outside [-MAP_MAX, MAP_MAX].
     """
-    model, config = load_checkpoint(source)
     if not abs(map_offset) <= MAP_MAX:
         raise CheckpointError(f"map offset {map_offset:g} must lie in [-{MAP_MAX:g}, {MAP_MAX:g}]")
+    model, config = load_checkpoint(source)
     if low is None or high is None:
         low, high = model.config.gate_low, model.config.gate_high
     try:
@@ -62,8 +62,7 @@ def set_gate(
         gated.dme.conv_last.bias += map_offset
     training = config.get("training", {})
     before = training.get("weights", f"the weights of {source}")
-    shift = f", map {map_offset:+g}" if map_offset else ""
-    weights = f"{before}, {gated.config.gate_text}{shift} (training.set_gate)"
+    weights = f"{before}, {describe(gated, map_offset)} (training.set_gate)"
     save_checkpoint(out, gated, {"training": {**training, "weights": weights}})
     metrics = Path(source) / "metrics.json"
     measured = json.loads(metrics.read_text()) if metrics.is_file() else {}
@@ -75,6 +74,11 @@ def set_gate(
         weights,
     )
     return gated
+
+
+def describe(model: DefocusDeblurNet, map_offset: float) -> str:
+    """What ``set_gate`` made: ``focus gate 0.01-0.04, map +0.02`` (the offset only when set)."""
+    return model.config.gate_text + (f", map {map_offset:+g}" if map_offset else "")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -102,8 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    shift = f", map {args.map_offset:+g}" if args.map_offset else ""
-    print(f"{args.out}: {gated.config.gate_text}{shift}")
+    print(f"{args.out}: {describe(gated, args.map_offset)}")
     return 0
 
 
