@@ -1,6 +1,7 @@
 """The photo corpus: curation rules on generated pictures, and the build on fake packages."""
 
 import json
+import shutil
 from functools import lru_cache
 
 import cv2
@@ -242,6 +243,15 @@ class TestBuild:
         assert report["kept"] == {"train": 1, "holdout": 1}
         assert (fake_corpus / "train/pkg-train/photo.png").stat().st_mtime_ns == written
 
+    def test_measured_alike_by_one_or_two_workers(self, fake_corpus, tmp_path_factory):
+        copy = tmp_path_factory.mktemp("copy")
+        shutil.copytree(fake_corpus, copy, symlinks=True, dirs_exist_ok=True)
+        one = corpus.build(fake_corpus, self.SPLITS, workers=1)
+        two = corpus.build(copy, self.SPLITS, workers=2)
+        assert one["files"] == two["files"]
+        measures = [json.loads((root / "measures.json").read_text()) for root in (fake_corpus, copy)]
+        assert measures[0] == measures[1] and len(measures[0]) == len(one["files"])
+
     def test_unreadable_picture_dropped(self, fake_corpus):
         (fake_corpus / "raw/pkg-train/usr/share/backgrounds/broken.jpg").write_bytes(b"junk")
         report = corpus.build(fake_corpus, self.SPLITS)
@@ -305,6 +315,10 @@ class TestBuild:
         monkeypatch.setattr(debian, "_apt", lambda args, cwd: Failed())
         with pytest.raises(corpus.CorpusError, match="^no package could be fetched: "):
             corpus.build(tmp_path, {"pkg-gone": "train"})
+
+    def test_cli_refuses_zero_workers(self, capsys):
+        assert corpus.main(["--workers", "0"]) == 2
+        assert capsys.readouterr().err == "error: --workers 0 must be >= 1\n"
 
     def test_cli_unknown_package(self, capsys):
         assert corpus.main(["--packages", "opencv-doc"]) == 2

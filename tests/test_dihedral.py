@@ -6,7 +6,7 @@ import torch
 from training.batches import dihedral_crops, make_batches
 from training.config import from_dict
 from training.dihedral import TURNS, turn, turn_back, turn_of_step, with_turned_copies
-from training.losses import LAMBDA_DF, LAMBDA_DME, map_l1, stage_loss, turn_consistency
+from training.losses import LAMBDA_DF, LAMBDA_DME, dme_loss, stage_loss, turn_consistency
 
 CODES = range(8)
 
@@ -72,7 +72,7 @@ def test_stage_loss_adds_the_weighted_turn_term(images):
         1,
     )
     estimated, deblurred = torch.rand(6, 1, 6, 6), torch.rand(6, 3, 6, 6)
-    l_dme = map_l1(estimated, paired["defocus_map"], paired["has_map"])
+    l_dme = dme_loss(estimated, paired["defocus_map"], paired["has_map"])
     l_turn = turn_consistency(estimated, 1)
     dme = stage_loss("dme", None, estimated, paired, turn_weight=0.5)
     assert set(dme) == {"total", "l_dme", "l_turn"}

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm import tqdm
 
@@ -256,6 +257,55 @@ def test_radius_weight_moves_the_optimum_towards_large_blur():
 def test_a_negative_radius_weight_is_refused():
     with pytest.raises(ConfigError, match="radius_weight -1 must be >= 0"):
         from_dict({"train": {"radius_weight": -1}, "stage": [{"kind": "dme", "steps": 1}]})
+
+
+@pytest.mark.parametrize("quantile", [0.5, 0.65, 0.9])
+@pytest.mark.parametrize("radius_weight", [0.0, 2.0])
+def test_map_quantile_is_the_pinball_loss(quantile, radius_weight):
+    gt = torch.rand(3, 1, 5, 6, dtype=torch.float64)
+    est = torch.rand(3, 1, 5, 6, dtype=torch.float64)
+    has_map = torch.tensor([True, True, False])
+    batch = {"sharp": torch.zeros(3, 3, 5, 6), "defocus_map": gt, "has_map": has_map}
+    kept_gt, kept_est = gt[has_map].numpy(), est[has_map].numpy()
+    error = kept_gt - kept_est
+    pinball = np.where(error >= 0, 2 * quantile * error, 2 * (quantile - 1) * error)
+    weight = 1 + radius_weight * kept_gt
+    expected = (weight * pinball).sum() / weight.sum()
+    got = stage_loss("dme", None, est, batch, radius_weight=radius_weight, quantile=quantile)["total"]
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+
+
+def test_map_quantile_one_half_is_the_papers_l1():
+    gt, est = torch.rand(2, 1, 7, 5), torch.rand(2, 1, 7, 5)
+    batch = {"sharp": torch.zeros(2, 3, 7, 5), "defocus_map": gt, "has_map": torch.tensor([True, True])}
+    got = stage_loss("dme", None, est, batch, quantile=0.5)["total"]
+    assert float(got) == pytest.approx(float(F.l1_loss(est, gt)), rel=1e-6)
+
+
+@pytest.mark.parametrize("quantile", [0.2, 0.65, 0.8])
+def test_map_quantile_moves_the_optimum_to_that_quantile_of_the_truths(quantile):
+    # One pixel, seven equally likely truths (7 q not an integer: one minimum): the best
+    # constant estimate is their q-quantile.
+    truths = torch.linspace(0.05, 0.95, 7, dtype=torch.float64).view(7, 1, 1, 1)
+    batch = {
+        "sharp": torch.zeros(7, 3, 1, 1),
+        "defocus_map": truths,
+        "has_map": torch.ones(7, dtype=torch.bool),
+    }
+    grid = np.linspace(0, 1, 1001)
+    losses = [
+        float(stage_loss("dme", None, torch.full_like(truths, v), batch, quantile=quantile)["total"])
+        for v in grid
+    ]
+    best = grid[int(np.argmin(losses))]
+    expected = np.quantile(truths.numpy().ravel(), quantile, method="inverted_cdf")
+    assert best == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize("bad", [0, 1, -0.1, 1.5, float("nan")])
+def test_a_map_quantile_outside_zero_one_is_refused(bad):
+    with pytest.raises(ConfigError, match=f"map_quantile {bad} must be in \\(0, 1\\)"):
+        from_dict({"train": {"map_quantile": bad}, "stage": [{"kind": "dme", "steps": 1}]})
 
 
 # --- validation -------------------------------------------------------------
@@ -777,6 +827,7 @@ def test_corrupt_checkpoint_is_refused_and_kept(tiny_config, tmp_path):
         ("ema_decay = 0.9", "ema_decay = 0.0", "train.ema_decay = 0.0 (the run has 0.9)"),
         ("crop = 32", "crop = 48", "data.crop = 48 (the run has 32)"),
         ("seed = 3", "seed = 3\nturn_consistency = 0.5", "train.turn_consistency = 0.5 (the run has 0.0)"),
+        ("seed = 3", "seed = 3\nmap_quantile = 0.65", "train.map_quantile = 0.65 (the run has 0.5)"),
         (
             'preset = "small"',
             'preset = "small"\ngate_low = 0.01\ngate_high = 0.04',

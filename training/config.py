@@ -6,7 +6,7 @@
          (blurry, sharp, defocus_map) triplets; pairs = folder of (blurry,
          sharp) pairs; crop, max_radius_px, workers, pool_size, pool_crop
 [train]  batch, lr, lr_min, warmup_steps, betas, ema_decay, seed, turn_consistency,
-         guide_noise, radius_weight,
+         guide_noise, radius_weight, map_quantile,
          amp, channels_last, compile, log_every, val_every, ckpt_every, budget_seconds
 [[stage]] kind = "gt_map" | "joint" | "finetune" | "end_to_end" | "dme", steps
 """
@@ -83,6 +83,9 @@ class TrainSection:
     #: Pixels blurred 7-10 px are a few percent of the crops, and an unweighted estimator
     #: reads them 2-4 px too small.
     radius_weight: float = 0.0
+    #: L_dme as the pinball loss of this quantile (``losses.dme_loss``): 0.5 is the
+    #: paper's L1; above it under-reading the blur costs more than over-reading.
+    map_quantile: float = 0.5
     #: bf16 autocast: always on CUDA; on a CPU only where it has bf16 instructions
     #: (``training.amp.cpu_has_bf16``), else the run trains in FP32 and says so.
     amp: bool = True
@@ -170,6 +173,7 @@ RESUME_FIXED = {
         "turn_consistency",
         "guide_noise",
         "radius_weight",
+        "map_quantile",
         "amp",
     ),
 }
@@ -243,6 +247,8 @@ def from_dict(raw: dict) -> TrainConfig:
         raise ConfigError(f"guide_noise {config.train.guide_noise} must be in [0, {MAP_MAX}] map units")
     if config.train.radius_weight < 0:
         raise ConfigError(f"radius_weight {config.train.radius_weight} must be >= 0")
+    if not 0 < config.train.map_quantile < 1:
+        raise ConfigError(f"map_quantile {config.train.map_quantile} must be in (0, 1)")
     if not 0 <= config.train.ema_decay < 1:
         raise ConfigError(f"ema_decay {config.train.ema_decay} must be in [0, 1)")
     return config

@@ -203,7 +203,10 @@ class Trainer:
         if weight > 0:
             batch = with_turned_copies(batch, turn_of_step(self.step))
         deblurred, estimated = self._forward(self.net, stage, batch)
-        losses = stage_loss(stage, deblurred, estimated, batch, weight, self.config.train.radius_weight)
+        train = self.config.train
+        losses = stage_loss(
+            stage, deblurred, estimated, batch, weight, train.radius_weight, train.map_quantile
+        )
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         self.optimizer.step()

@@ -22,10 +22,12 @@ Layout under ``root`` (default ``data/corpus``): ``debs/``, ``raw/<package>/``,
 import argparse
 import json
 import logging
+import os
 import re
 import shutil
 import sys
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -294,6 +296,33 @@ def measure_file(path: Path) -> dict:
     }
 
 
+def _cache_entry(path: Path) -> dict:
+    try:
+        return measure_file(path)
+    except DataError as error:
+        return {"size": path.stat().st_size, "error": str(error)}
+
+
+def measure_all(paths: Mapping[str, Path], cache_path: Path, workers: int) -> dict:
+    """The ``measures.json`` entry of every picture in ``paths`` (key -> file).
+
+    Entries cached in ``cache_path`` for a file of the same size are reused; the rest
+    are measured in ``workers`` processes (a picture takes a second or two at full
+    resolution) and the cache is rewritten after each, so an interrupted build resumes.
+    """
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    stale = [key for key, path in paths.items() if cache.get(key, {}).get("size") != path.stat().st_size]
+    pool = ProcessPoolExecutor(max(1, min(workers, len(stale))))
+    try:
+        futures = {pool.submit(_cache_entry, paths[key]): key for key in stale}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="measuring", unit="img"):
+            cache[futures[future]] = future.result()
+            atomic_write(cache_path, lambda tmp: Path(tmp).write_text(json.dumps(cache)))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return {key: cache[key] for key in paths}
+
+
 def decide(pictures: List[Picture]) -> None:
     """Set every picture's decision: duplicates first, then ``curation.rejection``.
 
@@ -437,12 +466,15 @@ def report_table(report: dict) -> str:
     )
 
 
-def build(root: Path = DEFAULT_ROOT, packages: Mapping[str, str] = PACKAGES) -> dict:
+def build(
+    root: Path = DEFAULT_ROOT, packages: Mapping[str, str] = PACKAGES, workers: Optional[int] = None
+) -> dict:
     """Fetch, measure, curate and write the corpus under ``root``; returns the report.
 
     Args:
         root: the corpus folder (default ``data/corpus``).
         packages: Debian package -> ``"train"`` or ``"holdout"`` (default ``PACKAGES``).
+        workers: processes that measure pictures (default: one per CPU core).
 
     A package that cannot be fetched is reported and skipped; a picture that cannot
     be decoded is dropped as ``unreadable``.
@@ -453,8 +485,6 @@ def build(root: Path = DEFAULT_ROOT, packages: Mapping[str, str] = PACKAGES) -> 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     names = list(packages)
-    cache_path = root / "measures.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     state: dict = {}
     pictures, links, failed = [], {}, {}
     for package in tqdm(names, desc="packages", unit="pkg"):
@@ -469,16 +499,10 @@ def build(root: Path = DEFAULT_ROOT, packages: Mapping[str, str] = PACKAGES) -> 
         pictures += [Picture(package, str(f.relative_to(folder)), packages[package]) for f in files]
     if len(failed) == len(names):
         raise CorpusError("no package could be fetched: " + "; ".join(failed.values()))
-    for picture in tqdm(pictures, desc="measuring", unit="img"):
-        path = root / "raw" / picture.package / picture.path
-        entry = cache.get(picture.key)
-        if entry is None or entry.get("size") != path.stat().st_size:
-            try:
-                entry = measure_file(path)
-            except DataError as error:
-                entry = {"size": path.stat().st_size, "error": str(error)}
-            cache[picture.key] = entry
-            atomic_write(cache_path, lambda tmp: Path(tmp).write_text(json.dumps(cache)))
+    paths = {p.key: root / "raw" / p.package / p.path for p in pictures}
+    entries = measure_all(paths, root / "measures.json", workers or os.cpu_count() or 1)
+    for picture in pictures:
+        entry = entries[picture.key]
         if "error" in entry:
             picture.decision, picture.reason = "dropped", "unreadable"
             continue
@@ -530,6 +554,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="corpus folder (default data/corpus)")
     parser.add_argument("--packages", nargs="+", metavar="PKG", help=f"subset of: {', '.join(PACKAGES)}")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes measuring pictures (default: one per core)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     unknown = [n for n in args.packages or () if n not in PACKAGES]
@@ -538,8 +565,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"error: unknown package(s) {', '.join(unknown)}; known: {', '.join(PACKAGES)}", file=sys.stderr
         )
         return 2
+    if args.workers is not None and args.workers < 1:
+        print(f"error: --workers {args.workers} must be >= 1", file=sys.stderr)
+        return 2
     try:
-        report = build(args.root, {n: PACKAGES[n] for n in args.packages or PACKAGES})
+        report = build(args.root, {n: PACKAGES[n] for n in args.packages or PACKAGES}, args.workers)
     except (CorpusError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
