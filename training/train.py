@@ -205,7 +205,14 @@ class Trainer:
         deblurred, estimated = self._forward(self.net, stage, batch)
         train = self.config.train
         losses = stage_loss(
-            stage, deblurred, estimated, batch, weight, train.radius_weight, train.map_quantile
+            stage,
+            deblurred,
+            estimated,
+            batch,
+            weight,
+            train.radius_weight,
+            train.map_quantile,
+            train.boundary_weight,
         )
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()

@@ -36,6 +36,7 @@ class DefocusDeblurNet(nn.Module):
             config.scale,
             config.dme_dilated_blocks,
             config.dme_full_channels,
+            config.dme_refine_channels,
         )
         self.condition = None
         if config.variant != "concat":
