@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-# Without the estimator's full-resolution stages: the tiling tests' thresholds were set on this net.
+# Without the estimator's full-resolution stage: the tiling tests' thresholds were set on this net.
 TINY = dict(
     channels=8,
     num_blocks=1,
@@ -29,7 +29,6 @@ TINY = dict(
     dme_dilated_blocks=1,
     cond_channels=8,
     dme_full_channels=0,
-    dme_refine_channels=0,
 )
 
 

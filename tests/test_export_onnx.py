@@ -40,7 +40,6 @@ def tiny_config(preset="small", variant="sft_dec"):
         dme_blocks=1,
         dme_dilated_blocks=1,
         dme_full_channels=0 if preset == "paper" else 4,
-        dme_refine_channels=0 if preset == "paper" else 4,
         cond_channels=8,
     )
 

@@ -27,7 +27,6 @@ def tiny_config(
     dme_blocks: int = 1,
     num_blocks: int = 2,
     dme_dilated_blocks: int = 0,
-    dme_refine_channels: int = 4,
 ) -> NetConfig:
     return dataclasses.replace(
         get_config("small", variant),
@@ -39,7 +38,6 @@ def tiny_config(
         num_blocks=num_blocks,
         cond_channels=4,
         dme_full_channels=4 if scale > 1 else 0,
-        dme_refine_channels=dme_refine_channels,
     )
 
 
@@ -62,11 +60,9 @@ def dme_convs(c: NetConfig) -> list:
 
 
 def dme_full_convs(c: NetConfig) -> list:
-    """(cin, cout, k) of the DME's full-resolution convs: its first stage before the
-    merge and its refinement stage (image and map in), each where present."""
-    cf, cr = c.dme_full_channels, c.dme_refine_channels
-    first = [(3, cf, 3), (cf, cf, 3)] if cf else []
-    return first + ([(4, cr, 3), (cr, cr, 3), (cr, cr, 3), (cr, 1, 3)] if cr else [])
+    """(cin, cout, k) of the DME's full-resolution stage before its merge (none if absent)."""
+    cf = c.dme_full_channels
+    return [(3, cf, 3), (cf, cf, 3)] if cf else []
 
 
 def deblur_convs(c: NetConfig) -> list:
@@ -111,17 +107,13 @@ def expected_fields(c: NetConfig) -> dict:
     """Fields in px: ``scale`` px per cell, each 3x3 conv adds a cell on both sides
     (``d`` cells at dilation ``d``; the dilated DME blocks have d = 2, 4, 8, ...).
     The DME's full-resolution stage (two 3x3 convs, 2 px a side) reaches no further
-    than ``conv_first``'s cell a side at ``scale`` >= 2. Its refinement stage (3x3
-    convs of dilation 1, 1, 2, 1) reads the coarse map 5 px a side of a pixel, which
-    is ``ceil(5 / scale)`` cells a side of the output cell.
+    than ``conv_first``'s cell a side at ``scale`` >= 2.
 
     The map reaches the SFT blocks through 1x1 convs only, so its path to the output
     skips ``conv_first``; for ``concat`` it enters with the image before ``conv_first``.
     """
     dilated = sum(2 ** (i + 1) for i in range(c.dme_dilated_blocks))
     est = 3 + 2 * c.dme_blocks + 2 * dilated  # cells per side
-    if c.dme_refine_channels:
-        est += -(-5 // c.scale)
     rest = 3 + 2 * c.num_blocks
     through_map = est + rest - (0 if c.variant == "concat" else 1)
     total = max(rest, through_map)
@@ -176,11 +168,7 @@ def test_macs_of_single_conv(conv, expected):
 def test_macs_of_dme(scale):
     config = tiny_config(scale=scale)
     dme = DefocusMapEstimator(
-        config.dme_channels,
-        config.dme_blocks,
-        scale,
-        full_channels=config.dme_full_channels,
-        refine_channels=config.dme_refine_channels,
+        config.dme_channels, config.dme_blocks, scale, full_channels=config.dme_full_channels
     )
     per_cell = sum(cin * cout * k * k for cin, cout, k in dme_convs(config))
     expected = per_cell / scale**2 + sum(cin * cout * k * k for cin, cout, k in dme_full_convs(config))
@@ -200,21 +188,18 @@ def test_macs_of_model(variant, scale, size):
 # ----------------------------------------------------------------------------- receptive field
 @pytest.mark.parametrize("dme_blocks", [1, 2])
 def test_receptive_field_of_dme_at_scale_one(dme_blocks):
-    """conv_first + 2 per block + conv_body + conv_last, each 3x3: RF = 1 + 2 * convs.
-    The refinement stage's four convs (dilation 1, 1, 2, 1) add 5 px a side."""
-    model = build(tiny_config(scale=1, dme_blocks=dme_blocks, dme_refine_channels=0))
+    """conv_first + 2 per block + conv_body + conv_last, each 3x3: RF = 1 + 2 * convs."""
+    model = build(tiny_config(scale=1, dme_blocks=dme_blocks))
     n_convs = sum(1 for m in model.dme.modules() if isinstance(m, nn.Conv2d))
     assert n_convs == 3 + 2 * dme_blocks
     assert receptive_fields(model, size=64)["estimate"] == 1 + 2 * n_convs
-    refined = build(tiny_config(scale=1, dme_blocks=dme_blocks, dme_refine_channels=4))
-    assert receptive_fields(refined, size=64)["estimate"] == 1 + 2 * n_convs + 2 * 5
 
 
 @pytest.mark.parametrize("dilated", [1, 2])
 def test_receptive_field_of_dilated_dme_at_scale_one(dilated):
     """One plain block: 5 convs, 11 px. Each of a dilated block's two convs adds d px
     on each side (d = 2, then 4): 4d px per block."""
-    model = build(tiny_config(scale=1, dme_blocks=1, dme_dilated_blocks=dilated, dme_refine_channels=0))
+    model = build(tiny_config(scale=1, dme_blocks=1, dme_dilated_blocks=dilated))
     assert receptive_fields(model, size=64)["estimate"] == {1: 11 + 8, 2: 11 + 8 + 16}[dilated]
 
 

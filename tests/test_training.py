@@ -25,8 +25,7 @@ from training.average import main as average_main
 from training.checkpoint import CheckpointError, init_from, load_checkpoint, save_checkpoint
 from training.config import ConfigError, from_dict, load_config
 from training.data import build_validation_set
-from training.losses import LAMBDA_DF, LAMBDA_DME, LAMBDA_WD, STAGES, near_depth_edge, stage_loss, weighted_l2
-from training.map_regions import REGIONS, region_labels
+from training.losses import LAMBDA_DF, LAMBDA_DME, LAMBDA_WD, STAGES, stage_loss, weighted_l2
 from training.metrics import psnr
 from training.presets import MAP_MAX, get_config
 from training.set_gate import main as set_gate_main
@@ -245,57 +244,26 @@ def test_a_negative_radius_weight_is_refused():
         from_dict({"train": {"radius_weight": -1}, "stage": [{"kind": "dme", "steps": 1}]})
 
 
-def depth_steps(count: int, height: int, width: int) -> torch.Tensor:
-    """True maps of gentle slopes (steps of 0.01 between neighbours) with a raised
-    rectangle, a different one per map: depth edges with flat land between them."""
-    gen = torch.Generator().manual_seed(0)
-    ramp = torch.arange(width, dtype=torch.float64) * 0.01
-    maps = ramp.expand(count, 1, height, width).clone()
-    for m in maps:
-        top, left = (int(v) for v in torch.randint(2, 8, (2,), generator=gen))
-        m[0, top : top + 5, left : left + 6] += 0.2 + 0.6 * torch.rand(1, generator=gen, dtype=torch.float64)
-    return maps
-
-
-def test_near_depth_edge_is_the_evaluations_occlusion_band():
-    """The loss's boundary band, in torch, equals ``training.map_regions``' occlusion
-    label, computed with OpenCV."""
-    maps = depth_steps(4, 20, 24)
-    got = near_depth_edge(maps)
-    for m, band in zip(maps, got):
-        labels = region_labels(np.zeros((20, 24, 3), np.float32), m[0].numpy())
-        want = labels == REGIONS.index("occlusion")
-        assert 0 < want.mean() < 1
-        np.testing.assert_array_equal(band[0].numpy(), want)
-
-
 @pytest.mark.parametrize("quantile", [0.5, 0.65, 0.9])
 @pytest.mark.parametrize("radius_weight", [0.0, 0.5, 2.0])
-@pytest.mark.parametrize("boundary_weight", [0.0, 3.0])
-def test_dme_loss_is_the_weighted_pinball_loss(quantile, radius_weight, boundary_weight):
-    """Each pixel's pinball error weighs 1 + radius_weight x its true blur + boundary_weight
-    near a depth edge; at quantile 0.5 that is the weighted L1. The joint stage's map
-    term is the same loss."""
-    gt = depth_steps(3, 16, 18)
-    est = torch.rand(3, 1, 16, 18, dtype=torch.float64)
+def test_dme_loss_is_the_weighted_pinball_loss(quantile, radius_weight):
+    """Each pixel's pinball error weighs 1 + radius_weight x its true blur; at quantile
+    0.5 that is the weighted L1. The joint stage's map term is the same loss."""
+    gt = torch.rand(3, 1, 5, 6, dtype=torch.float64)
+    est = torch.rand(3, 1, 5, 6, dtype=torch.float64)
     has_map = torch.tensor([True, False, True])
-    batch = {"sharp": torch.zeros(3, 3, 16, 18), "defocus_map": gt, "has_map": has_map}
+    batch = {"sharp": torch.zeros(3, 3, 5, 6), "defocus_map": gt, "has_map": has_map}
     kept_gt, kept_est = gt[has_map].numpy(), est[has_map].numpy()
     error = kept_gt - kept_est
     pinball = np.where(error >= 0, 2 * quantile * error, 2 * (quantile - 1) * error)
-    band = near_depth_edge(gt)[has_map].numpy()
-    weight = 1 + radius_weight * kept_gt + boundary_weight * band
+    weight = 1 + radius_weight * kept_gt
     expected = (weight * pinball).sum() / weight.sum()
-    terms = dict(radius_weight=radius_weight, quantile=quantile, boundary_weight=boundary_weight)
-    got = stage_loss("dme", None, est, batch, **terms)["total"]
+    got = stage_loss("dme", None, est, batch, radius_weight=radius_weight, quantile=quantile)["total"]
     assert float(got) == pytest.approx(expected, rel=1e-12)
-    joint = stage_loss("joint", est.new_zeros(3, 3, 16, 18), est, batch, **terms)
+    joint = stage_loss(
+        "joint", est.new_zeros(3, 3, 5, 6), est, batch, radius_weight=radius_weight, quantile=quantile
+    )
     assert float(joint["l_dme"]) == pytest.approx(expected, rel=1e-12)
-
-
-def test_a_negative_boundary_weight_is_refused():
-    with pytest.raises(ConfigError, match="boundary_weight -0.5 must be >= 0"):
-        from_dict({"train": {"boundary_weight": -0.5}, "stage": [{"kind": "dme", "steps": 1}]})
 
 
 def test_map_quantile_one_half_is_the_papers_l1():
@@ -708,36 +676,28 @@ def test_dme_stage_moves_only_the_estimator(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "plain,dilated,full,width,refine,grew",
+    "plain,dilated,full,width,grew",
     [
-        (6, 0, 16, 24, 16, ["3 residual blocks"]),
-        (3, 0, 16, 24, 16, ["6 residual blocks"]),
-        (6, 1, 16, 24, 16, ["2 residual blocks"]),
-        (6, 3, 0, 24, 16, ["the full-resolution stage"]),
-        (6, 1, 0, 24, 16, ["2 residual blocks", "the full-resolution stage"]),
-        (6, 3, 16, 16, 16, ["channels 16 -> 24"]),
-        (6, 1, 0, 20, 16, ["2 residual blocks", "the full-resolution stage", "channels 20 -> 24"]),
-        (6, 3, 8, 24, 16, ["full-resolution channels 8 -> 16"]),
-        (6, 2, 12, 20, 16, ["1 residual blocks", "full-resolution channels 12 -> 16", "channels 20 -> 24"]),
-        (6, 3, 16, 24, 0, ["the refinement stage"]),
-        (6, 3, 16, 24, 8, ["refinement channels 8 -> 16"]),
-        (6, 1, 0, 24, 0, ["2 residual blocks", "the full-resolution stage", "the refinement stage"]),
+        (6, 0, 16, 24, ["3 residual blocks"]),
+        (3, 0, 16, 24, ["6 residual blocks"]),
+        (6, 1, 16, 24, ["2 residual blocks"]),
+        (6, 3, 0, 24, ["the full-resolution stage"]),
+        (6, 1, 0, 24, ["2 residual blocks", "the full-resolution stage"]),
+        (6, 3, 16, 16, ["channels 16 -> 24"]),
+        (6, 1, 0, 20, ["2 residual blocks", "the full-resolution stage", "channels 20 -> 24"]),
+        (6, 3, 8, 24, ["full-resolution channels 8 -> 16"]),
+        (6, 2, 12, 20, ["1 residual blocks", "full-resolution channels 12 -> 16", "channels 20 -> 24"]),
     ],
 )
-def test_init_from_a_smaller_estimator_grows_it(tmp_path, plain, dilated, full, width, refine, grew):
+def test_init_from_a_smaller_estimator_grows_it(tmp_path, plain, dilated, full, width, grew):
     """The default model gains DME blocks this way, plain then dilated, its
-    full-resolution or refinement stage or their widths, and width: its first step
-    starts from exactly the checkpoint's function."""
-    config = dataclasses.replace(get_config("small"), dme_refine_channels=16)
+    full-resolution stage or that stage's width, and width: its first step starts
+    from exactly the checkpoint's function."""
+    config = get_config("small")
     torch.manual_seed(0)
     small = DefocusDeblurNet(
         dataclasses.replace(
-            config,
-            dme_blocks=plain,
-            dme_dilated_blocks=dilated,
-            dme_full_channels=full,
-            dme_channels=width,
-            dme_refine_channels=refine,
+            config, dme_blocks=plain, dme_dilated_blocks=dilated, dme_full_channels=full, dme_channels=width
         )
     )
     save_checkpoint(tmp_path / "small", small)
@@ -800,23 +760,20 @@ def test_a_widened_estimator_trains_its_new_channels(tmp_path):
         dict(dme_dilated_blocks=0),
         dict(dme_full_channels=8),
         dict(dme_full_channels=0),
-        dict(dme_refine_channels=8),
-        dict(dme_refine_channels=0),
         dict(dme_channels=16),
     ],
 )
 def test_init_from_refuses_another_network(tmp_path, change):
     """Fewer blocks only, and only at the end: a plain block after a dilated one would
-    take the place of a trained dilated block. A trained full-resolution or refinement
-    stage is neither narrowed nor dropped, and the estimator never narrows."""
-    config = dataclasses.replace(get_config("small"), dme_refine_channels=16)
+    take the place of a trained dilated block. A trained full-resolution stage is
+    neither narrowed nor dropped, and the estimator never narrows."""
+    config = get_config("small")
     save_checkpoint(
         tmp_path / "ckpt", DefocusDeblurNet(dataclasses.replace(config, dme_blocks=2, dme_dilated_blocks=1))
     )
     other = DefocusDeblurNet(dataclasses.replace(config, **change))
     with pytest.raises(
-        CheckpointError,
-        match="does not fit .* only DME blocks, DME channels, full-resolution and refinement channels",
+        CheckpointError, match="does not fit .* only DME blocks, DME channels and full-resolution channels"
     ):
         init_from(other, tmp_path / "ckpt", "small")
 
@@ -922,17 +879,12 @@ def test_set_gate_changes_the_gate_and_nothing_else(tmp_path, capsys):
     assert (plain.config.gate_low, plain.config.gate_high) == (0.0, 0.0)
 
 
-@pytest.mark.parametrize("refine, last", [(0, "conv_last"), (16, "refine.6")])
 @pytest.mark.parametrize("offset", [0.03, -0.02])
-def test_set_gate_shifts_the_map_inside_the_clamp(tmp_path, capsys, offset, refine, last):
+def test_set_gate_shifts_the_map_inside_the_clamp(tmp_path, capsys, offset):
     """--map-offset: the estimate moves by the offset wherever it stays inside [0, MAP_MAX],
-    clamps where it would leave it, keeps the source's gate, and nothing else changes
-    than the bias of the estimator's last conv, the refinement's where it has one."""
+    clamps where it would leave it, keeps the source's gate, and nothing else changes."""
     torch.manual_seed(0)
-    config = dataclasses.replace(
-        get_config("small"), gate_low=0.01, gate_high=0.04, dme_refine_channels=refine
-    )
-    source = DefocusDeblurNet(config)
+    source = DefocusDeblurNet(dataclasses.replace(get_config("small"), gate_low=0.01, gate_high=0.04))
     with torch.no_grad():
         source.dme.conv_last.bias.fill_(0.5)  # an untrained estimate near the range's middle
     save_checkpoint(tmp_path / "ckpt", source)
@@ -948,7 +900,7 @@ def test_set_gate_shifts_the_map_inside_the_clamp(tmp_path, capsys, offset, refi
     torch.testing.assert_close(after[inside], before[inside] + offset, rtol=0, atol=1e-5)
     assert after.min() >= 0 and after.max() <= MAP_MAX
     different = {k for k, v in source.state_dict().items() if not torch.equal(shifted.state_dict()[k], v)}
-    assert different == {f"dme.{last}.bias"}
+    assert different == {"dme.conv_last.bias"}
 
 
 @pytest.mark.parametrize(

@@ -119,12 +119,11 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> List[str]:
 
     The checkpoint's network must equal ``model``'s but may have fewer DME residual
     blocks, plain or dilated, as long as its blocks are the first of ``model``'s, may
-    lack the DME's full-resolution stage or refinement stage or have fewer channels
-    in them, and may have fewer DME channels. What is added starts as the identity,
-    so the grown model computes exactly what the checkpoint did:
+    lack the DME's full-resolution stage or have fewer channels in it, and may have
+    fewer DME channels. What is added starts as the identity, so the grown model
+    computes exactly what the checkpoint did:
 
-    - a new block's closing conv, a new full-resolution stage's merging 1x1 conv and
-      a new refinement stage's last conv are zeroed;
+    - a new block's closing conv, and a new stage's merging 1x1 conv, are zeroed;
     - a wider estimator, or full-resolution stage, keeps the old channels as its first
       ones (``_widen``; ``pixel_unshuffle`` keeps a channel's cells together, so they
       stay first after it): the new channels start from the fresh init, and only what
@@ -149,17 +148,15 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> List[str]:
         gate_low=mine.gate_low,
         gate_high=mine.gate_high,
     )
-    new_stages = {
-        stage: getattr(theirs, f"dme_{stage}_channels") == 0 and getattr(mine, f"dme_{stage}_channels") > 0
-        for stage in ("full", "refine")
-    }
-    for key in ("dme_full_channels", "dme_refine_channels", "dme_channels"):
-        if getattr(mine, key) > getattr(theirs, key):
-            grows[key] = getattr(mine, key)
+    adds_stage = theirs.dme_full_channels == 0 and mine.dme_full_channels > 0
+    if mine.dme_full_channels > theirs.dme_full_channels:
+        grows["dme_full_channels"] = mine.dme_full_channels
+    if mine.dme_channels > theirs.dme_channels:
+        grows["dme_channels"] = mine.dme_channels
     if replace(theirs, **grows) != mine or my_blocks[: len(their_blocks)] != their_blocks:
         raise CheckpointError(
             f"{path}: its network ({theirs}) does not fit {mine}; "
-            "only DME blocks, DME channels, full-resolution and refinement channels may be added, "
+            "only DME blocks, DME channels and full-resolution channels may be added, "
             "and the focus gate set"
         )
     fresh = model.state_dict()
@@ -169,17 +166,16 @@ def init_from(model: DefocusDeblurNet, path: Path, preset: str) -> List[str]:
     }
     model.load_state_dict(state, strict=False)
     closing = [block.conv2 for block in model.dme.body[len(their_blocks) :]]
-    closing += [getattr(model.dme, stage)[-1] for stage, new in new_stages.items() if new]
+    if adds_stage:
+        closing.append(model.dme.full[-1])
     for conv in closing:
         torch.nn.init.zeros_(conv.weight)
         torch.nn.init.zeros_(conv.bias)
     grown = [f"{len(my_blocks) - len(their_blocks)} residual blocks"] if my_blocks != their_blocks else []
-    for stage, words in (("full", "full-resolution"), ("refine", "refinement")):
-        key = f"dme_{stage}_channels"
-        if new_stages[stage]:
-            grown.append(f"the {words} stage")
-        elif key in grows:
-            grown.append(f"{words} channels {getattr(theirs, key)} -> {getattr(mine, key)}")
+    if adds_stage:
+        grown.append("the full-resolution stage")
+    elif "dme_full_channels" in grows:
+        grown.append(f"full-resolution channels {theirs.dme_full_channels} -> {mine.dme_full_channels}")
     if "dme_channels" in grows:
         grown.append(f"channels {theirs.dme_channels} -> {mine.dme_channels}")
     if (theirs.gate_low, theirs.gate_high) != (mine.gate_low, mine.gate_high):

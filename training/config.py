@@ -6,7 +6,7 @@
          (blurry, sharp, defocus_map) triplets; pairs = folder of (blurry,
          sharp) pairs; crop, max_radius_px, workers, pool_size, pool_crop
 [train]  batch, lr, lr_min, warmup_steps, betas, ema_decay, seed, turn_consistency,
-         guide_noise, radius_weight, map_quantile, boundary_weight,
+         guide_noise, radius_weight, map_quantile,
          amp, channels_last, compile, log_every, val_every, ckpt_every, budget_seconds
 [[stage]] kind = "gt_map" | "joint" | "finetune" | "end_to_end" | "dme", steps
 """
@@ -79,16 +79,13 @@ class TrainSection:
     #: finetune), it reads it plus a smooth random offset of per-crop std up to this,
     #: in map units (``training.guide_noise``): it learns how far to trust a map.
     guide_noise: float = 0.0
-    #: >0: L_dme weighs each pixel's error by 1 + this x its true map (``losses.dme_loss``).
+    #: >0: L_dme weighs each pixel's error by 1 + this x its true map (``losses.map_l1``).
     #: Pixels blurred 7-10 px are a few percent of the crops, and an unweighted estimator
     #: reads them 2-4 px too small.
     radius_weight: float = 0.0
     #: L_dme as the pinball loss of this quantile (``losses.dme_loss``): 0.5 is the
     #: paper's L1; above it under-reading the blur costs more than over-reading.
     map_quantile: float = 0.5
-    #: >0: L_dme weighs a pixel within 4 px of a depth edge 1 + this (``losses.dme_loss``):
-    #: the estimate blurs across depth edges, too low on their blurrier side.
-    boundary_weight: float = 0.0
     #: bf16 autocast: always on CUDA; on a CPU only where it has bf16 instructions
     #: (``training.amp.cpu_has_bf16``), else the run trains in FP32 and says so.
     amp: bool = True
@@ -177,7 +174,6 @@ RESUME_FIXED = {
         "guide_noise",
         "radius_weight",
         "map_quantile",
-        "boundary_weight",
         "amp",
     ),
 }
@@ -251,8 +247,6 @@ def from_dict(raw: dict) -> TrainConfig:
         raise ConfigError(f"guide_noise {config.train.guide_noise} must be in [0, {MAP_MAX}] map units")
     if config.train.radius_weight < 0:
         raise ConfigError(f"radius_weight {config.train.radius_weight} must be >= 0")
-    if not config.train.boundary_weight >= 0:
-        raise ConfigError(f"boundary_weight {config.train.boundary_weight} must be >= 0")
     if not 0 < config.train.map_quantile < 1:
         raise ConfigError(f"map_quantile {config.train.map_quantile} must be in (0, 1)")
     if not 0 <= config.train.ema_decay < 1:

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from training.dihedral import turn_back
-from training.map_regions import OCCLUSION_RADIUS_PX, OCCLUSION_STEP
 
 #: Loss weights lambda_1 (map), lambda_2 (image L1) and lambda_3 (weighted L2).
 LAMBDA_DME, LAMBDA_DF, LAMBDA_WD = 0.2, 0.9, 0.1
@@ -34,26 +33,8 @@ def weighted_l2(output: Tensor, target: Tensor, defocus_map: Tensor, has_map: Te
     return (weight * per_pixel).mean()
 
 
-def near_depth_edge(gt_map: Tensor) -> Tensor:
-    """Pixels within ``OCCLUSION_RADIUS_PX`` of a jump of the true map by more than
-    ``OCCLUSION_STEP`` between neighbours: ``training.map_regions``' occlusion band.
-
-    Shape: (N, 1, H, W) -> (N, 1, H, W) bool.
-    """
-    jump = torch.zeros_like(gt_map, dtype=torch.bool)
-    jump[..., :, 1:] |= (gt_map[..., :, 1:] - gt_map[..., :, :-1]).abs() > OCCLUSION_STEP
-    jump[..., 1:, :] |= (gt_map[..., 1:, :] - gt_map[..., :-1, :]).abs() > OCCLUSION_STEP
-    size = 2 * OCCLUSION_RADIUS_PX + 1
-    return F.max_pool2d(jump.to(gt_map.dtype), size, stride=1, padding=OCCLUSION_RADIUS_PX) > 0
-
-
 def dme_loss(
-    estimated: Tensor,
-    gt_map: Tensor,
-    has_map: Tensor,
-    radius_weight: float = 0.0,
-    quantile: float = 0.5,
-    boundary_weight: float = 0.0,
+    estimated: Tensor, gt_map: Tensor, has_map: Tensor, radius_weight: float = 0.0, quantile: float = 0.5
 ) -> Tensor:
     """L_dme: mean map error over the samples that have a map.
 
@@ -66,13 +47,9 @@ def dme_loss(
     With ``radius_weight`` = a > 0 each pixel's error weighs 1 + a x its true map and the
     mean is taken over those weights: large blur, a small share of the pixels, counts
     more (an unweighted estimator reads 9-10 px as 5-6 px, ``radius_weight`` in
-    ``training.config``). With ``boundary_weight`` = b > 0 a pixel near a depth edge
-    (``near_depth_edge``) weighs b more: there the estimate blurs across the edge.
+    ``training.config``).
     """
-    weight = 1 + radius_weight * gt_map
-    if boundary_weight:
-        weight = weight + boundary_weight * near_depth_edge(gt_map).to(weight.dtype)
-    weight = has_map.view(-1, 1, 1, 1).to(estimated.dtype) * weight
+    weight = has_map.view(-1, 1, 1, 1).to(estimated.dtype) * (1 + radius_weight * gt_map)
     error = gt_map - estimated
     pinball = 2 * torch.maximum(quantile * error, (quantile - 1) * error)
     return (weight * pinball).sum() / weight.sum().clamp_min(1)
@@ -87,19 +64,12 @@ def turn_consistency(estimated: Tensor, code: int) -> Tensor:
 
 
 def map_term(
-    estimated: Tensor,
-    batch: dict,
-    turn_weight: float,
-    radius_weight: float = 0.0,
-    quantile: float = 0.5,
-    boundary_weight: float = 0.0,
+    estimated: Tensor, batch: dict, turn_weight: float, radius_weight: float = 0.0, quantile: float = 0.5
 ) -> Tuple[Tensor, dict]:
-    """The map's share of a stage loss, L_dme (``dme_loss`` with ``radius_weight``,
-    ``quantile`` and ``boundary_weight``) plus ``turn_weight`` x L_turn where the batch
-    holds turned copies, and its terms (detached)."""
-    l_dme = dme_loss(
-        estimated, batch["defocus_map"], batch["has_map"], radius_weight, quantile, boundary_weight
-    )
+    """The map's share of a stage loss, L_dme (``dme_loss`` with ``radius_weight`` and
+    ``quantile``) plus ``turn_weight`` x L_turn where the batch holds turned copies, and
+    its terms (detached)."""
+    l_dme = dme_loss(estimated, batch["defocus_map"], batch["has_map"], radius_weight, quantile)
     if turn_weight <= 0 or "turn" not in batch:
         return l_dme, {"l_dme": l_dme.detach()}
     l_turn = turn_consistency(estimated, batch["turn"])
@@ -114,7 +84,6 @@ def stage_loss(
     turn_weight: float = 0.0,
     radius_weight: float = 0.0,
     quantile: float = 0.5,
-    boundary_weight: float = 0.0,
 ) -> dict:
     """Loss of one stage; returns a dict with ``total`` and its terms (detached).
 
@@ -123,8 +92,7 @@ def stage_loss(
     ``dme`` trains the map estimator alone on L_dme (``deblurred`` is None there).
     With ``turn_weight`` > 0 and a batch of turned copies, L_dme becomes
     L_dme + turn_weight * L_turn wherever it is used; ``radius_weight`` weighs L_dme's
-    pixels by their true blur, ``boundary_weight`` those near depth edges, and
-    ``quantile`` tilts it against under-reading (``dme_loss``).
+    pixels by their true blur and ``quantile`` tilts it against under-reading (``dme_loss``).
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
@@ -134,7 +102,7 @@ def stage_loss(
         l_wd = weighted_l2(deblurred, sharp, gt_map, has_map)
         total = LAMBDA_DF * l_df + LAMBDA_WD * l_wd
         return {"total": total, "l_df": l_df.detach(), "l_wd": l_wd.detach()}
-    map_loss, terms = map_term(estimated, batch, turn_weight, radius_weight, quantile, boundary_weight)
+    map_loss, terms = map_term(estimated, batch, turn_weight, radius_weight, quantile)
     if stage == "dme":
         return {"total": map_loss, **terms}
     l_df = F.l1_loss(deblurred, sharp)

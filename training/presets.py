@@ -29,8 +29,6 @@ class NetConfig:
         dme_dilated_blocks: residual blocks with dilation 2, 4, 8, ... after those.
         dme_full_channels: channels of the DME's full-resolution first stage (0 = none;
             only with ``scale`` > 1).
-        dme_refine_channels: channels of the DME's full-resolution refinement of its
-            map, guided by the image (0 = none).
         channels, num_blocks: width and conditioned blocks of the deblurring net.
         cond_channels: Condition feature channels Cc.
         gate_low, gate_high: the focus gate, in map units (``gate_high`` = 0: none).
@@ -46,7 +44,6 @@ class NetConfig:
     dme_blocks: int = 4
     dme_dilated_blocks: int = 0
     dme_full_channels: int = 0
-    dme_refine_channels: int = 0
     channels: int = 128
     num_blocks: int = 16
     cond_channels: int = 32

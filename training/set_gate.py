@@ -11,8 +11,8 @@ time and the built-in validation of the result. ``--off`` gives back a net that 
 changes what is in focus (mostly denoising it), for users who want that; export either
 with ``make export CKPT=OUT``.
 
-``--map-offset D`` adds D to the estimator's output before its final clamp (the bias
-of its last conv), inside the graph, so every backend reads the shifted map. The estimator
+``--map-offset D`` adds D to the estimator's output before its clamp (the bias of its
+last conv), inside the graph, so every backend reads the shifted map. The estimator
 reads blur under half a pixel as none on photos (``models/default/README.md``): the
 gate then leaves that near-focus band as blurry and noisy as it came, and a small offset
 lets the deblurring net work there. Without a gate option the source's gate stays.
@@ -59,7 +59,7 @@ def set_gate(
         raise CheckpointError(str(exc)) from None
     gated.load_state_dict(model.state_dict())
     with torch.no_grad():
-        gated.dme.output_conv.bias += map_offset
+        gated.dme.conv_last.bias += map_offset
     training = config.get("training", {})
     before = training.get("weights", f"the weights of {source}")
     weights = f"{before}, {describe(gated, map_offset)} (training.set_gate)"

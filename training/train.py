@@ -205,14 +205,7 @@ class Trainer:
         deblurred, estimated = self._forward(self.net, stage, batch)
         train = self.config.train
         losses = stage_loss(
-            stage,
-            deblurred,
-            estimated,
-            batch,
-            weight,
-            train.radius_weight,
-            train.map_quantile,
-            train.boundary_weight,
+            stage, deblurred, estimated, batch, weight, train.radius_weight, train.map_quantile
         )
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()

@@ -36,7 +36,6 @@ class DefocusDeblurNet(nn.Module):
             config.scale,
             config.dme_dilated_blocks,
             config.dme_full_channels,
-            config.dme_refine_channels,
         )
         self.condition = None
         if config.variant != "concat":

@@ -43,13 +43,6 @@ class DefocusMapEstimator(nn.Module):
     differ only in the finest frequencies, which the half-resolution cells see
     through one linear conv; this stage gives them nonlinear detectors of their own.
 
-    With ``refine_channels`` > 0 a full-resolution refinement closes the net: conv
-    4->Cr, ReLU, conv Cr->Cr, ReLU, conv Cr->Cr (dilation 2), ReLU, conv Cr->1 reads
-    the image beside the clamped coarse map and adds a correction to it. The coarse
-    map comes out of half-resolution cells with a wide field, so it blurs across
-    depth edges; this stage sees the image's own edges at full resolution, where
-    the map must step (an 11 px field).
-
     ``dilated_blocks`` residual blocks with dilation 2, 4, 8, ... follow the plain
     ones. They widen the receptive field cheaply: blur cannot be seen inside a flat
     region, only at the edges around it, so the map there needs that context.
@@ -64,7 +57,6 @@ class DefocusMapEstimator(nn.Module):
         scale: Space-to-depth factor; H and W must be multiples of it. Default: 1.
         dilated_blocks: Dilated residual blocks after the plain ones. Default: 0.
         full_channels: Channels Cf of the full-resolution stage; 0 = none. Default: 0.
-        refine_channels: Channels Cr of the refinement stage; 0 = none. Default: 0.
 
     Shape:
         image (N, 3, H, W) in [0, 1] -> map (N, 1, H, W) in [0, MAP_MAX].
@@ -77,7 +69,6 @@ class DefocusMapEstimator(nn.Module):
         scale: int = 1,
         dilated_blocks: int = 0,
         full_channels: int = 0,
-        refine_channels: int = 0,
     ):
         super().__init__()
         if full_channels and scale == 1:
@@ -97,22 +88,6 @@ class DefocusMapEstimator(nn.Module):
         self.body = nn.Sequential(*[ResBlock(channels, d) for d in dme_dilations(num_blocks, dilated_blocks)])
         self.conv_body = conv3x3(channels, channels)
         self.conv_last = conv3x3(channels, scale * scale, scale=0.1)
-        self.refine = None
-        if refine_channels:
-            self.refine = nn.Sequential(
-                conv3x3(4, refine_channels),
-                nn.ReLU(inplace=True),
-                conv3x3(refine_channels, refine_channels),
-                nn.ReLU(inplace=True),
-                conv3x3(refine_channels, refine_channels, dilation=2),
-                nn.ReLU(inplace=True),
-                conv3x3(refine_channels, 1, scale=0.1),
-            )
-
-    @property
-    def output_conv(self) -> nn.Conv2d:
-        """The last conv before the final clamp: its bias shifts the whole map."""
-        return self.refine[-1] if self.refine is not None else self.conv_last
 
     def forward(self, image: Tensor) -> Tensor:
         x = self.conv_first(F.pixel_unshuffle(image, self.scale) if self.scale > 1 else image)
@@ -121,8 +96,4 @@ class DefocusMapEstimator(nn.Module):
         x = self.conv_body(self.body(x))
         x = self.conv_last(x)
         x = F.pixel_shuffle(x, self.scale) if self.scale > 1 else x
-        straight_through = self.training and torch.is_grad_enabled()
-        x = clamp_map(x, straight_through=straight_through)
-        if self.refine is not None:
-            x = clamp_map(x + self.refine(torch.cat([image, x], dim=1)), straight_through=straight_through)
-        return x
+        return clamp_map(x, straight_through=self.training and torch.is_grad_enabled())
