@@ -98,6 +98,8 @@ class TestFigures:
         # at column 16 (0.3 > OCCLUSION_STEP) makes an occlusion band.
         present = [r for r in REGIONS if not np.isnan(m[f"map_mae_{r}"])]
         assert "occlusion" in present and all(m[f"map_mae_{r}"] == pytest.approx(0.01) for r in present)
+        assert m["map_bias_occlusion_blurrier"] == pytest.approx(0.01)
+        assert m["map_bias_occlusion_sharper"] == pytest.approx(0.01)
 
     def test_oracle_gaps(self, texture, tiny_checkpoint):
         """The true map pasted in one kind of region at a time: nothing gained where the

@@ -17,7 +17,9 @@ Per sample (RGB in [0, 1], the map in model units, radius px / 10):
   output from the true map; ``gap`` = true-map PSNR - estimated-map PSNR;
 * the map's MAE and bias (mean of estimate - truth), and its MAE per kind of region
   (``training.map_regions``: flat, texture, edge, occlusion boundary; NaN where a
-  sample has none);
+  sample has none), and its bias on the two sides of depth edges (the occlusion band's
+  blurrier and sharper layer): a map blurred across the edge is low on the first and
+  high on the second;
 * in-focus pixels (true radius < 0.5 px): the mean estimated map there, and the PSNR
   there of the input, the output and the output from the true map against the sharp
   image (the last says what the restorer alone changes there);
@@ -52,7 +54,7 @@ from common.atomic import atomic_write
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.data import DataError, build_validation_set
 from training.data.photo_validation import build_photo_validation_set
-from training.map_regions import REGIONS, map_error_by_region, region_labels
+from training.map_regions import REGIONS, SIDES, map_error_by_region, region_labels
 from training.metrics import psnr, ssim
 from training.presets import MAP_RADIUS_SCALE_PX
 
@@ -115,6 +117,8 @@ def image_metrics(
     }
     regions = map_error_by_region(sharp, true_map, estimated)
     metrics.update({f"map_mae_{r}": regions[r]["mae"] if r in regions else float("nan") for r in REGIONS})
+    sides = (f"occlusion_{side}" for side in SIDES)
+    metrics.update({f"map_bias_{s}": regions[s]["bias"] if s in regions else float("nan") for s in sides})
     metrics["gap"] = metrics["psnr_true_map"] - metrics["psnr_out"]
     return metrics
 
@@ -226,6 +230,7 @@ COLUMNS = (
     ("map_mae", "map MAE", ".4f"),
     ("map_bias", "bias", "+.4f"),
     *((f"map_mae_{r}", f"MAE {r}", ".4f") for r in REGIONS),
+    *((f"map_bias_occlusion_{s}", f"bias occl. {s}", "+.4f") for s in SIDES),
     ("worse", "worse", "d"),
     ("worse_0.1dB", "worse>0.1", "d"),
     ("in_focus_map", "focus map", ".4f"),
