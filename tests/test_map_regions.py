@@ -46,7 +46,7 @@ def test_map_error_by_region_against_numpy():
 def test_occlusion_sides_split_the_band_at_the_depth_edge():
     """The jump lies between columns 47 (map 0) and 48 (0.6): the band's columns 48-52
     are the blurrier layer, 44-47 the sharper one. A map blurred across the edge reads
-    the first too low and the second too high, by the same mean amount here."""
+    the first too low and the second too high."""
     sharp, true_map = _scene()
     labels = region_labels(sharp, true_map)
     sides = occlusion_sides(labels, true_map)

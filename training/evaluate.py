@@ -54,7 +54,7 @@ from common.atomic import atomic_write
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.data import DataError, build_validation_set
 from training.data.photo_validation import build_photo_validation_set
-from training.map_regions import REGIONS, SIDES, map_error_by_region, region_labels
+from training.map_regions import REGIONS, SIDE_REGIONS, SIDES, map_error_by_region, region_labels
 from training.metrics import psnr, ssim
 from training.presets import MAP_RADIUS_SCALE_PX
 
@@ -117,8 +117,9 @@ def image_metrics(
     }
     regions = map_error_by_region(sharp, true_map, estimated)
     metrics.update({f"map_mae_{r}": regions[r]["mae"] if r in regions else float("nan") for r in REGIONS})
-    sides = (f"occlusion_{side}" for side in SIDES)
-    metrics.update({f"map_bias_{s}": regions[s]["bias"] if s in regions else float("nan") for s in sides})
+    metrics.update(
+        {f"map_bias_{s}": regions[s]["bias"] if s in regions else float("nan") for s in SIDE_REGIONS}
+    )
     metrics["gap"] = metrics["psnr_true_map"] - metrics["psnr_out"]
     return metrics
 
@@ -230,7 +231,7 @@ COLUMNS = (
     ("map_mae", "map MAE", ".4f"),
     ("map_bias", "bias", "+.4f"),
     *((f"map_mae_{r}", f"MAE {r}", ".4f") for r in REGIONS),
-    *((f"map_bias_occlusion_{s}", f"bias occl. {s}", "+.4f") for s in SIDES),
+    *((f"map_bias_{key}", f"bias occl. {side}", "+.4f") for side, key in zip(SIDES, SIDE_REGIONS)),
     ("worse", "worse", "d"),
     ("worse_0.1dB", "worse>0.1", "d"),
     ("in_focus_map", "focus map", ".4f"),

@@ -23,6 +23,8 @@ import numpy as np
 
 REGIONS = ("flat", "texture", "edge", "occlusion")
 SIDES = ("blurrier", "sharper")
+#: ``map_error_by_region``'s names of the occlusion band's sides.
+SIDE_REGIONS = tuple(f"occlusion_{side}" for side in SIDES)
 OCCLUSION_RADIUS_PX = 4
 #: A true-map jump of this many map units (1.5 px) between neighbours marks a depth
 #: discontinuity; smaller steps are the gentle slopes of one surface.
@@ -72,7 +74,7 @@ def occlusion_sides(labels: np.ndarray, true_map: np.ndarray) -> Dict[str, np.nd
     true_map = true_map.astype(np.float32)
     above = true_map > cv2.blur(true_map, (size, size), borderType=cv2.BORDER_REFLECT)
     band = labels == REGIONS.index("occlusion")
-    return {"blurrier": band & above, "sharper": band & ~above}
+    return dict(zip(SIDES, (band & above, band & ~above)))
 
 
 def map_error_by_region(sharp: np.ndarray, true_map: np.ndarray, estimate: np.ndarray) -> Dict[str, dict]:
@@ -82,7 +84,7 @@ def map_error_by_region(sharp: np.ndarray, true_map: np.ndarray, estimate: np.nd
     labels = region_labels(sharp, true_map)
     error = estimate.astype(np.float64) - true_map
     masks = {name: labels == index for index, name in enumerate(REGIONS)}
-    masks.update({f"occlusion_{side}": mask for side, mask in occlusion_sides(labels, true_map).items()})
+    masks.update(zip(SIDE_REGIONS, occlusion_sides(labels, true_map).values()))
     return {
         name: {
             "share": float(mask.mean()),
