@@ -231,6 +231,22 @@ class TestBuild:
             "- `pkg-train/usr/share/backgrounds/photo.png`: a print\n"
         )
 
+    def test_only_the_named_folder_of_a_package_is_read(self, fake_corpus, monkeypatch):
+        monkeypatch.setitem(corpus.FOLDERS, "pkg-train", "usr/share/backgrounds/sub")
+        _package(fake_corpus, "pkg-train", {"usr/share/backgrounds/sub/inner.png": photo_like(13)})
+        report = corpus.build(fake_corpus, self.SPLITS)
+        train = [f["path"] for f in report["files"] if f["package"] == "pkg-train"]
+        assert train == ["usr/share/backgrounds/sub/inner.png"]  # named from the package root
+        assert report["kept"] == {"train": 1, "holdout": 1}
+
+    def test_policy_tables_name_known_entries(self):
+        known = set(corpus.PACKAGES)
+        assert set(corpus.SUITES) <= known and set(corpus.FOLDERS) <= known and set(corpus.APT_NAMES) <= known
+        assert {key.split("/")[0] for key in corpus.EXCLUDED} <= known
+        for key in corpus.EXCLUDED:
+            package, path = key.split("/", 1)
+            assert path.startswith(corpus.FOLDERS.get(package, "")), key
+
     def test_resumes_without_measuring_again(self, fake_corpus, monkeypatch):
         corpus.build(fake_corpus, self.SPLITS)
         written = (fake_corpus / "train/pkg-train/photo.png").stat().st_mtime_ns

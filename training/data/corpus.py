@@ -64,6 +64,10 @@ PACKAGES: Dict[str, str] = {
     # SuperTuxKart's photographic textures (rock, bark, gravel, brick, wicker, bamboo):
     # its normal maps, model atlases, screenshots and painted skies are in EXCLUDED.
     "supertuxkart-data": "train",
+    # Endless Sky's planet landings (``FOLDERS``): landscape and city photographs at
+    # 1440 x 720 (mountains, deserts, coasts, forests, skylines, hangars), most from
+    # Unsplash and NASA.
+    "endless-sky-high-dpi": "train",
     "plasma-workspace-wallpapers": "holdout",
     "lomiri-wallpapers-16.04": "holdout",
     "budgie-backgrounds": "holdout",
@@ -95,6 +99,28 @@ EXCLUDED: Dict[str, str] = {
     },
     "tuxtype-data/usr/share/tuxtype/images/kcas1.jpg": "a long exposure: water smoothed by motion",
     "tuxtype-data/usr/share/tuxtype/images/kcas5.jpg": "a long exposure: water smoothed by motion",
+    "digikam-data/usr/share/digikam/data/lut3d/tokyo.png": "a colour lookup table, not a picture",
+    # endless-sky-high-dpi: processed spacecraft imagery and composites, not photographs.
+    **{
+        f"endless-sky-high-dpi/usr/share/games/endless-sky/plugins/endless-sky-high-dpi/images/land/{name}": why
+        for why, names in {
+            "Jupiter's clouds from Juno, colour-stretched and smoothed: not a photograph at 1:1": (
+                [f"nasa{n}@2x.jpg" for n in (8, 10, 12, 13, 14, 17, 18, 19, 20, 22, 25, 31, 32, 33)]
+                + [f"nasa{n}@2x.jpg" for n in (35, 36, 37, 38, 39, 41)]
+                + ["nasa29@2x.png"]
+            ),
+            "a composite: a planet or a starfield pasted over a landscape": (
+                "lava9@2x.png",
+                "mars0@2x.jpg",
+                "mars2@2x.jpg",
+                "mars3@2x.jpg",
+            ),
+            "a render, not a photograph": ("mercury1@2x.jpg", "moon0@2x.jpg", "station54@2x.jpg"),
+            "a 3D render of a spacecraft's interior": tuple(f"sivael{n}@2x.jpg" for n in range(10)),
+            "a false-colour cratered surface, not a camera photograph": ("dokimi@2x.jpg",),
+        }.items()
+        for name in names
+    },
     # supertuxkart-data: game textures the rules keep that are not photographs.
     **{
         f"supertuxkart-data/usr/share/games/supertuxkart/data/{path}": why
@@ -179,11 +205,18 @@ EXCLUDED: Dict[str, str] = {
 #: Entries fetched from another Debian suite than this machine's: bookworm lacks
 #: budgie-backgrounds, GNOME's older release still shipped photographs, and UKUI's
 #: 20.04.4 (forky) added seven 4K photographs (mountains, a city, a still life) to
-#: 20.04.3's graphics.
+#: 20.04.3's graphics; Endless Sky's high-dpi images in bookworm (0.9.8) hold fewer
+#: landscapes than forky's 0.11.
 SUITES: Dict[str, str] = {
     "budgie-backgrounds": "trixie",
     "gnome-backgrounds-bullseye": "bullseye",
     "ukui-wallpapers": "forky",
+    "endless-sky-high-dpi": "forky",
+}
+#: The one folder of a package that is read, where the rest holds only renders.
+FOLDERS: Dict[str, str] = {
+    # planets, stars, ships and outfits are renders; scenes are mostly paintings
+    "endless-sky-high-dpi": "usr/share/games/endless-sky/plugins/endless-sky-high-dpi/images/land",
 }
 #: The Debian package of an entry whose name is not the package's own (a second release).
 APT_NAMES: Dict[str, str] = {"gnome-backgrounds-bullseye": "gnome-backgrounds"}
@@ -494,7 +527,7 @@ def build(
             tqdm.write(f"error: {error}", file=sys.stderr)
             failed[package] = str(error)
             continue
-        files, skipped = list_pictures(folder)
+        files, skipped = list_pictures(folder / FOLDERS.get(package, ""))
         links[package] = len(skipped)
         pictures += [Picture(package, str(f.relative_to(folder)), packages[package]) for f in files]
     if len(failed) == len(names):
