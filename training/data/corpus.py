@@ -76,6 +76,7 @@ PACKAGES: Dict[str, str] = {
     "forensics-samples-files": "holdout",
     "scribus-template": "holdout",
 }
+_ENDLESS_SKY_LAND = "usr/share/games/endless-sky/plugins/endless-sky-high-dpi/images/land"
 #: Pictures the automatic rules keep but that are not photographs, each with the why.
 EXCLUDED: Dict[str, str] = {
     "budgie-backgrounds/usr/share/backgrounds/budgie/ocean-waves.jpg": "a woodblock-style print",
@@ -102,7 +103,7 @@ EXCLUDED: Dict[str, str] = {
     "digikam-data/usr/share/digikam/data/lut3d/tokyo.png": "a colour lookup table, not a picture",
     # endless-sky-high-dpi: processed spacecraft imagery and composites, not photographs.
     **{
-        f"endless-sky-high-dpi/usr/share/games/endless-sky/plugins/endless-sky-high-dpi/images/land/{name}": why
+        f"endless-sky-high-dpi/{_ENDLESS_SKY_LAND}/{name}": why
         for why, names in {
             "Jupiter's clouds from Juno, colour-stretched and smoothed: not a photograph at 1:1": (
                 [f"nasa{n}@2x.jpg" for n in (8, 10, 12, 13, 14, 17, 18, 19, 20, 22, 25, 31, 32, 33)]
@@ -216,7 +217,7 @@ SUITES: Dict[str, str] = {
 #: The one folder of a package that is read, where the rest holds only renders.
 FOLDERS: Dict[str, str] = {
     # planets, stars, ships and outfits are renders; scenes are mostly paintings
-    "endless-sky-high-dpi": "usr/share/games/endless-sky/plugins/endless-sky-high-dpi/images/land",
+    "endless-sky-high-dpi": _ENDLESS_SKY_LAND,
 }
 #: The Debian package of an entry whose name is not the package's own (a second release).
 APT_NAMES: Dict[str, str] = {"gnome-backgrounds-bullseye": "gnome-backgrounds"}
