@@ -24,7 +24,7 @@ from training.archs import DefocusDeblurNet
 from training.average import main as average_main
 from training.checkpoint import CheckpointError, init_from, load_checkpoint, save_checkpoint
 from training.config import ConfigError, from_dict, load_config
-from training.data import build_validation_set
+from training.data import build_validation_set, corpus
 from training.losses import LAMBDA_DF, LAMBDA_DME, LAMBDA_WD, STAGES, stage_loss, weighted_l2
 from training.metrics import psnr
 from training.presets import MAP_MAX, get_config
@@ -595,6 +595,18 @@ def test_average_of_a_step_checkpoint(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(
         f"error: {tmp_path / 'avg' / 'state.pt'}: unreadable trainer state"
     )
+
+
+def test_checkpoints_record_the_corpus_as_the_run_started(tmp_path, monkeypatch):
+    """A `make data` while a run trains must not rewrite what its checkpoints say."""
+    config = from_dict(tomllib.loads(TINY))
+    config.data.source = "corpus"
+    monkeypatch.setattr(corpus, "describe", lambda: {"kept": {"train": 57}})
+    trainer = Trainer(config, tmp_path / "run", torch.device("cpu"))
+    monkeypatch.setattr(corpus, "describe", lambda: {"kept": {"train": 378}})
+    trainer.files.save(trainer.model, trainer.state(), trainer.config)
+    _, saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000000")
+    assert saved["training"]["corpus"] == {"kept": {"train": 57}}
 
 
 @pytest.mark.parametrize("decay", [-0.1, 1.0])

@@ -62,7 +62,7 @@ class Trainer:
         self.device = device
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
-        self.files = RunFiles(out) if self.rank == 0 else None
+        self.files = RunFiles(out, config) if self.rank == 0 else None
         tc = config.train
         if tc.turn_consistency > 0 and tc.batch % (2 * self.world):
             raise ConfigError(
