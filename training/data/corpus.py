@@ -6,8 +6,9 @@ photographs), curated into train and held-out splits.
 1. ``apt-get download`` each package of ``PACKAGES`` and ``dpkg -x`` it
    (``common.debian``: nothing is installed; ``apt-get update`` runs once if a
    download fails; a package of ``SUITES`` comes from that Debian suite);
-2. reads every picture once, measures it (``training.data.curation``) and caches the
-   measures in ``measures.json``;
+2. reads every picture once (only under a package's ``FOLDERS`` entry, where it has
+   one), measures it (``training.data.curation``) and caches the measures in
+   ``measures.json``;
 3. drops duplicate resolutions (perceptual hash), graphics, small pictures, those with
    little detail, soft and depth-of-field pictures, and writes the rest, downscaled, as 8-bit PNGs to
    ``<root>/train/<package>/`` or, for the packages held out whole for validation,
