@@ -577,7 +577,7 @@ def test_average_of_a_step_checkpoint(tmp_path, capsys):
     batch = _random_batch()
     for _ in range(3):
         trainer.train_step("joint", batch)
-    trainer.files.save(trainer.model, trainer.state(), trainer.config)
+    trainer.files.save(trainer.model, trainer.state())
     step = tmp_path / "run" / "checkpoints" / "step_00000003"
     capsys.readouterr()
     assert average_main([str(step), str(tmp_path / "avg")]) == 0
@@ -604,7 +604,7 @@ def test_checkpoints_record_the_corpus_as_the_run_started(tmp_path, monkeypatch)
     monkeypatch.setattr(corpus, "describe", lambda: {"kept": {"train": 57}})
     trainer = Trainer(config, tmp_path / "run", torch.device("cpu"))
     monkeypatch.setattr(corpus, "describe", lambda: {"kept": {"train": 378}})
-    trainer.files.save(trainer.model, trainer.state(), trainer.config)
+    trainer.files.save(trainer.model, trainer.state())
     _, saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000000")
     assert saved["training"]["corpus"] == {"kept": {"train": 57}}
 
@@ -869,7 +869,7 @@ def test_set_gate_changes_the_gate_and_nothing_else(tmp_path, capsys):
     config = from_dict(tomllib.loads(TINY))
     trainer = Trainer(config, tmp_path / "run", torch.device("cpu"))
     trainer.train_step("joint", _random_batch())
-    trainer.files.save(trainer.model, trainer.state(), trainer.config)
+    trainer.files.save(trainer.model, trainer.state())
     step = tmp_path / "run" / "checkpoints" / "step_00000001"
     capsys.readouterr()
     assert set_gate_main([str(step), str(tmp_path / "gated"), "--low", "0.02", "--high", "0.06"]) == 0

@@ -79,7 +79,7 @@ class TrainSection:
     #: finetune), it reads it plus a smooth random offset of per-crop std up to this,
     #: in map units (``training.guide_noise``): it learns how far to trust a map.
     guide_noise: float = 0.0
-    #: >0: L_dme weighs each pixel's error by 1 + this x its true map (``losses.map_l1``).
+    #: >0: L_dme weighs each pixel's error by 1 + this x its true map (``losses.dme_loss``).
     #: Pixels blurred 7-10 px are a few percent of the crops, and an unweighted estimator
     #: reads them 2-4 px too small.
     radius_weight: float = 0.0

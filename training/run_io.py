@@ -22,19 +22,19 @@ class RunFiles:
     """Everything a run writes under its folder; only rank 0 owns one."""
 
     def __init__(self, out: Path, config):
-        self.out = Path(out)
+        self.out, self.config = Path(out), config
         self.ckpts = self.out / "checkpoints"
         self.ckpts.mkdir(parents=True, exist_ok=True)
         # Read once, as the run starts: a `make data` during the run must not change
         # what its checkpoints say they were trained on.
         self.corpus = {"corpus": corpus.describe()} if config.data.source == "corpus" else {}
 
-    def _description(self, config, step: int) -> dict:
+    def _description(self, step: int) -> dict:
         """What a checkpoint records of its training: the step, the config and, for the
         photo corpus, its packages, counts and curation version when the run started."""
-        return {"step": step, "config": config.to_dict(), **self.corpus}
+        return {"step": step, "config": self.config.to_dict(), **self.corpus}
 
-    def save(self, model, state: dict, config) -> None:
+    def save(self, model, state: dict) -> None:
         """Write a complete checkpoint folder, then point ``latest`` at it.
 
         The folder is filled under a temporary name and renamed, and ``latest`` is
@@ -44,7 +44,7 @@ class RunFiles:
         name = f"step_{state['step']:08d}"
         tmp, final = self.ckpts / f".tmp-{name}", self.ckpts / name
         shutil.rmtree(tmp, ignore_errors=True)
-        save_checkpoint(tmp, model, {"training": self._description(config, state["step"])})
+        save_checkpoint(tmp, model, {"training": self._description(state["step"])})
         atomic_write(tmp / "state.pt", lambda path: torch.save(state, path))
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
@@ -70,7 +70,7 @@ class RunFiles:
         saved = config.get("training", {}).get("config", {})
         return {**load_state(folder / "state.pt"), "config": saved}
 
-    def save_best(self, model, metrics: dict, config, step: int, elapsed: float) -> None:
+    def save_best(self, model, metrics: dict, step: int, elapsed: float) -> None:
         best = self.out / "best"
         info = {
             "step": step,
@@ -78,7 +78,7 @@ class RunFiles:
             "command": " ".join(["python", "-m", "training.train"] + sys.argv[1:]),
             "validation": metrics,
         }
-        save_checkpoint(best, model, {"training": self._description(config, step)})
+        save_checkpoint(best, model, {"training": self._description(step)})
         atomic_write(best / "metrics.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
 
     def log_step(self, step: int, stage: str, losses: dict, lr: float, rate: Optional[float]) -> None:

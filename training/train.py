@@ -306,13 +306,13 @@ class Trainer:
             if self.step % tc.val_every == 0 or last:
                 self.validate(val_set)
             if self.step % tc.ckpt_every == 0 or last:
-                self.files.save(self.model, self.state(), self.config)
+                self.files.save(self.model, self.state())
                 saved = self.step
         if self.step < self.config.total_steps:  # a signal stopped the loop early
             if self.files and pending:
                 self._log(self.config.stage_at(self.step - 1), pending, bar.format_dict.get("rate"))
             if self.files and saved != self.step:
-                self.files.save(self.model, self.state(), self.config)
+                self.files.save(self.model, self.state())
             stop.raise_if_received(done=self.step)
 
     def _log(self, stage: str, pending: list, rate: Optional[float]) -> float:
@@ -333,7 +333,7 @@ class Trainer:
         improved = metrics["psnr_out"] > self.best_psnr
         if improved:
             self.best_psnr = metrics["psnr_out"]
-            self.files.save_best(self.shipped_model, metrics, self.config, self.step, self.elapsed)
+            self.files.save_best(self.shipped_model, metrics, self.step, self.elapsed)
         self.files.log_validation(self.step, metrics)
         tqdm.write(
             f"step {self.step}: PSNR {metrics['psnr_in']:.2f} -> {metrics['psnr_out']:.2f} dB "

@@ -107,9 +107,11 @@ EXCLUDED: Dict[str, str] = {
         f"endless-sky-high-dpi/{_ENDLESS_SKY_LAND}/{name}": why
         for why, names in {
             "Jupiter's clouds from Juno, colour-stretched and smoothed: not a photograph at 1:1": (
-                [f"nasa{n}@2x.jpg" for n in (8, 10, 12, 13, 14, 17, 18, 19, 20, 22, 25, 31, 32, 33)]
-                + [f"nasa{n}@2x.jpg" for n in (35, 36, 37, 38, 39, 41)]
-                + ["nasa29@2x.png"]
+                "nasa29@2x.png",
+                *(
+                    f"nasa{n}@2x.jpg"
+                    for n in (8, 10, 12, 13, 14, 17, 18, 19, 20, 22, 25, 31, 32, 33, 35, 36, 37, 38, 39, 41)
+                ),
             ),
             "a composite: a planet or a starfield pasted over a landscape": (
                 "lava9@2x.png",
