@@ -21,8 +21,8 @@ Never imports torch. Embedding::
 ``Deblurrer(model=None, backend="auto", device="cpu", precision=None, tile=None,
 overlap=None, tile_batch=None, threads=None, cuda_graphs=False, self_ensemble=1).run(image,
 defocus_scale=1.0, defocus_map=None) -> (deblurred, defocus_map)``: the output has the
-input's dtype (float32 clipped to [0, 1]); the map is (H, W) float32 as used (averaged
-over the self-ensemble).
+input's dtype (float32 clipped to [0, 1]); the map is (H, W) float32 as used (the
+self-ensemble's combined map).
 Errors are ``runtime.errors.DeblurError`` subclasses with one-line messages; the input rules
 (samples, maps, scales, tiling, bundle fields) are those of ``runtime.validate``.
 

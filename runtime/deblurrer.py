@@ -10,7 +10,7 @@ from runtime import validate
 from runtime.backend import Backend, create_backend
 from runtime.bundle import Bundle, load_bundle
 from runtime.device_arrays import array_module, is_device_array, to_cupy
-from runtime.ensemble import SIZES, TRANSFORMS, Transform
+from runtime.ensemble import SIZES, TRANSFORMS, Transform, combine_maps
 from runtime.errors import BackendError, ImageError
 from runtime.tiling import (
     SAMPLE_MAX,
@@ -52,7 +52,8 @@ class Deblurrer:
         threads: CPU threads of ONNX Runtime / OpenVINO; None: all cores.
         cuda_graphs: TensorRT: one CUDA graph per tile shape. Default: False.
         self_ensemble: Average this many flipped / transposed passes (1, 2, 4 or 8; see
-            ``runtime.ensemble``): better output at that many times the cost. Default: 1.
+            ``runtime.ensemble``), all restored from one map combined from their
+            estimates: better output at that many times the cost. Default: 1.
 
     A context manager: ``with Deblurrer(...) as deblurrer:`` closes its backend on exit.
     """
@@ -150,7 +151,7 @@ class Deblurrer:
 
         Returns:
             (deblurred (H, W, 3) in the input's dtype (float32 clipped to [0, 1]),
-            defocus map (H, W) float32 as used, averaged over the self-ensemble). CuPy
+            defocus map (H, W) float32 as used: the self-ensemble's combined map). CuPy
             arrays for GPU input, else NumPy.
 
         Raises:
@@ -181,14 +182,14 @@ class Deblurrer:
             validate.check_map(defocus_map, defocus_scale, self.bundle.map_max)
             defocus_map = pad_to(defocus_map, ph, pw)
         self.pipeline.progress = progress
-        restored, dmap = self._pass(padded, defocus_map, defocus_scale, self.transforms[0])
+        dmap = self._estimate(padded) if defocus_map is None else defocus_map
+        if defocus_scale != 1.0:
+            dmap = dmap * np.float32(defocus_scale)  # not in place: it may be the given map
+        restored = self._restore(padded, dmap, self.transforms[0])
         for transform in self.transforms[1:]:
-            more = self._pass(padded, defocus_map, defocus_scale, transform)
-            restored += more[0]
-            dmap = dmap + more[1]  # not in place: it may be the given map, which later passes read
+            restored += self._restore(padded, dmap, transform)
         if len(self.transforms) > 1:
             restored /= len(self.transforms)
-            dmap /= len(self.transforms)
         dmap = dmap[:height, :width]
         if not self._map_warned and (defocus_map is not None or defocus_scale > 1.0):
             # Once per Deblurrer: a stream would repeat it every frame.
@@ -198,20 +199,18 @@ class Deblurrer:
                 self._map_warned = True
         return _to_image(restored, height, width, image.dtype), dmap
 
-    def _pass(
-        self, padded: Any, defocus_map: Optional[Any], defocus_scale: float, transform: Transform
-    ) -> Tuple[Any, Any]:
-        """One pass on the transformed image: (float32 (3, H, W), map (H, W)), mapped back."""
-        image = transform.apply(padded)
-        if defocus_map is None:
-            dmap = self.pipeline.estimate(image)
-        else:
-            dmap = transform.apply(defocus_map)
-        if defocus_scale != 1.0:
-            dmap = dmap * np.float32(defocus_scale)
+    def _estimate(self, padded: Any) -> Any:
+        """The map of the padded image: one estimate, or the ensemble's copies' estimates
+        mapped back and combined (``runtime.ensemble.combine_maps``)."""
+        maps = [t.undo(self.pipeline.estimate(t.apply(padded))) for t in self.transforms]
+        return combine_maps(maps)
+
+    def _restore(self, padded: Any, dmap: Any, transform: Transform) -> Any:
+        """The restoration of the transformed image from the transformed map, mapped back:
+        float32 (3, H, W)."""
+        image, dmap = transform.apply(padded), transform.apply(dmap)
         cond_mean = self.pipeline.condition_mean(dmap) if self.bundle.uses_pooling else None
-        restored = self.pipeline.restore(image, dmap, cond_mean)
-        return transform.undo(restored, axes=(1, 2)), transform.undo(dmap)
+        return transform.undo(self.pipeline.restore(image, dmap, cond_mean), axes=(1, 2))
 
     def _padded_size(self, height: int, width: int) -> Tuple[int, int]:
         minimum = (1, 1) if self.backend.profile is None else tuple(self.backend.profile["min"][1:])

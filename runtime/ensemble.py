@@ -5,12 +5,40 @@ The model is not exactly equivariant to these transforms (its 2x2 space-to-depth
 its training noise), so averaging removes part of its error at a proportional cost. The
 first 2 and the first 4 of ``TRANSFORMS`` are each a group, so every ensemble size is
 equivariant to its own transforms (for an image that needs no padding).
+
+The copies' defocus maps are combined into one map (``combine_maps``) that every copy
+is restored from: where the estimates disagree, the estimator is unsure, and it errs
+mostly low (it under-reads blur, and under-reading is what costs PSNR), so the ensemble
+reads an upper quantile of them rather than their mean.
 """
 
 from dataclasses import dataclass
-from typing import Any, Tuple
+from typing import Any, Sequence, Tuple
+
+from runtime.device_arrays import array_module
 
 SIZES = (1, 2, 4, 8)
+
+#: Per pixel, the ensemble's map is this quantile (linear interpolation) of its copies'
+#: estimates. Chosen on training pictures rendered like the held-out photo set
+#: (``models/default/README.md``, "Self-ensemble map").
+MAP_QUANTILE = 0.75
+
+#: Rows combined at a time (bounds the stacked temporaries).
+_BAND_ROWS = 256
+
+
+def combine_maps(maps: Sequence[Any], quantile: float = MAP_QUANTILE) -> Any:
+    """The per-pixel ``quantile`` of N same-shaped (H, W) float32 maps (NumPy or CuPy),
+    as a new float32 (H, W) array; the map itself for N = 1."""
+    if len(maps) == 1:
+        return maps[0]
+    xp = array_module(maps[0])
+    out = xp.empty(maps[0].shape, dtype=xp.float32)
+    for y in range(0, out.shape[0], _BAND_ROWS):
+        band = xp.stack([m[y : y + _BAND_ROWS] for m in maps])
+        out[y : y + _BAND_ROWS] = xp.quantile(band, quantile, axis=0)
+    return out
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from runtime import Deblurrer
-from runtime.ensemble import SIZES, TRANSFORMS
+from runtime.ensemble import MAP_QUANTILE, SIZES, TRANSFORMS, combine_maps
 from runtime.errors import BackendError
 
 RNG = np.random.default_rng(5)
@@ -52,15 +52,21 @@ def test_transform_on_channel_first_axes():
 
 
 def _torch_ensemble(model, image: np.ndarray, size: int):
-    """Clipped mean of the model's outputs over the first ``size`` of ``REFERENCE``."""
-    outputs, maps = [], []
-    for forward in REFERENCE[:size]:
-        x = torch.from_numpy(np.ascontiguousarray(forward(image)).transpose(2, 0, 1).copy())[None]
-        with torch.no_grad():
-            out, dmap = model(x)
-        outputs.append(_inverse(forward, out[0].numpy().transpose(1, 2, 0)))
-        maps.append(_inverse(forward, dmap[0, 0].numpy()))
-    return np.clip(np.mean(outputs, axis=0), 0, 1), np.mean(maps, axis=0)
+    """The self-ensemble written in PyTorch over the first ``size`` of ``REFERENCE``: every
+    copy restored from the ``MAP_QUANTILE`` of the copies' maps (``torch.quantile``), the
+    outputs' clipped mean and that map."""
+    x = lambda a: torch.from_numpy(np.ascontiguousarray(a).transpose(2, 0, 1).copy())[None]  # noqa: E731
+    maps = []
+    with torch.no_grad():
+        for forward in REFERENCE[:size]:
+            maps.append(_inverse(forward, model(x(forward(image)), estimate_only=True)[1][0, 0].numpy()))
+        combined = torch.quantile(torch.from_numpy(np.stack(maps)), MAP_QUANTILE, dim=0).numpy()
+        outputs = []
+        for forward in REFERENCE[:size]:
+            given = torch.from_numpy(np.ascontiguousarray(forward(combined)))[None, None]
+            out = model(x(forward(image)), defocus_map=given)[0]
+            outputs.append(_inverse(forward, out[0].numpy().transpose(1, 2, 0)))
+    return np.clip(np.mean(outputs, axis=0), 0, 1), combined
 
 
 def _inverse(forward, array: np.ndarray) -> np.ndarray:
@@ -126,3 +132,48 @@ def test_ensemble_with_a_given_map(tiny_bundle, scale):
 def test_bad_ensemble_size_is_one_clear_error(tiny_bundle, size):
     with pytest.raises(BackendError, match=f"self-ensemble must be one of 1, 2, 4, 8, got {size}"):
         Deblurrer(tiny_bundle[0], threads=1, self_ensemble=size)
+
+
+@pytest.mark.parametrize(
+    "values, quantile, expected",
+    [
+        ([3.0, 1.0], 0.75, 2.5),  # 1 + 0.75 x (3 - 1)
+        ([0.0, 4.0, 2.0, 8.0], 0.75, 5.0),  # sorted 0 2 4 8: position 2.25
+        ([7.0, 0.0, 6.0, 1.0, 5.0, 2.0, 4.0, 3.0], 0.75, 5.25),  # position 5.25
+        ([7.0, 0.0, 6.0, 1.0, 5.0, 2.0, 4.0, 3.0], 1.0, 7.0),
+        ([7.0, 0.0, 6.0, 1.0, 5.0, 2.0, 4.0, 3.0], 0.5, 3.5),
+    ],
+)
+def test_combine_maps_is_the_linear_quantile_per_pixel(values, quantile, expected):
+    maps = [np.full((3, 5), v, dtype=np.float32) for v in values]
+    maps[0][1, 2] = 100.0  # one pixel with its own order: its quantile moves, no other's
+    combined = combine_maps(maps, quantile)
+    assert combined.dtype == np.float32 and combined.shape == (3, 5)
+    others = np.ones((3, 5), bool)
+    others[1, 2] = False
+    np.testing.assert_allclose(combined[others], expected, rtol=1e-6)
+    assert combined[1, 2] >= expected
+
+
+def test_combine_maps_in_bands_equals_sorting_the_whole_stack():
+    maps = [RNG.random((600, 7), dtype=np.float32) for _ in range(8)]  # more rows than one band
+    ordered = np.sort(np.stack(maps), axis=0)
+    position = MAP_QUANTILE * 7
+    low = int(position)
+    expected = ordered[low] + (position - low) * (ordered[low + 1] - ordered[low])
+    np.testing.assert_allclose(combine_maps(maps), expected, rtol=1e-6)
+
+
+def test_combine_maps_of_one_map_is_that_map():
+    only = RNG.random((4, 4), dtype=np.float32)
+    assert combine_maps([only]) is only
+
+
+@pytest.mark.parametrize("size", [2, 8])
+def test_ensemble_map_is_the_one_every_copy_was_restored_from(tiny_bundle, size):
+    deblurrer = Deblurrer(tiny_bundle[0], precision="fp32", threads=1, self_ensemble=size)
+    image = RNG.random((24, 32, 3), dtype=np.float32)  # a multiple of the size multiple: no padding
+    out, dmap = deblurrer.run(image)
+    again, used = deblurrer.run(image, defocus_map=dmap)
+    np.testing.assert_allclose(again, out, atol=1e-5)
+    np.testing.assert_array_equal(used, dmap)
