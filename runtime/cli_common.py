@@ -67,8 +67,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="average N flipped / transposed passes (1, 2, 4 or 8): better output "
-        "at N times the cost (default 1)",
+        help="average N flipped / transposed passes restored from one combined map "
+        "(1, 2, 4 or 8): better output at N times the cost (default 1)",
     )
     group.add_argument(
         "--defocus-scale",
