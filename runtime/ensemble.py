@@ -37,7 +37,7 @@ def combine_maps(maps: Sequence[Any], quantile: float = MAP_QUANTILE) -> Any:
     out = xp.empty(maps[0].shape, dtype=xp.float32)
     for y in range(0, out.shape[0], _BAND_ROWS):
         band = xp.stack([m[y : y + _BAND_ROWS] for m in maps])
-        out[y : y + _BAND_ROWS] = xp.quantile(band, quantile, axis=0)
+        out[y : y + _BAND_ROWS] = xp.quantile(band, quantile, axis=0, overwrite_input=True)
     return out
 
 
