@@ -1,8 +1,8 @@
 """Self-ensemble on the held-out photos, through the runtime: does it beat one pass on every photo?
 
     python -m benchmarks.photo_ensemble [--bundle models/default] [--passes 8] [--corpus data/corpus]
-                                        [--noise-free] [--limit N] [--threads N] [--backend auto]
-                                        [--out DIR]
+                                        [--noise-free] [--uniform] [--limit N] [--threads N]
+                                        [--backend auto] [--out DIR]
 
 Issue 15's targets: ``--self-ensemble 8`` at least as good as one pass on every photo,
 and no photo more than 0.1 dB below its blurry input. The photo validation set
@@ -13,8 +13,10 @@ input, of one pass and of the ensemble, the samples the ensemble makes worse tha
 pass and the worst such difference, and the samples more than 0.1 dB below their input.
 ``--noise-free`` renders the set without sensor noise and 8-bit quantisation
 (``training.evaluate --clean``'s samples), where mostly sharp windows show any
-over-sharpening. Writes ``photo-ensemble.json`` and ``.md`` (``photo-ensemble-noise-free``)
-beside this machine's benchmark report unless ``--out`` says otherwise.
+over-sharpening; ``--uniform`` blurs every pixel by the level's radius (``--uniform``'s
+samples: a photo wholly out of focus). Writes ``photo-ensemble.json`` and ``.md``
+(``photo-ensemble-uniform``, ``-noise-free``) beside this machine's benchmark report
+unless ``--out`` says otherwise.
 """
 
 import argparse
@@ -37,15 +39,15 @@ WORSE_MARGIN_DB = 0.1
 
 
 def load_samples(
-    corpus: Path, limit: Optional[int] = None, size: int = 320, noise: bool = True
+    corpus: Path, limit: Optional[int] = None, size: int = 320, noise: bool = True, uniform: bool = False
 ) -> List[Dict]:
     """``{"name", "level", "blurry", "sharp"}`` (HWC float32 in [0, 1]) of the photo set
     (its first ``limit`` samples; crops of ``size``, the set's default; ``noise``: sensor
-    noise and 8-bit quantisation)."""
+    noise and 8-bit quantisation; ``uniform``: one blur radius everywhere)."""
     from training.data.photo_validation import build_photo_validation_set  # renders with torch
 
     hwc = lambda t: np.ascontiguousarray(t.numpy().transpose(1, 2, 0), dtype=np.float32)  # noqa: E731
-    samples = build_photo_validation_set(corpus, size=size, noise=noise)[:limit]
+    samples = build_photo_validation_set(corpus, size=size, noise=noise, uniform=uniform)[:limit]
     return [
         {"name": s["name"], "level": float(s["level"]), "blurry": hwc(s["blurry"]), "sharp": hwc(s["sharp"])}
         for s in samples
@@ -91,11 +93,17 @@ def summarise(rows: Sequence[Dict]) -> Dict[str, Dict]:
     return table
 
 
+def _render_title(result: Dict) -> str:
+    """ " (uniform blur, noise-free)" or what of it applies; "" for the set as it is."""
+    words = ["uniform blur"] * result["uniform"] + ["noise-free"] * (not result["noise"])
+    return f" ({', '.join(words)})" if words else ""
+
+
 def markdown(result: Dict) -> str:
     """The result as a short Markdown report."""
     machine, passes = result["machine"], result["passes"]
     lines = [
-        f"# Self-ensemble x{passes} on the held-out photos{'' if result['noise'] else ' (noise-free)'}",
+        f"# Self-ensemble x{passes} on the held-out photos{_render_title(result)}",
         "",
         f"Bundle {result['bundle']}, backend {result['backend']}; {result['scenes']} scenes, "
         f"{result['summary']['all']['images']} samples; CPU {machine['cpu']}; commit "
@@ -124,6 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--passes", type=int, default=8, choices=SIZES[1:], help="ensemble size (default 8)")
     parser.add_argument("--corpus", type=Path, default=REPO / "data" / "corpus", help="make data's corpus")
     parser.add_argument("--noise-free", action="store_true", help="render without sensor noise")
+    parser.add_argument("--uniform", action="store_true", help="one blur radius over each whole sample")
     parser.add_argument("--limit", type=int, help="score only the first N samples")
     parser.add_argument("--threads", type=int, default=usable_cpus())
     parser.add_argument("--backend", default="auto", help="runtime backend (default auto)")
@@ -135,7 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     options = {"backend": args.backend, "device": "cpu", "threads": args.threads}
     try:
-        samples = load_samples(args.corpus, args.limit, noise=not args.noise_free)
+        samples = load_samples(args.corpus, args.limit, noise=not args.noise_free, uniform=args.uniform)
         with (
             Deblurrer(args.bundle, **options) as one,
             Deblurrer(args.bundle, **options, self_ensemble=args.passes) as many,
@@ -151,12 +160,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "backend": backend,
         "passes": args.passes,
         "noise": not args.noise_free,
+        "uniform": args.uniform,
         "scenes": len({r["name"] for r in rows}),
         "machine": machine,
         "summary": summarise(rows),
         "samples": rows,
     }
-    name = "photo-ensemble" if result["noise"] else "photo-ensemble-noise-free"
+    name = "photo-ensemble" + "-uniform" * args.uniform + "-noise-free" * args.noise_free
     write_side_report(args.out, name, result, markdown(result))
     return 0
 

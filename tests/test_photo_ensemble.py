@@ -34,6 +34,7 @@ def test_summary_against_hand_counts():
             "backend": "onnxruntime",
             "passes": 8,
             "noise": True,
+            "uniform": False,
             "scenes": 2,
             "machine": {"cpu": "c", "git_commit": "abc"},
             "summary": summary,
@@ -61,7 +62,9 @@ def test_scores_match_the_runtime(held_out, tiny_bundle):
 def test_cli_writes_the_report(held_out, tiny_bundle, tmp_path, monkeypatch, capsys):
     real = photo_ensemble.load_samples
     monkeypatch.setattr(
-        photo_ensemble, "load_samples", lambda corpus, limit, noise: real(corpus, limit, size=64, noise=noise)
+        photo_ensemble,
+        "load_samples",
+        lambda corpus, limit, noise, uniform: real(corpus, limit, size=64, noise=noise, uniform=uniform),
     )
     argv = ["--bundle", str(tiny_bundle[0]), "--corpus", str(held_out), "--passes", "2", "--limit", "3"]
     assert (
@@ -84,20 +87,33 @@ def test_cli_errors_are_one_line(tmp_path, tiny_bundle, capsys):
     assert not (tmp_path / "photo-ensemble.md").exists()
 
 
-def test_noise_free_set_and_report(held_out, tiny_bundle, tmp_path, monkeypatch, capsys):
+def test_noise_free_and_uniform_renders(held_out):
     noisy, clean = (photo_ensemble.load_samples(held_out, 1, size=64, noise=n)[0] for n in (True, False))
     np.testing.assert_array_equal(clean["sharp"], noisy["sharp"])
     assert np.abs(clean["blurry"] - noisy["blurry"]).max() > 1 / 255  # the noise is gone, not only rounding
+    uniform = photo_ensemble.load_samples(held_out, 1, size=64, noise=False, uniform=True)[0]
+    np.testing.assert_array_equal(uniform["sharp"], clean["sharp"])
+    # The depth render leaves its in-focus plane sharp; one radius everywhere blurs it all.
+    assert psnr(uniform["blurry"], uniform["sharp"]) < psnr(clean["blurry"], clean["sharp"])
+
+
+def test_noise_free_report(held_out, tiny_bundle, tmp_path, monkeypatch, capsys):
     real = photo_ensemble.load_samples
     monkeypatch.setattr(
-        photo_ensemble, "load_samples", lambda corpus, limit, noise: real(corpus, limit, size=64, noise=noise)
+        photo_ensemble,
+        "load_samples",
+        lambda corpus, limit, noise, uniform: real(corpus, limit, size=64, noise=noise, uniform=uniform),
     )
     argv = ["--bundle", str(tiny_bundle[0]), "--corpus", str(held_out), "--passes", "2", "--limit", "1"]
     options = ["--backend", "onnxruntime", "--threads", "1", "--out", str(tmp_path), "--noise-free"]
     assert photo_ensemble.main([*argv, *options]) == 0
     assert "# Self-ensemble x2 on the held-out photos (noise-free)" in capsys.readouterr().out
+    clean = real(held_out, 1, size=64, noise=False)[0]
     result = json.loads((tmp_path / "photo-ensemble-noise-free.json").read_text())
     assert result["noise"] is False and result["samples"][0]["psnr_in"] == pytest.approx(
         psnr(clean["blurry"], clean["sharp"])
     )
     assert not (tmp_path / "photo-ensemble.json").exists()
+    assert photo_ensemble.main([*argv, *options, "--uniform"]) == 0
+    assert "on the held-out photos (uniform blur, noise-free)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "photo-ensemble-uniform-noise-free.json").read_text())["uniform"] is True
