@@ -86,6 +86,7 @@ class CApi:
             ctypes.c_void_p,
             ctypes.c_size_t,
         ]
+        lib.deblur_set_self_ensemble.argtypes = [ctypes.c_void_p, ctypes.c_int32]
         lib.deblur_get_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(Info)]
         lib.deblur_describe.argtypes = [ctypes.c_void_p]
         lib.deblur_describe.restype = ctypes.c_char_p
@@ -134,6 +135,10 @@ class CApi:
             map_out.nbytes,
         )
         return status, out, map_out
+
+    def set_self_ensemble(self, handle: Any, passes: int) -> int:
+        """The status of ``deblur_set_self_ensemble``."""
+        return self.lib.deblur_set_self_ensemble(handle, passes)
 
     def info(self, handle: Any) -> Info:
         info = Info()

@@ -166,6 +166,43 @@ def test_c_api_matches_deblurrer(capi, handles, bundle, tmp_path):
         assert np.abs(got.astype(np.float32) - want.astype(np.float32)).max() <= tolerance
 
 
+@pytest.mark.parametrize("passes", [2, 8])
+def test_c_api_self_ensemble_matches_deblurrer(capi, handles, bundle, tmp_path, passes):
+    """Self-ensemble through the C API: the copies' combined map and averaged outputs equal
+    Deblurrer(self_ensemble=N) on a padded image that is not square (transposed copies)."""
+    tile = 192
+    image = np.ascontiguousarray(wide_image(tmp_path / "wide.png")[:203, :257])
+    deblurrer = Deblurrer(bundle, backend="onnxruntime", tile=tile, threads=1, self_ensemble=passes)
+    status, handle = capi.create(bundle, tile=tile, threads=1)
+    assert status == OK, capi.error()
+    try:
+        assert capi.set_self_ensemble(handle, passes) == OK, capi.error()
+        want, want_map = deblurrer.run(image)
+        status, got, got_map = capi.run(handle, image)
+        assert status == OK, capi.error()
+        assert np.abs(got_map - want_map).max() <= 1e-5
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+        # A given map: every copy restores from it, scaled, and it comes back as used.
+        given = np.ascontiguousarray(want_map)  # the runtime returns a view of its padded map
+        status, got, got_map = capi.run(handle, image, 1.5, given)
+        want, used = deblurrer.run(image, 1.5, given)
+        assert status == OK and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+        np.testing.assert_allclose(got_map, used, rtol=1e-6)
+        assert capi.set_self_ensemble(handle, 1) == OK
+        assert np.abs(capi.run(handle, image)[1].astype(int) - want.astype(int)).max() > 1  # one pass differs
+    finally:
+        capi.destroy(handle)
+
+
+@pytest.mark.parametrize("passes", [0, 3, 16])
+def test_c_api_bad_self_ensemble(capi, handles, passes):
+    handle = handles(DEFAULT, 192)
+    assert capi.set_self_ensemble(handle, passes) == ERROR_ARGUMENT
+    assert capi.error() == f"self-ensemble must be one of 1, 2, 4, 8, got {passes}"
+    assert capi.set_self_ensemble(None, 2) == ERROR_ARGUMENT and capi.error() == "model is NULL"
+    assert capi.run(handle, np.full((40, 52, 3), 0.5, np.float32))[0] == OK  # still one pass, still works
+
+
 def test_c_api_scale_and_supplied_map(capi, handles, tmp_path):
     """--defocus-scale and a supplied map, as Deblurrer.run does them."""
     image = wide_image(tmp_path / "wide.png").astype(np.float32) / np.float32(255)
@@ -312,6 +349,7 @@ def test_cli_errors(cpp_build, tmp_path):
         ([str(tmp_path), sample, str(out)], 2, "no manifest.json"),
         ([str(DEFAULT), sample, str(out), "--tile", "x"], 2, "not a number"),
         ([str(DEFAULT), sample, str(tmp_path / "o.jpg")], 2, "must be a .png"),
+        ([str(DEFAULT), sample, str(out), "--self-ensemble", "3"], 2, "self-ensemble must be one of"),
     ]
     for args, code, message in cases:
         proc = subprocess.run([cli, *args], capture_output=True, text=True)
@@ -321,7 +359,8 @@ def test_cli_errors(cpp_build, tmp_path):
 
 
 def test_asan_tiling(tmp_path):
-    """The CLI built with -fsanitize=address over a multi-tile image: no error reported."""
+    """The CLI built with -fsanitize=address over a multi-tile image and its transposed copy:
+    no error reported."""
     out = build("cpp-asan", "-DDEBLUR_ASAN=ON")
     src = tmp_path / "wide.png"
     wide_image(src)
@@ -338,6 +377,8 @@ def test_asan_tiling(tmp_path):
             "1",
             "--tile-batch",
             "3",
+            "--self-ensemble",
+            "2",  # a transposed copy of the non-square image too
         ],
         capture_output=True,
         text=True,

@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-#define DEBLUR_API_VERSION 1
+#define DEBLUR_API_VERSION 2 /* 2: deblur_set_self_ensemble */
 
 #if defined(_WIN32)
 #if defined(DEBLUR_BUILDING)
@@ -94,6 +94,12 @@ DEBLUR_API int deblur_create(const char* bundle, const deblur_options* options, 
 DEBLUR_API int deblur_run(deblur_model* model, const deblur_image* input, float defocus_scale,
                           const float* defocus_map, size_t defocus_map_bytes, deblur_image* output,
                           float* map_out, size_t map_out_bytes);
+
+/* Self-ensemble of the model's next runs: passes = 1 (default), 2, 4 or 8 flipped /
+ * transposed copies of the image, all restored from one map (the copies' estimates
+ * combined per pixel: their 0.75 quantile; or the map given) and averaged: better output
+ * at that many times the cost (runtime.Deblurrer's self_ensemble, runtime/README.md). */
+DEBLUR_API int deblur_set_self_ensemble(deblur_model* model, int32_t passes);
 
 DEBLUR_API int deblur_get_info(const deblur_model* model, deblur_info* info);
 

@@ -15,6 +15,7 @@ struct deblur_model {
   std::unique_ptr<deblur::Pipeline> pipeline;
   std::string description;
   std::string warning;  // of the last successful run
+  int self_ensemble = 1;
 };
 
 namespace {
@@ -120,10 +121,20 @@ int deblur_run(deblur_model* model, const deblur_image* input, float defocus_sca
     check_map_bytes(defocus_map, defocus_map_bytes, input, "defocus map");
     check_map_bytes(map_out, map_out_bytes, input, "map output");
     model->warning.clear();
-    const float high = model->pipeline->run(in, defocus_scale, defocus_map, out, map_out);
+    const float high =
+        model->pipeline->run(in, defocus_scale, defocus_map, out, map_out, model->self_ensemble);
     if (defocus_map != nullptr || defocus_scale > 1.0f)  // an estimate alone stays in range
       model->warning =
           deblur::map_range_warning(high, model->manifest.map_max, model->manifest.map_radius_scale_px);
+  });
+}
+
+int deblur_set_self_ensemble(deblur_model* model, int32_t passes) {
+  return guarded([&] {
+    if (model == nullptr) bad_argument("model is NULL");
+    if (passes != 1 && passes != 2 && passes != 4 && passes != 8)
+      bad_argument("self-ensemble must be one of 1, 2, 4, 8, got " + std::to_string(passes));
+    model->self_ensemble = passes;
   });
 }
 

@@ -1,7 +1,7 @@
 // deblur_cpp: deblur one 8-bit image file with a bundle, through the C API.
 //
 //   deblur_cpp BUNDLE in.png out.png [--tile N] [--scale S] [--overlap N] [--tile-batch N]
-//              [--threads N] [--precision fp32|fp16]
+//              [--threads N] [--precision fp32|fp16] [--self-ensemble 1|2|4|8]
 //
 // Exit status: 0 done, 1 the image failed, 2 bad usage or a bad model (as runtime.infer).
 #include <unistd.h>
@@ -21,7 +21,7 @@ namespace {
 
 const char* const kUsage =
     "usage: deblur_cpp BUNDLE INPUT OUTPUT.png [--tile N] [--scale S] [--overlap N] [--tile-batch N]\n"
-    "                  [--threads N] [--precision fp32|fp16]\n";
+    "                  [--threads N] [--precision fp32|fp16] [--self-ensemble 1|2|4|8]\n";
 
 int usage_error(const std::string& message) {
   std::fprintf(stderr, "%serror: %s\n", kUsage, message.c_str());
@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
   deblur_options options;
   deblur_default_options(&options);
   float scale = 1.0f;
+  int32_t self_ensemble = 1;
   for (int i = 4; i < argc; i += 2) {
     const std::string key = argv[i];
     if (i + 1 >= argc) return usage_error(key + " needs a value");
@@ -69,6 +70,8 @@ int main(int argc, char** argv) {
       ok = parse_int(value, options.tile_batch);
     else if (key == "--threads")
       ok = parse_int(value, options.threads);
+    else if (key == "--self-ensemble")
+      ok = parse_int(value, self_ensemble);
     else if (key == "--scale")
       ok = parse_float(value, scale);
     else if (key == "--precision")
@@ -85,8 +88,10 @@ int main(int argc, char** argv) {
   }
   if (isatty(STDERR_FILENO)) options.progress = show_progress;
   deblur_model* model = nullptr;
-  if (deblur_create(bundle.c_str(), &options, &model) != DEBLUR_OK) {
+  if (deblur_create(bundle.c_str(), &options, &model) != DEBLUR_OK ||
+      deblur_set_self_ensemble(model, self_ensemble) != DEBLUR_OK) {
     std::fprintf(stderr, "error: %s\n", deblur_last_error());
+    deblur_destroy(model);  // NULL when deblur_create failed
     return 2;
   }
   int status = 0;

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <limits>
 #include <map>
+#include <utility>
 
 #include "errors.hpp"
 
@@ -388,6 +389,72 @@ std::vector<float> Pipeline::restore(const std::vector<float>& image, const std:
   return out;
 }
 
+// --- runtime.ensemble ------------------------------------------------------------------
+
+const Transform kTransforms[8] = {
+    {false, false, false}, {true, false, false}, {false, true, true}, {true, true, true},
+    {false, false, true},  {false, true, false}, {true, true, false}, {true, false, true},
+};
+
+namespace {
+
+// Where element (i, j) of the (H', W') transformed plane comes from in the (height, width) one.
+size_t source_of(int i, int j, int height, int width, const Transform& t) {
+  const int rows = t.transpose ? width : height, cols = t.transpose ? height : width;
+  if (t.flip_rows) i = rows - 1 - i;
+  if (t.flip_cols) j = cols - 1 - j;
+  return t.transpose ? static_cast<size_t>(j) * width + i : static_cast<size_t>(i) * width + j;
+}
+
+// Copies between the original (height, width) planes and `t`'s transformed ones.
+std::vector<float> remap(const std::vector<float>& planes, int channels, int height, int width,
+                         const Transform& t, bool undo) {
+  const int rows = t.transpose ? width : height, cols = t.transpose ? height : width;
+  const size_t plane = static_cast<size_t>(height) * width;
+  std::vector<float> out(planes.size());
+  for (int c = 0; c < channels; ++c)
+    for (int i = 0; i < rows; ++i)
+      for (int j = 0; j < cols; ++j) {
+        const size_t original = c * plane + source_of(i, j, height, width, t);
+        const size_t moved = c * plane + static_cast<size_t>(i) * cols + j;
+        if (undo)
+          out[original] = planes[moved];
+        else
+          out[moved] = planes[original];
+      }
+  return out;
+}
+
+}  // namespace
+
+std::vector<float> apply_transform(const std::vector<float>& planes, int channels, int height, int width,
+                                   const Transform& t) {
+  return remap(planes, channels, height, width, t, false);
+}
+
+std::vector<float> undo_transform(const std::vector<float>& planes, int channels, int height, int width,
+                                  const Transform& t) {
+  return remap(planes, channels, height, width, t, true);
+}
+
+std::vector<float> combine_maps(const std::vector<std::vector<float>>& maps, float quantile) {
+  const size_t n = maps.size();
+  if (n == 1) return maps[0];
+  // NumPy's linear method: position q (n - 1), and its lerp, which counts from the upper
+  // neighbour when the fraction is 0.5 or more.
+  const double position = static_cast<double>(quantile) * static_cast<double>(n - 1);
+  const size_t low = std::min(static_cast<size_t>(position), n - 1), high = std::min(low + 1, n - 1);
+  const float fraction = static_cast<float>(position - static_cast<double>(low));
+  std::vector<float> out(maps[0].size()), values(n);
+  for (size_t p = 0; p < out.size(); ++p) {
+    for (size_t k = 0; k < n; ++k) values[k] = maps[k][p];
+    std::sort(values.begin(), values.end());
+    const float a = values[low], b = values[high], diff = b - a;
+    out[p] = fraction >= 0.5f ? b - diff * (1.0f - fraction) : a + diff * fraction;
+  }
+  return out;
+}
+
 std::string map_range_warning(double high, double map_max, double radius_scale_px) {
   if (high <= map_max) return "";
   char text[256];
@@ -399,7 +466,9 @@ std::string map_range_warning(double high, double map_max, double radius_scale_p
 }
 
 float Pipeline::run(const ImageRef& input, float defocus_scale, const float* map, const ImageRef& output,
-                    float* map_out) const {
+                    float* map_out, int self_ensemble) const {
+  if (self_ensemble != 1 && self_ensemble != 2 && self_ensemble != 4 && self_ensemble != 8)
+    bad_argument("self-ensemble must be one of 1, 2, 4, 8, got " + std::to_string(self_ensemble));
   const int h = input.height, w = input.width;
   if (h < 1 || w < 1) bad_argument("image is empty: " + std::to_string(h) + " x " + std::to_string(w));
   if (output.height != h || output.width != w)
@@ -423,13 +492,31 @@ float Pipeline::run(const ImageRef& input, float defocus_scale, const float* map
                 : std::min(std::max(static_cast<const float*>(input.data)[src + c], 0.0f), 1.0f);
     }
 
+  // Tiles are square, so a transposed copy has as many.
   const TileGrid est = grid(kEstimate, ph, pw), res = grid(kRestore, ph, pw);
-  const int total =
-      static_cast<int>(res.ys.size() * res.xs.size() + (map ? 0 : est.ys.size() * est.xs.size()));
+  const int total = self_ensemble * static_cast<int>(res.ys.size() * res.xs.size() +
+                                                     (map ? 0 : est.ys.size() * est.xs.size()));
   int done = 0;
+  // Copy 0 of the ensemble is the identity: it runs on the planes themselves.
+  std::vector<float> moved, moved_map;
+  const auto oriented = [&](const std::vector<float>& planes, int channels, int k,
+                            std::vector<float>& storage) -> const std::vector<float>& {
+    if (k == 0) return planes;
+    storage = apply_transform(planes, channels, ph, pw, kTransforms[k]);
+    return storage;
+  };
+  const auto back = [&](std::vector<float> planes, int channels, int k) {
+    if (k == 0) return planes;
+    return undo_transform(planes, channels, ph, pw, kTransforms[k]);
+  };
   std::vector<float> dmap;
   if (map == nullptr) {
-    dmap = estimate(image, ph, pw, done, total);
+    std::vector<std::vector<float>> maps;
+    for (int k = 0; k < self_ensemble; ++k) {
+      const auto [th, tw] = kTransforms[k].transpose ? std::pair{pw, ph} : std::pair{ph, pw};
+      maps.push_back(back(estimate(oriented(image, 3, k, moved), th, tw, done, total), 1, k));
+    }
+    dmap = self_ensemble == 1 ? std::move(maps[0]) : combine_maps(maps, kMapQuantile);
   } else {
     dmap.resize(plane);
     for (int y = 0; y < ph; ++y)
@@ -438,9 +525,21 @@ float Pipeline::run(const ImageRef& input, float defocus_scale, const float* map
   }
   if (defocus_scale != 1.0f)
     for (float& v : dmap) v *= defocus_scale;
-  const std::vector<float> cond =
-      manifest_.uses_pooling() ? condition_mean(dmap, ph, pw) : std::vector<float>();
-  const std::vector<float> restored = restore(image, dmap, cond, ph, pw, done, total);
+  std::vector<float> restored;
+  for (int k = 0; k < self_ensemble; ++k) {
+    const auto [th, tw] = kTransforms[k].transpose ? std::pair{pw, ph} : std::pair{ph, pw};
+    const std::vector<float>& copy_map = oriented(dmap, 1, k, moved_map);
+    const std::vector<float> cond =
+        manifest_.uses_pooling() ? condition_mean(copy_map, th, tw) : std::vector<float>();
+    std::vector<float> out =
+        back(restore(oriented(image, 3, k, moved), copy_map, cond, th, tw, done, total), 3, k);
+    if (k == 0)
+      restored = std::move(out);
+    else
+      for (size_t i = 0; i < restored.size(); ++i) restored[i] += out[i];
+  }
+  if (self_ensemble > 1)
+    for (float& v : restored) v /= static_cast<float>(self_ensemble);
 
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x)

@@ -60,6 +60,28 @@ TileGrid make_grid(int height, int width, int tile, int overlap, int receptive_f
 // Where a padded row / column reads from (numpy "reflect", or "edge" when too small).
 std::vector<int> pad_index(int length, int padded, bool reflect);
 
+// --- runtime.ensemble ------------------------------------------------------------------
+
+// Transpose the two spatial axes, then flip rows and / or columns.
+struct Transform {
+  bool transpose, flip_rows, flip_cols;
+};
+
+// runtime.ensemble.TRANSFORMS, in its order: the first 1, 2, 4 and 8 are the ensembles.
+extern const Transform kTransforms[8];
+
+// runtime.ensemble.MAP_QUANTILE.
+constexpr float kMapQuantile = 0.75f;
+
+// The (channels, H', W') planes of `t` applied to (channels, height, width) planes.
+std::vector<float> apply_transform(const std::vector<float>& planes, int channels, int height, int width,
+                                   const Transform& t);
+// The inverse: (channels, height, width) planes from `t`'s (channels, H', W') ones.
+std::vector<float> undo_transform(const std::vector<float>& planes, int channels, int height, int width,
+                                  const Transform& t);
+// runtime.ensemble.combine_maps: per pixel, the `quantile` of the maps (NumPy's linear method).
+std::vector<float> combine_maps(const std::vector<std::vector<float>>& maps, float quantile);
+
 // --- the pipeline ----------------------------------------------------------------------
 
 struct TilingOptions {
@@ -88,16 +110,17 @@ class Pipeline {
   // Checks the tile and overlap as Deblurrer._fit_profile and _check_overlap do.
   Pipeline(const Manifest& manifest, Backend& backend, const TilingOptions& options);
 
-  // Deblur one image (Deblurrer.run without self-ensemble). `map` is null or H x W
-  // float32 map values; `map_out` null or H x W. `output` has the input's size.
+  // Deblur one image (Deblurrer.run): `self_ensemble` copies (1, 2, 4 or 8), all restored
+  // from one map (the map given, or the copies' estimates combined). `map` is null or
+  // H x W float32 map values; `map_out` null or H x W. `output` has the input's size.
   // Returns the largest value of the map as used (scaled, over the image).
   float run(const ImageRef& input, float defocus_scale, const float* map, const ImageRef& output,
-            float* map_out) const;
+            float* map_out, int self_ensemble = 1) const;
 
   int tile() const { return tiles_[1]; }
   int estimate_tile() const { return tiles_[0]; }
   int overlap_for(const std::string& graph) const;
-  int count_tiles(int height, int width) const;  // both passes, padded size
+  int count_tiles(int height, int width) const;  // both passes, padded size, one copy
 
  private:
   enum Pass { kEstimate = 0, kRestore = 1 };
