@@ -55,9 +55,18 @@ class Image(ctypes.Structure):
     ]
 
 
+def contiguous(array: np.ndarray, what: str) -> np.ndarray:
+    """``array`` itself; a ValueError if it is not C-contiguous (the library reads rows
+    back to back: a view such as ``a[:, ::2]`` would be read as other pixels)."""
+    if not array.flags.c_contiguous:
+        raise ValueError(f"{what} must be C-contiguous (np.ascontiguousarray)")
+    return array
+
+
 def image_of(array: np.ndarray) -> Image:
     """A ``deblur_image`` over a C-contiguous (H, W, 3) uint8 / float32 array (no copy)."""
     dtype = {np.dtype(np.uint8): UINT8, np.dtype(np.float32): FLOAT32}[array.dtype]
+    contiguous(array, "image")
     return Image(array.ctypes.data, array.nbytes, array.shape[0], array.shape[1], dtype)
 
 
@@ -128,10 +137,10 @@ class CApi:
             handle,
             ctypes.byref(image_of(image)),
             scale,
-            None if dmap is None else dmap.ctypes.data,
+            None if dmap is None else contiguous(dmap, "defocus map").ctypes.data,
             0 if dmap is None else dmap.nbytes,
             ctypes.byref(image_of(out)),
-            map_out.ctypes.data,
+            contiguous(map_out, "map output").ctypes.data,
             map_out.nbytes,
         )
         return status, out, map_out

@@ -333,6 +333,14 @@ def test_c_api_bad_buffers(capi, handles):
     assert status == ERROR_ARGUMENT and "input buffer holds 24956 bytes" in capi.error()
     status = capi.lib.deblur_run(None, ctypes.byref(image_of(image)), 1.0, None, 0, out_ref, None, 0)
     assert status == ERROR_ARGUMENT and "model is NULL" in capi.error()
+    # The binding refuses strided views, which the library would read as other pixels.
+    for kwargs, what in (
+        (dict(image=np.full((40, 104, 3), 0.5, np.float32)[:, ::2]), "image"),
+        (dict(image=image, dmap=np.zeros((52, 40), np.float32).T), "defocus map"),
+        (dict(image=image, map_out=np.empty((40, 104), np.float32)[:, ::2]), "map output"),
+    ):
+        with pytest.raises(ValueError, match=f"{what} must be C-contiguous"):
+            capi.run(handle, **kwargs)
     # The handle still works after the refusals.
     assert capi.run(handle, image)[0] == OK and capi.error() == ""
 
