@@ -59,18 +59,27 @@ def test_scores_match_the_runtime(held_out, tiny_bundle):
     assert rows[0]["psnr_one"] != rows[0]["psnr_ensemble"]
 
 
-def test_cli_writes_the_report(held_out, tiny_bundle, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def small_crops(monkeypatch):
+    """``main`` renders 64² crops instead of the set's 320² (seconds, not minutes); gives
+    the real loader."""
     real = photo_ensemble.load_samples
     monkeypatch.setattr(
         photo_ensemble,
         "load_samples",
         lambda corpus, limit, noise, uniform: real(corpus, limit, size=64, noise=noise, uniform=uniform),
     )
-    argv = ["--bundle", str(tiny_bundle[0]), "--corpus", str(held_out), "--passes", "2", "--limit", "3"]
-    assert (
-        photo_ensemble.main([*argv, "--backend", "onnxruntime", "--threads", "1", "--out", str(tmp_path)])
-        == 0
-    )
+    return real
+
+
+def _argv(bundle, corpus, out, limit):
+    """``main``'s arguments for an x2 report of the first ``limit`` samples on ONNX Runtime."""
+    return ["--bundle", str(bundle), "--corpus", str(corpus), "--passes", "2", "--limit", str(limit),
+            "--backend", "onnxruntime", "--threads", "1", "--out", str(out)]  # fmt: skip
+
+
+def test_cli_writes_the_report(held_out, tiny_bundle, tmp_path, small_crops, capsys):
+    assert photo_ensemble.main(_argv(tiny_bundle[0], held_out, tmp_path, 3)) == 0
     assert "# Self-ensemble x2 on the held-out photos" in capsys.readouterr().out
     result = json.loads((tmp_path / "photo-ensemble.json").read_text())
     assert result["summary"]["all"]["images"] == 3 and result["scenes"] == 1
@@ -97,23 +106,16 @@ def test_noise_free_and_uniform_renders(held_out):
     assert psnr(uniform["blurry"], uniform["sharp"]) < psnr(clean["blurry"], clean["sharp"])
 
 
-def test_noise_free_report(held_out, tiny_bundle, tmp_path, monkeypatch, capsys):
-    real = photo_ensemble.load_samples
-    monkeypatch.setattr(
-        photo_ensemble,
-        "load_samples",
-        lambda corpus, limit, noise, uniform: real(corpus, limit, size=64, noise=noise, uniform=uniform),
-    )
-    argv = ["--bundle", str(tiny_bundle[0]), "--corpus", str(held_out), "--passes", "2", "--limit", "1"]
-    options = ["--backend", "onnxruntime", "--threads", "1", "--out", str(tmp_path), "--noise-free"]
-    assert photo_ensemble.main([*argv, *options]) == 0
+def test_noise_free_report(held_out, tiny_bundle, tmp_path, small_crops, capsys):
+    argv = [*_argv(tiny_bundle[0], held_out, tmp_path, 1), "--noise-free"]
+    assert photo_ensemble.main(argv) == 0
     assert "# Self-ensemble x2 on the held-out photos (noise-free)" in capsys.readouterr().out
-    clean = real(held_out, 1, size=64, noise=False)[0]
+    clean = small_crops(held_out, 1, size=64, noise=False)[0]
     result = json.loads((tmp_path / "photo-ensemble-noise-free.json").read_text())
     assert result["noise"] is False and result["samples"][0]["psnr_in"] == pytest.approx(
         psnr(clean["blurry"], clean["sharp"])
     )
     assert not (tmp_path / "photo-ensemble.json").exists()
-    assert photo_ensemble.main([*argv, *options, "--uniform"]) == 0
+    assert photo_ensemble.main([*argv, "--uniform"]) == 0
     assert "on the held-out photos (uniform blur, noise-free)" in capsys.readouterr().out
     assert json.loads((tmp_path / "photo-ensemble-uniform-noise-free.json").read_text())["uniform"] is True
