@@ -74,8 +74,9 @@ def small_crops(monkeypatch):
 
 def _argv(bundle, corpus, out, limit):
     """``main``'s arguments for an x2 report of the first ``limit`` samples on ONNX Runtime."""
-    return ["--bundle", str(bundle), "--corpus", str(corpus), "--passes", "2", "--limit", str(limit),
-            "--backend", "onnxruntime", "--threads", "1", "--out", str(out)]  # fmt: skip
+    options = {"--bundle": bundle, "--corpus": corpus, "--passes": 2, "--limit": limit}
+    options.update({"--backend": "onnxruntime", "--threads": 1, "--out": out})
+    return [str(item) for pair in options.items() for item in pair]
 
 
 def test_cli_writes_the_report(held_out, tiny_bundle, tmp_path, small_crops, capsys):
