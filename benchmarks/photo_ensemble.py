@@ -13,8 +13,8 @@ input, of one pass and of the ensemble, the samples the ensemble makes worse tha
 pass and the worst such difference, and the samples more than 0.1 dB below their input.
 ``--noise-free`` renders the set without sensor noise and 8-bit quantisation
 (``training.evaluate --clean``'s samples), where mostly sharp windows show any
-over-sharpening; ``--uniform`` blurs every pixel by the level's radius (``--uniform``'s
-samples: a photo wholly out of focus). Writes ``photo-ensemble.json`` and ``.md``
+over-sharpening; ``--uniform`` blurs every pixel by the level's radius (``training.evaluate
+--uniform``'s samples: a photo wholly out of focus). Writes ``photo-ensemble.json`` and ``.md``
 (``photo-ensemble-uniform``, ``-noise-free``) beside this machine's benchmark report
 unless ``--out`` says otherwise.
 """

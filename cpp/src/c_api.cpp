@@ -132,8 +132,7 @@ int deblur_run(deblur_model* model, const deblur_image* input, float defocus_sca
 int deblur_set_self_ensemble(deblur_model* model, int32_t passes) {
   return guarded([&] {
     if (model == nullptr) bad_argument("model is NULL");
-    if (passes != 1 && passes != 2 && passes != 4 && passes != 8)
-      bad_argument("self-ensemble must be one of 1, 2, 4, 8, got " + std::to_string(passes));
+    deblur::check_self_ensemble(passes);
     model->self_ensemble = passes;
   });
 }

@@ -437,9 +437,9 @@ std::vector<float> undo_transform(const std::vector<float>& planes, int channels
   return remap(planes, channels, height, width, t, true);
 }
 
-std::vector<float> combine_maps(const std::vector<std::vector<float>>& maps, float quantile) {
+std::vector<float> combine_maps(std::vector<std::vector<float>> maps, float quantile) {
   const size_t n = maps.size();
-  if (n == 1) return maps[0];
+  if (n == 1) return std::move(maps[0]);
   // NumPy's linear method: position q (n - 1), and its lerp, which counts from the upper
   // neighbour when the fraction is 0.5 or more.
   const double position = static_cast<double>(quantile) * static_cast<double>(n - 1);
@@ -455,6 +455,11 @@ std::vector<float> combine_maps(const std::vector<std::vector<float>>& maps, flo
   return out;
 }
 
+void check_self_ensemble(int passes) {
+  if (passes != 1 && passes != 2 && passes != 4 && passes != 8)
+    bad_argument("self-ensemble must be one of 1, 2, 4, 8, got " + std::to_string(passes));
+}
+
 std::string map_range_warning(double high, double map_max, double radius_scale_px) {
   if (high <= map_max) return "";
   char text[256];
@@ -467,8 +472,7 @@ std::string map_range_warning(double high, double map_max, double radius_scale_p
 
 float Pipeline::run(const ImageRef& input, float defocus_scale, const float* map, const ImageRef& output,
                     float* map_out, int self_ensemble) const {
-  if (self_ensemble != 1 && self_ensemble != 2 && self_ensemble != 4 && self_ensemble != 8)
-    bad_argument("self-ensemble must be one of 1, 2, 4, 8, got " + std::to_string(self_ensemble));
+  check_self_ensemble(self_ensemble);
   const int h = input.height, w = input.width;
   if (h < 1 || w < 1) bad_argument("image is empty: " + std::to_string(h) + " x " + std::to_string(w));
   if (output.height != h || output.width != w)
@@ -516,7 +520,7 @@ float Pipeline::run(const ImageRef& input, float defocus_scale, const float* map
       const auto [th, tw] = kTransforms[k].transpose ? std::pair{pw, ph} : std::pair{ph, pw};
       maps.push_back(back(estimate(oriented(image, 3, k, moved), th, tw, done, total), 1, k));
     }
-    dmap = self_ensemble == 1 ? std::move(maps[0]) : combine_maps(maps, kMapQuantile);
+    dmap = combine_maps(std::move(maps), kMapQuantile);
   } else {
     dmap.resize(plane);
     for (int y = 0; y < ph; ++y)

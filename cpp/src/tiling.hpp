@@ -79,8 +79,11 @@ std::vector<float> apply_transform(const std::vector<float>& planes, int channel
 // The inverse: (channels, height, width) planes from `t`'s (channels, H', W') ones.
 std::vector<float> undo_transform(const std::vector<float>& planes, int channels, int height, int width,
                                   const Transform& t);
-// runtime.ensemble.combine_maps: per pixel, the `quantile` of the maps (NumPy's linear method).
-std::vector<float> combine_maps(const std::vector<std::vector<float>>& maps, float quantile);
+// runtime.ensemble.combine_maps: per pixel, the `quantile` of the maps (NumPy's linear
+// method); the map itself for one map.
+std::vector<float> combine_maps(std::vector<std::vector<float>> maps, float quantile);
+// Deblurrer's rule: a self-ensemble of 1, 2, 4 or 8 copies, else DEBLUR_ERROR_ARGUMENT.
+void check_self_ensemble(int passes);
 
 // --- the pipeline ----------------------------------------------------------------------
 
